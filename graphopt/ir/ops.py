@@ -102,7 +102,10 @@ def _same_dtype(x: np.ndarray, *like: np.ndarray) -> np.ndarray:
 def _round(x, mode):
     if mode == "half_even":
         return np.round(x)
-    return np.sign(x) * np.floor(np.abs(x) + x.dtype.type(0.5))
+    # half away from zero, decided on the exact fractional part: |x| + 0.5 itself rounds in float
+    # (0.49999997 + 0.5 == 1.0 and 8388609 + 0.5 == 8388610 in float32)
+    t = np.trunc(x)
+    return np.where(np.abs(x - t) >= 0.5, t + np.sign(x), t).astype(x.dtype, copy=False)
 
 
 def _int_div(a, b):

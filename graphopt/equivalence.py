@@ -1,0 +1,133 @@
+"""Numerical equivalence of anything that steps a model against the authors' reference step.
+
+A run feeds a clip frame by frame with state carried. The reference is the authors' step under
+jax.jit; its output on the clip, and on the clip with every pixel moved by one ulp (the noise
+floor), are cached on disk per model, weights, precision and clip.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import metrics
+from .clip import perturb_one_ulp, synthetic_clip
+
+StepFn = Callable[[np.ndarray, np.ndarray, list], tuple[np.ndarray, list]]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A deterministic synthetic face clip (see graphopt.clip)."""
+    frames: int = 600
+    hr_bpm: float = 72.0
+    seed: int = 0
+    fps: float = 30.0
+
+    def array(self, frame_shape: tuple[int, ...], perturbed: bool = False) -> np.ndarray:
+        clip = synthetic_clip(self.frames, hr_bpm=self.hr_bpm, fps=self.fps, size=frame_shape[-2], seed=self.seed)
+        if perturbed:
+            clip = perturb_one_ulp(clip, seed=self.seed + 1)
+        return clip.reshape((self.frames,) + tuple(frame_shape))
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GRAPHOPT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "graphopt")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_steps(step: StepFn, frames: np.ndarray, dt: float, state: list) -> tuple[np.ndarray, list]:
+    """Run a step function over frames with state carried; returns (outputs[N], final state)."""
+    dt = np.float32(dt)
+    outs = []
+    for frame in frames:
+        y, state = step(frame, dt, state)
+        outs.append(float(np.asarray(y).reshape(-1)[0]))
+    return np.asarray(outs, dtype=np.float64), [np.asarray(s) for s in state]
+
+
+def stream_step(stream) -> StepFn:
+    """Adapt a Stream to a StepFn (the Stream carries its own state; reset before use)."""
+    stream.reset()
+
+    def step(frame, dt, state):
+        return stream.step(frame, dt), stream.state
+    return step
+
+
+def _source_key(model: str, source: dict) -> dict:
+    import jax
+    return {"model": model, "weights_sha256": source.get("weights_sha256"),
+            "precision": source.get("precision", "float32"), "jax": jax.__version__}
+
+
+def _cache_path(kind: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / f"{kind}-{key['model']}-{digest}.npz"
+
+
+def reference_run(model: str, source: dict, clip: Clip, perturbed: bool = False) -> tuple[np.ndarray, list]:
+    """The authors' step on the clip (cached): (outputs[N], final state)."""
+    key = {**_source_key(model, source), **asdict(clip), "perturbed": perturbed}
+    path = _cache_path("reference", key)
+    if path.is_file():
+        with np.load(path) as data:
+            return data["outputs"], [data[f"s{i}"] for i in range(int(data["n_state"]))]
+    step_model = reference_model(model, source)
+    outputs, state = run_steps(step_model.reference(), clip.array(step_model.frame_shape, perturbed),
+                               1.0 / clip.fps, list(step_model.initial_state))
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, outputs=outputs, n_state=len(state), **{f"s{i}": s for i, s in enumerate(state)})
+    os.replace(tmp, path)
+    return outputs, state
+
+
+def reference_model(model: str, source: dict):
+    """Load the model whose weights match the source's sha256 (the build's weights, else the default)."""
+    from graphopt import models
+    as_published = source.get("precision") == "mixed_float16"
+    weights = source.get("weights")
+    candidates = ([weights] if weights and os.path.isfile(weights) else []) + [None]
+    for w in candidates:
+        m = models.load(model, w, as_published)
+        if not source.get("weights_sha256") or m.source["weights_sha256"] == source["weights_sha256"]:
+            return m
+    raise models.ModelSourceError(f"the weights this artifact was built from ({weights}, sha256 "
+                                  f"{source['weights_sha256'][:12]}...) are not available; "
+                                  f"pass them with --weights")
+
+
+def noise_floor(model: str, source: dict, clip: Clip) -> dict:
+    """NRMSE and max abs between the reference on the clip and on the clip moved by one ulp."""
+    ref, _ = reference_run(model, source, clip)
+    perturbed, _ = reference_run(model, source, clip, perturbed=True)
+    return {"nrmse": float(np.sqrt(np.mean((perturbed - ref) ** 2)) / np.std(ref)),
+            "max_abs": float(np.max(np.abs(perturbed - ref)))}
+
+
+def check(step: StepFn, initial_state: list, model: str, source: dict, clip: Clip = Clip()) -> dict:
+    """Run `step` over the clip and compare with the reference: metrics, noise floor and tier reached."""
+    ref_out, ref_state = reference_run(model, source, clip)
+    floor = noise_floor(model, source, clip)
+    frame_shape = tuple(reference_frame_shape(model))
+    out, state = run_steps(step, clip.array(frame_shape), 1.0 / clip.fps, list(initial_state))
+    result = metrics.with_floor(metrics.compare(ref_out, out, fps=clip.fps, ref_state=ref_state,
+                                                cand_state=state), floor["nrmse"])
+    result["noise_floor"] = floor
+    result["clip"] = asdict(clip)
+    result["reference"] = f"{model} authors' step ({source.get('precision', 'float32')}, jax.jit)"
+    return result
+
+
+def reference_frame_shape(model: str) -> tuple[int, ...]:
+    from graphopt import models
+    return tuple(models.adapter(model).FRAME_SHAPE)

@@ -1,0 +1,57 @@
+"""inspect: what an artifact holds (nodes, op histogram, parameters, state, FLOPs per step)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from . import artifact as art
+
+
+def onnx_summary(model_file: Path) -> dict:
+    import onnx
+    try:
+        model = onnx.load(str(model_file))
+    except Exception as e:  # protobuf decode errors have many types
+        raise art.ArtifactError(f"{model_file} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+    init = model.graph.initializer
+    return {
+        "nodes": len(model.graph.node),
+        "ops": dict(Counter(n.op_type for n in model.graph.node).most_common()),
+        "params": len(init),
+        "param_bytes": int(sum(onnx.numpy_helper.to_array(t).nbytes for t in init)),
+        "inputs": [i.name for i in model.graph.input],
+        "outputs": [o.name for o in model.graph.output],
+    }
+
+
+def inspect(path) -> dict:
+    """Summary of a graphopt artifact (manifest + the model file itself)."""
+    manifest, base = art.read_manifest(path)
+    model_file = base / manifest["file"]
+    summary = {"file": str(model_file), "target": manifest["target"], "precision": manifest["precision"],
+               "model": manifest["model"], "pipeline": [p["name"] for p in manifest["pipeline"]["passes"]]}
+    if model_file.suffix == ".onnx":
+        summary.update(onnx_summary(model_file))
+    g = manifest["graph"]
+    summary.update(flops_per_step=g["flops_per_step"], ir_nodes=g["nodes"],
+                   state_tensors=len(manifest["state"]), state_bytes=g["state_bytes"],
+                   size_bytes=model_file.stat().st_size,
+                   tier=manifest.get("equivalence", {}).get("tier"))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['file']}",
+             f"  target      {s['target']} ({s['precision']}), model {s['model']}",
+             f"  pipeline    {', '.join(s['pipeline']) or 'none (unfused)'}",
+             f"  nodes       {s.get('nodes', s['ir_nodes'])} (IR: {s['ir_nodes']})",
+             f"  params      {s.get('params', '?')} tensors, {s.get('param_bytes', 0) / 1e6:.2f} MB",
+             f"  state       {s['state_tensors']} tensors, {s['state_bytes'] / 1e6:.2f} MB",
+             f"  FLOPs/step  {s['flops_per_step'] / 1e6:.1f} M",
+             f"  file size   {s['size_bytes'] / 1e6:.2f} MB",
+             f"  tier        {s['tier'] or 'not verified'}"]
+    if "ops" in s:
+        lines.append("  ops         " + ", ".join(f"{k} {v}" for k, v in s["ops"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Stream: what a user runs. step(frame, dt=None) -> output, reset(), state."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class FrameError(ValueError):
+    """A frame the model cannot take (wrong shape, NaN/Inf values); the state is left unchanged."""
+
+
+class Stream:
+    """Base class: validates frames and carries state. Subclasses implement `_run`.
+
+    `manifest` is the artifact's manifest dict (see graphopt.artifact); `initial_state` the arrays
+    in manifest state order.
+    """
+
+    def __init__(self, manifest: dict, initial_state: list[np.ndarray]):
+        self.manifest = manifest
+        frame_spec = manifest["inputs"][0]
+        self.frame_shape = tuple(frame_spec["shape"])
+        self.frame_dtype = np.dtype(frame_spec["dtype"])
+        self.default_dt = 1.0 / float(manifest.get("fps") or 30.0)
+        self._initial_state = [np.array(s) for s in initial_state]
+        self._state = [s.copy() for s in self._initial_state]
+
+    # ---- user API ------------------------------------------------------------------------
+    def step(self, frame, dt: float | None = None) -> np.ndarray:
+        frame = self.check_frame(frame)
+        dt = np.asarray(self.default_dt if dt is None else dt, dtype=np.float32)
+        if not np.isfinite(dt) or dt <= 0:
+            raise FrameError(f"dt must be a positive number of seconds per frame, got {float(dt)}")
+        out, self._state = self._run(frame, dt, self._state)
+        return out
+
+    def run(self, frames, dt: float | None = None) -> np.ndarray:
+        """Step through a clip (frames along axis 0); returns the outputs stacked."""
+        return np.stack([np.asarray(self.step(f, dt)).reshape(-1) for f in frames]).squeeze(-1)
+
+    def reset(self) -> None:
+        self._state = [s.copy() for s in self._initial_state]
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        return [np.asarray(s) for s in self._state]
+
+    # ---- helpers -----------------------------------------------------------------------
+    def check_frame(self, frame) -> np.ndarray:
+        frame = np.asarray(frame)
+        expect = self.frame_shape
+        if frame.shape != expect:
+            squeezed = tuple(d for d in expect if d != 1)
+            if tuple(d for d in frame.shape if d != 1) != squeezed or frame.size != int(np.prod(expect)):
+                raise FrameError(f"frame has shape {frame.shape}, but this model takes {expect} "
+                                 f"({self.frame_dtype.name} in 0..1); pass one frame of shape "
+                                 f"{squeezed} or {expect}")
+            frame = frame.reshape(expect)
+        if frame.dtype == np.uint8:
+            raise FrameError("frame is uint8; this model takes float frames in 0..1: pass frame / 255.0")
+        frame = frame.astype(self.frame_dtype, copy=False)
+        if not np.isfinite(frame).all():
+            bad = int((~np.isfinite(frame)).sum())
+            raise FrameError(f"frame contains {bad} NaN/Inf values; the state was not updated. "
+                             "Drop or repair the frame (e.g. repeat the previous one) before calling step()")
+        return frame
+
+    def _run(self, frame: np.ndarray, dt: np.ndarray, state: list) -> tuple[np.ndarray, list]:
+        raise NotImplementedError

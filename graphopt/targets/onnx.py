@@ -1,0 +1,332 @@
+"""Target `onnx`: IR -> ONNX model (opset 18) for onnxruntime, and its Stream.
+
+Lowering is a table: one function per IR op that emits ONNX nodes through an OnnxBuilder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import artifact as art
+from ..ir import Graph, Node, Value
+from ..ir.ops import dot_as_matmul
+from ..stream import Stream
+
+OPSET = 18
+IR_VERSION = 10
+NAME = "onnx"
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return False, f"{e.name} is not installed (pip install onnx onnxruntime; see requirements.txt)"
+    return True, ""
+
+
+class UnsupportedOpError(NotImplementedError):
+    """The graph has an op this target cannot lower."""
+
+
+class OnnxBuilder:
+    def __init__(self):
+        from onnx import helper
+        self.helper = helper
+        self.nodes = []
+        self.initializers = []
+        self._names: set[str] = set()
+        self._consts: dict[tuple, str] = {}
+        self.name_of: dict[int, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        name, i = hint, 0
+        while name in self._names:
+            i += 1
+            name = f"{hint}_{i}"
+        self._names.add(name)
+        return name
+
+    def const(self, array, hint: str = "c") -> str:
+        from onnx import numpy_helper
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = self.fresh(hint)
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def ints(self, values) -> str:
+        return self.const(np.asarray(values, dtype=np.int64), "shape")
+
+    def node(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        out = out or self.fresh(op_type.lower())
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+
+Lowering = Callable[[OnnxBuilder, Node, list[str], str], None]
+LOWERINGS: dict[str, Lowering] = {}
+
+DIRECT = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow",
+          "and": "And", "or": "Or", "lt": "Less", "le": "LessOrEqual", "gt": "Greater",
+          "ge": "GreaterOrEqual", "eq": "Equal", "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt",
+          "floor": "Floor", "ceil": "Ceil", "abs": "Abs", "sign": "Sign", "sin": "Sin", "cos": "Cos",
+          "tanh": "Tanh", "sigmoid": "Sigmoid", "erf": "Erf", "not": "Not", "select": "Where"}
+
+
+def _direct(op_type: str) -> Lowering:
+    return lambda b, n, ins, out: b.node(op_type, ins, out)
+
+
+for _op, _onnx in DIRECT.items():
+    LOWERINGS[_op] = _direct(_onnx)
+
+
+def lowering(*ops: str):
+    def deco(fn: Lowering) -> Lowering:
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+    return deco
+
+
+def _scalar(b: OnnxBuilder, n: Node, value) -> str:
+    return b.const(np.asarray(value, dtype=n.outputs[0].dtype))
+
+
+@lowering("ne")
+def _ne(b, n, ins, out):
+    b.node("Not", [b.node("Equal", ins)], out)
+
+
+@lowering("rem")
+def _rem(b, n, ins, out):
+    b.node("Mod", ins, out, fmod=1)
+
+
+@lowering("rsqrt")
+def _rsqrt(b, n, ins, out):
+    b.node("Reciprocal", [b.node("Sqrt", ins)], out)
+
+
+@lowering("log1p")
+def _log1p(b, n, ins, out):
+    b.node("Log", [b.node("Add", [ins[0], _scalar(b, n, 1)])], out)
+
+
+@lowering("expm1")
+def _expm1(b, n, ins, out):
+    b.node("Sub", [b.node("Exp", ins), _scalar(b, n, 1)], out)
+
+
+@lowering("round")
+def _round(b, n, ins, out):
+    if n.attrs["mode"] == "half_even":
+        b.node("Round", ins, out)
+        return
+    floor = b.node("Floor", [b.node("Add", [b.node("Abs", ins), _scalar(b, n, 0.5)])])
+    b.node("Mul", [b.node("Sign", ins), floor], out)
+
+
+@lowering("cast")
+def _cast(b, n, ins, out):
+    from onnx import helper
+    b.node("Cast", ins, out, to=helper.np_dtype_to_tensor_dtype(np.dtype(n.attrs["to"])))
+
+
+@lowering("reshape")
+def _reshape(b, n, ins, out):
+    b.node("Reshape", [ins[0], b.ints(n.attrs["shape"])], out)
+
+
+@lowering("transpose")
+def _transpose(b, n, ins, out):
+    b.node("Transpose", ins, out, perm=list(n.attrs["perm"]))
+
+
+@lowering("broadcast")
+def _broadcast(b, n, ins, out):
+    x = n.inputs[0]
+    shape, dims = n.attrs["shape"], n.attrs["dims"]
+    expanded = [1] * len(shape)
+    for i, d in enumerate(dims):
+        expanded[d] = x.shape[i]
+    needs_expand = tuple(expanded) != tuple(shape)
+    src = ins[0]
+    if tuple(expanded) != x.shape or not needs_expand:
+        src = b.node("Reshape", [src, b.ints(expanded)], None if needs_expand else out)
+    if needs_expand:
+        b.node("Expand", [src, b.ints(shape)], out)
+
+
+@lowering("slice")
+def _slice(b, n, ins, out):
+    shape = n.inputs[0].shape
+    axes = [i for i, (s, l, st) in enumerate(zip(n.attrs["starts"], n.attrs["limits"], n.attrs["strides"]))
+            if (s, l, st) != (0, shape[i], 1)]
+    if not axes:
+        b.node("Identity", ins, out)
+        return
+    pick = lambda key: b.ints([n.attrs[key][i] for i in axes])
+    b.node("Slice", [ins[0], pick("starts"), pick("limits"), b.ints(axes), pick("strides")], out)
+
+
+@lowering("concat")
+def _concat(b, n, ins, out):
+    b.node("Concat", ins, out, axis=n.attrs["axis"])
+
+
+@lowering("pad")
+def _pad(b, n, ins, out):
+    pads = [lo for lo, _ in n.attrs["pads"]] + [hi for _, hi in n.attrs["pads"]]
+    b.node("Pad", [ins[0], b.ints(pads), ins[1]], out, mode="constant")
+
+
+@lowering("take")
+def _take(b, n, ins, out):
+    data, idx = n.inputs
+    limit = data.shape[n.attrs["axis"]] - 1
+    lo, hi = (b.const(np.asarray(v, dtype=idx.dtype)) for v in (0, limit))
+    clamped = b.node("Min", [b.node("Max", [ins[1], lo]), hi])
+    b.node("Gather", [ins[0], clamped], out, axis=n.attrs["axis"])
+
+
+def _reduce(op_type: str) -> Lowering:
+    return lambda b, n, ins, out: b.node(op_type, [ins[0], b.ints(n.attrs["axes"])], out, keepdims=0)
+
+
+LOWERINGS["reduce_sum"] = _reduce("ReduceSum")
+LOWERINGS["reduce_max"] = _reduce("ReduceMax")
+LOWERINGS["reduce_min"] = _reduce("ReduceMin")
+
+
+@lowering("cumsum")
+def _cumsum(b, n, ins, out):
+    axis = b.const(np.asarray(n.attrs["axis"], dtype=np.int64))
+    b.node("CumSum", [ins[0], axis], out, reverse=int(n.attrs["reverse"]))
+
+
+@lowering("dot")
+def _dot(b, n, ins, out):
+    lhs, rhs = n.inputs
+    a = n.attrs
+    if not a["lhs_batch"] and a["lhs_contract"] == (len(lhs.shape) - 1,) and len(rhs.shape) == 2 \
+            and a["rhs_contract"] == (0,):
+        b.node("MatMul", ins, out)  # x[..., K] @ w[K, N]: MatMul broadcasts the leading dims
+        return
+    (pl, sl), (pr, sr), out_shape = dot_as_matmul(lhs.shape, rhs.shape, a)
+    operands = []
+    for name, value, perm, shape in ((ins[0], lhs, pl, sl), (ins[1], rhs, pr, sr)):
+        if perm != tuple(range(len(perm))):
+            name = b.node("Transpose", [name], perm=list(perm))
+        operands.append(b.node("Reshape", [name, b.ints(shape)]))
+    b.node("Reshape", [b.node("MatMul", operands), b.ints(out_shape)], out)
+
+
+@lowering("conv")
+def _conv(b, n, ins, out):
+    a = n.attrs
+    pads = [lo for lo, _ in a["pads"]] + [hi for _, hi in a["pads"]]
+    b.node("Conv", ins, out, strides=list(a["strides"]), pads=pads, dilations=list(a["dilations"]),
+           group=a["groups"], kernel_shape=list(n.inputs[1].shape[2:]))
+
+
+def to_onnx(graph: Graph):
+    """Lower an IR graph to an onnx.ModelProto with stable I/O names (see artifact.state_io_names)."""
+    import onnx
+    from onnx import helper
+    b = OnnxBuilder()
+    state_in, state_out = art.state_io_names(len(graph.state))
+
+    def info(name: str, v: Value):
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), v.shape)
+
+    inputs = []
+    for v, name in [(v, v.name) for v in graph.inputs] + [(s.input, n) for s, n in zip(graph.state, state_in)]:
+        b.name_of[id(v)] = b.fresh(name)
+        inputs.append(info(name, v))
+    sinks = list(zip(graph.output_names, graph.outputs)) + list(zip(state_out, [s.output for s in graph.state]))
+    for name in [n for n, _ in sinks]:
+        b._names.add(name)
+    claimed: dict[int, str] = {}
+    for name, v in sinks:  # a node output that is a sink gets the sink's name directly
+        if v.producer is not None and id(v) not in claimed:
+            claimed[id(v)] = name
+    for p in graph.params():
+        b.name_of[id(p)] = b.const(p.const, p.name)
+    for node in graph.nodes:
+        lower = LOWERINGS.get(node.op)
+        if lower is None:
+            raise UnsupportedOpError(f"op '{node.op}' has no ONNX lowering (graphopt/targets/onnx.py LOWERINGS)")
+        if len(node.outputs) != 1:
+            raise UnsupportedOpError(f"op '{node.op}' with {len(node.outputs)} outputs has no ONNX lowering")
+        v = node.outputs[0]
+        out = claimed.get(id(v)) or b.fresh(v.name)
+        lower(b, node, [b.name_of[id(x)] for x in node.inputs], out)
+        b.name_of[id(v)] = out
+    outputs = []
+    for name, v in sinks:
+        if b.name_of[id(v)] != name:  # inputs, params, or a value that is two sinks
+            b.node("Identity", [b.name_of[id(v)]], name)
+        outputs.append(info(name, v))
+    g = helper.make_graph(b.nodes, graph.name, inputs, outputs, b.initializers)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="graphopt",
+                              ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
+def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
+    """Write <name>.onnx, its manifest and initial state into out_dir."""
+    import onnx
+    options = options or {}
+    out_dir = Path(out_dir)
+    stem = options.get("stem", graph.name)
+    model_file = out_dir / f"{stem}.onnx"
+    model = to_onnx(graph)
+    onnx.save_model(model, str(model_file))
+    manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
+    manifest["sha256"] = art.sha256(model_file)
+    manifest["onnx"] = {"opset": OPSET, "ir_version": IR_VERSION, "nodes": len(model.graph.node)}
+    manifest["tools"] = art.tool_versions("onnx", "onnxruntime")
+    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
+                   [s.init for s in graph.state])
+    art.write_json(art.manifest_path_for(model_file), manifest)
+    return art.Artifact(model_file, manifest)
+
+
+class OnnxStream(Stream):
+    def __init__(self, model_file: Path, manifest: dict, initial_state, threads: int = 1):
+        import onnxruntime as ort
+        super().__init__(manifest, initial_state)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise art.ArtifactError(f"onnxruntime cannot load {model_file}: {e}") from None
+        self._frame, self._dt = (i["name"] for i in manifest["inputs"][:2])
+        self._state_in = [s["input"] for s in manifest["state"]]
+        self._outputs = [o["name"] for o in manifest["outputs"]] + [s["output"] for s in manifest["state"]]
+        self._n_out = len(manifest["outputs"])
+
+    def _run(self, frame, dt, state):
+        feed = {self._frame: frame, self._dt: dt}
+        feed.update(zip(self._state_in, state))
+        results = self.session.run(self._outputs, feed)
+        return results[0], results[self._n_out:]
+
+
+def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> OnnxStream:
+    return OnnxStream(model_file, manifest, initial_state, threads=threads)
+
+
+def load(path, threads: int = 1) -> OnnxStream:
+    return art.load(path, threads=threads)
