@@ -11,7 +11,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from .source import ModelSourceError, StepModel, load_module, locate_package_file, sha256_file  # noqa: E402
+from .source import (ModelSourceError, StepModel, check_weights_file, load_module,  # noqa: E402
+                     locate_package_file, sha256_file)
 
 PACKAGE, VERSION = "open-rppg", "0.1.1"
 CODE = "rppg/models_code/FacePhys.py"
@@ -28,9 +29,7 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
     """
     code_path = locate_package_file(PACKAGE, VERSION, CODE)
     weights_path = weights or locate_package_file(PACKAGE, VERSION, WEIGHTS)
-    if not os.path.isfile(weights_path):
-        raise ModelSourceError(f"weights file {weights_path} does not exist; pass --weights PATH to a "
-                               f"FacePhys .weights.h5 file, or reinstall {PACKAGE}=={VERSION}")
+    check_weights_file(weights_path)
     import jax
     import keras
 

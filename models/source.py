@@ -49,6 +49,17 @@ def load_module(name: str, path: str) -> ModuleType:
     return module
 
 
+def check_weights_file(path: str) -> None:
+    """Fail fast (before building a model) on a weights file that is missing or not HDF5."""
+    import h5py
+    if not os.path.isfile(path):
+        raise ModelSourceError(f"weights file {path} does not exist; pass --weights PATH to an existing "
+                               ".weights.h5 file")
+    if not h5py.is_hdf5(path):
+        raise ModelSourceError(f"weights file {path} is not an HDF5 file (corrupt or truncated?); pass "
+                               "--weights PATH to a valid Keras .weights.h5 file, or reinstall the model package")
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -32,6 +32,7 @@ class _Translator:
         self.g = graph
         self.param_names = param_names
         self._literals: dict[tuple, Value] = {}
+        self._where: list[str] = []  # source of the enclosing eqns, for eqns inlined from library jits
 
     # ---- values -------------------------------------------------------------------------
     def const(self, array: Any, dtype: Any = None) -> Value:
@@ -67,18 +68,23 @@ class _Translator:
             env[var] = v
         for eqn in jaxpr.eqns:
             name = eqn.primitive.name
+            # an eqn traced inside a library jit (jnp.sort, ...) has no user frame: use the enclosing eqn's
+            where = _source(eqn) or (self._where[-1] if self._where else "unknown location")
             handler = HANDLERS.get(name)
             if handler is None:
                 raise UnsupportedPrimitiveError(
-                    f"JAX primitive '{name}' (from {_source(eqn)}) is not supported by the graphopt JAX "
+                    f"JAX primitive '{name}' (from {where}) is not supported by the graphopt JAX "
                     f"frontend; add a handler for it in graphopt/frontends/jax.py")
             ins = [self.read(env, v) for v in eqn.invars]
+            self._where.append(where)
             try:
                 outs = handler(self, eqn, ins)
             except UnsupportedPrimitiveError:
                 raise
             except NotImplementedError as e:
-                raise UnsupportedPrimitiveError(f"JAX primitive '{name}' (from {_source(eqn)}): {e}") from None
+                raise UnsupportedPrimitiveError(f"JAX primitive '{name}' (from {where}): {e}") from None
+            finally:
+                self._where.pop()
             for var, v in zip(eqn.outvars, outs):
                 if type(var).__name__ != "DropVar":
                     expect = TensorType(tuple(var.aval.shape), canonical_dtype(var.aval.dtype))
@@ -111,6 +117,7 @@ for _prim, _op in {
     "ne": "ne", "neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "floor": "floor",
     "ceil": "ceil", "abs": "abs", "sign": "sign", "sin": "sin", "cos": "cos", "tanh": "tanh",
     "logistic": "sigmoid", "erf": "erf", "log1p": "log1p", "expm1": "expm1", "not": "not",
+    "is_finite": "is_finite",
 }.items():
     HANDLERS[_prim] = _simple(_op)
 
@@ -152,7 +159,7 @@ def _convert(t, eqn, ins):
     return [ins[0] if ins[0].dtype == to else t.g.op("cast", ins[0], to=to)]
 
 
-@handles("copy", "copy_p", "sharding_constraint", "optimization_barrier", "reduce_precision_identity")
+@handles("copy", "copy_p", "stop_gradient", "sharding_constraint", "optimization_barrier")
 def _identity(t, eqn, ins):
     return list(ins)
 
@@ -351,16 +358,12 @@ def _gather(t, eqn, ins):
     if "FILL_OR_DROP" in mode:
         n = operand.shape[axis]
         ok = t.g.op("and", t.g.op("ge", idx, t.const(0, idx.dtype)), t.g.op("lt", idx, t.const(n, idx.dtype)))
-        ok = t.g.op("broadcast", ok, shape=out.shape, dims=tuple(batch_src_pos(perm, batch_src)))
+        batch_pos = tuple(perm.index(b) for b in batch_src)  # where the batch dims land in the output
+        ok = t.g.op("broadcast", ok, shape=out.shape, dims=batch_pos)
         fill = p.get("fill_value")
         fill = (np.nan if np.issubdtype(np.dtype(operand.dtype), np.floating) else 0) if fill is None else fill
         out = t.g.op("select", ok, out, t.const(fill, operand.dtype))
     return [out]
-
-
-def batch_src_pos(perm: list[int], batch_src: list[int]) -> list[int]:
-    """Output positions of the batch dims, in order."""
-    return [perm.index(b) for b in batch_src]
 
 
 def _inline(key: str) -> Handler:
@@ -375,7 +378,7 @@ def _inline(key: str) -> Handler:
 HANDLERS["pjit"] = HANDLERS["jit"] = _inline("jaxpr")
 HANDLERS["closed_call"] = HANDLERS["core_call"] = _inline("call_jaxpr")
 HANDLERS["custom_jvp_call"] = _inline("call_jaxpr")
-HANDLERS["remat"] = HANDLERS["checkpoint"] = _inline("jaxpr")
+HANDLERS["remat"] = HANDLERS["remat2"] = HANDLERS["checkpoint"] = _inline("jaxpr")  # jax.checkpoint: remat2
 
 
 @handles("custom_vjp_call", "custom_vjp_call_jaxpr")
@@ -397,9 +400,11 @@ def trace(fn: Callable, inputs: dict[str, Any], state: Any = None, *, name: str 
     readable parameter names.
     """
     names = list(inputs)
-    examples = [np.asarray(x) for x in inputs.values()]
+    # JAX canonicalizes dtypes (float64 -> float32 unless x64 is enabled); the graph's types must match
+    canon = lambda x: np.asarray(x).astype(jax.dtypes.canonicalize_dtype(np.asarray(x).dtype), copy=False)
+    examples = [canon(x) for x in inputs.values()]
     leaves, treedef = jax.tree_util.tree_flatten(state)
-    leaves = [np.asarray(x) for x in leaves]
+    leaves = [canon(x) for x in leaves]
     n_in = len(examples)
 
     def flat(*args):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Graph, is_float
+from .graph import Graph
 from .ops import get_op
 
 PRECISIONS = ("float32", "float64")

@@ -171,6 +171,15 @@ for _name, _fn in COMPARE.items():
              (lambda f: lambda x, y, a: [f(x, y)])(_fn), _out_numel, elementwise=True, arity=2)
 
 
+def _is_finite_infer(ins, a):
+    if not is_float(ins[0].dtype):
+        raise IRTypeError(f"op is_finite needs a float input, got {ins[0].dtype}")
+    return [TensorType(ins[0].shape, "bool")]
+
+
+register("is_finite", _is_finite_infer, lambda x, a: [np.isfinite(x)], _out_numel, elementwise=True, arity=1)
+
+
 def _select_infer(ins, a):
     cond, x, y = ins
     if cond.dtype != "bool":

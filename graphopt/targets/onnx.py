@@ -104,6 +104,11 @@ def _ne(b, n, ins, out):
     b.node("Not", [b.node("Equal", ins)], out)
 
 
+@lowering("is_finite")
+def _is_finite(b, n, ins, out):
+    b.node("Not", [b.node("Or", [b.node("IsNaN", ins), b.node("IsInf", ins)])], out)
+
+
 @lowering("rem")
 def _rem(b, n, ins, out):
     b.node("Mod", ins, out, fmod=1)

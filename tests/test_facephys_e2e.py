@@ -1,0 +1,221 @@
+"""FacePhys end to end: authors' model -> IR -> interpreter / ONNX -> onnxruntime, verified."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from graphopt import artifact as art
+from graphopt import cli, equivalence, metrics
+from graphopt.ir import Interpreter, verify
+from graphopt.stream import FrameError
+
+pytestmark = pytest.mark.slow
+CLIP = equivalence.Clip(frames=600, hr_bpm=72.0)
+
+
+def interpreter_step(graph, precision):
+    it = Interpreter(graph, precision)
+
+    def step(frame, dt, state):
+        (y,), new_state = it.run([frame, dt], state)
+        return y, new_state
+    return step
+
+
+def test_trace_structure(facephys, facephys_graph):
+    g = facephys_graph
+    verify(g)
+    assert [v.name for v in g.inputs] == ["frame", "dt"]
+    assert g.inputs[0].shape == (1, 1, 36, 36, 3)
+    assert len(g.state) == 46
+    assert g.state_bytes() == sum(s.nbytes for s in facephys.initial_state) == 500224 * 4
+    assert 2000 < len(g.nodes) < 3500
+    assert 140e6 < g.flops() < 160e6  # ~147 MFLOP per frame, mostly 3x3 convs
+    assert g.op_histogram()["conv"] == 30
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_interpreter_matches_reference_fp32(facephys, facephys_graph, precision):
+    result = equivalence.check(interpreter_step(facephys_graph, precision), list(facephys.initial_state),
+                               "facephys", facephys.source, CLIP)
+    assert result["nrmse_over_floor"] <= metrics.ROUNDING_FLOOR_FACTOR, result
+    assert result["tier"] == "rounding"
+    assert result["same_hr"]
+
+
+def test_interpreter_matches_published_mixed_precision():
+    from graphopt import models
+    published = models.load("facephys", None, True)
+    assert published.source["precision"] == "mixed_float16"
+    assert published.source["mixed_float16_layers"] == 16
+    graph = published.trace()
+    assert graph.op_histogram()["cast"] > 76  # the float16 casts around the 16 convs are traced
+    assert any(n.op == "cast" and n.attrs["to"] == "float16" for n in graph.nodes)
+    result = equivalence.check(interpreter_step(graph, "float32"), list(published.initial_state),
+                               "facephys", published.source, CLIP)
+    assert result["tier"] == "rounding", result
+    # the published step differs from the canonical fp32 one by more than the fp32 noise floor
+    fp32 = models.load("facephys")
+    ref32, _ = equivalence.reference_run("facephys", fp32.source, CLIP)
+    ref16, _ = equivalence.reference_run("facephys", published.source, CLIP)
+    assert np.sqrt(np.mean((ref16 - ref32) ** 2)) / np.std(ref32) > \
+        4 * equivalence.noise_floor("facephys", fp32.source, CLIP)["nrmse"]
+
+
+def test_onnx_artifact_rounding_tier_and_hr(onnx_unfused, facephys):
+    m = onnx_unfused.manifest
+    eq = m["equivalence"]
+    assert eq["verified"] and eq["tier_claimed"] == "rounding" and eq["tier"] == "rounding"
+    assert eq["nrmse_over_floor"] <= 4.0
+    ref_hr = eq["hr_ref_bpm"]
+    assert eq["hr_bpm"] == ref_hr
+    assert abs(ref_hr - 72.0) <= 5.0
+    # and independently of the build: a fresh 1-thread Stream over the same clip
+    stream = art.load(onnx_unfused.path, threads=1)
+    out, _ = equivalence.run_steps(equivalence.stream_step(stream), CLIP.array((1, 1, 36, 36, 3)), 1 / 30,
+                                   stream.state)
+    assert abs(metrics.estimate_hr(out) - 72.0) <= 5.0
+
+
+def test_manifest_describes_artifact(onnx_unfused, facephys_graph):
+    m = onnx_unfused.manifest
+    base = onnx_unfused.path.parent
+    assert m["target"] == "onnx" and m["precision"] == "float32"
+    assert m["sha256"] == art.sha256(onnx_unfused.path)
+    assert [i["name"] for i in m["inputs"]] == ["frame", "dt"]
+    assert [o["name"] for o in m["outputs"]] == ["bvp"]
+    assert [s["input"] for s in m["state"]] == [f"state_in_{i}" for i in range(46)]
+    assert [s["output"] for s in m["state"]] == [f"state_out_{i}" for i in range(46)]
+    for s, pair in zip(m["state"], facephys_graph.state):
+        assert tuple(s["shape"]) == pair.input.shape
+    assert {"onnx", "onnxruntime", "numpy", "python", "graphopt"} <= set(m["tools"])
+    assert m["source"]["package"] == "open-rppg" and m["source"]["version"] == "0.1.1"
+    # a tool that knows nothing of graphopt can run the artifact from the manifest alone
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(base / m["file"]), providers=["CPUExecutionProvider"])
+    init = np.load(base / m["initial_state"]["file"])
+    feed = {"frame": np.full(m["inputs"][0]["shape"], 0.5, np.float32), "dt": np.float32(1 / 30)}
+    feed.update({s["input"]: init[s["input"]] for s in m["state"]})
+    outs = sess.run([o["name"] for o in m["outputs"]] + [s["output"] for s in m["state"]], feed)
+    stream = art.load(onnx_unfused.path)
+    np.testing.assert_array_equal(stream.step(np.full((36, 36, 3), 0.5, np.float32)), outs[0])
+    assert len(outs) == 47
+
+
+def _perturbed_copy(artifact, tmp_path):
+    dst = tmp_path / "perturbed"
+    shutil.copytree(artifact.path.parent, dst)
+    model_file = dst / artifact.path.name
+    model = onnx.load(str(model_file))
+    conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    for t in model.graph.initializer:
+        if t.name in conv_weights:
+            arr = numpy_helper.to_array(t) * np.float32(1.01)
+            t.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), t.name))
+            break
+    onnx.save(model, str(model_file))
+    return dst
+
+
+def test_verify_cli_passes_and_fails_on_perturbed_weights(onnx_unfused, tmp_path, capsys):
+    assert cli.main(["verify", str(onnx_unfused.path.parent), "--frames", "600"]) == 0
+    out = capsys.readouterr().out
+    assert "tier reached      rounding" in out
+    bad = _perturbed_copy(onnx_unfused, tmp_path)
+    assert cli.main(["verify", str(bad), "--frames", "600"]) == 1
+    err = capsys.readouterr().err
+    assert "below the rounding tier its manifest claims" in err
+
+
+def test_inspect(onnx_unfused, capsys):
+    assert cli.main(["inspect", str(onnx_unfused.path), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    model = onnx.load(str(onnx_unfused.path))
+    assert s["nodes"] == len(model.graph.node)
+    assert s["ops"]["Conv"] == 30
+    assert s["state_bytes"] == 500224 * 4 and s["state_tensors"] == 46
+    assert 140e6 < s["flops_per_step"] < 160e6
+    assert s["params"] > 100 and s["param_bytes"] > 1e6
+    assert cli.main(["inspect", str(onnx_unfused.path)]) == 0
+    assert "FLOPs/step" in capsys.readouterr().out
+
+
+def test_stream_rejects_bad_frames(onnx_unfused):
+    stream = art.load(onnx_unfused.path)
+    before = stream.state
+    with pytest.raises(FrameError, match=r"shape \(36, 36\).*takes \(1, 1, 36, 36, 3\)"):
+        stream.step(np.zeros((36, 36), np.float32))
+    frame = np.full((36, 36, 3), 0.5, np.float32)
+    frame[3, 4, 1] = np.nan
+    with pytest.raises(FrameError, match="1 NaN/Inf values; the state was not updated"):
+        stream.step(frame)
+    with pytest.raises(FrameError, match="uint8.*frame / 255"):
+        stream.step(np.zeros((36, 36, 3), np.uint8))
+    with pytest.raises(FrameError, match="dt must be a positive"):
+        stream.step(np.zeros((36, 36, 3), np.float32), dt=0.0)
+    for a, b in zip(before, stream.state):
+        np.testing.assert_array_equal(a, b)
+    y1 = stream.step(frame * 0 + 0.4)
+    stream.reset()
+    y2 = stream.step(frame * 0 + 0.4)
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_build_fails_cleanly_without_open_rppg(monkeypatch, tmp_path, capsys):
+    real = importlib.metadata.distribution
+
+    def missing(name):
+        if name == "open-rppg":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    out = tmp_path / "out"
+    # weights given explicitly so the per-process model cache cannot answer
+    code = cli.main(["build", "--model", "facephys", "--target", "onnx", "--out", str(out),
+                     "--weights", str(tmp_path / "w.h5")])
+    assert code == 2
+    assert "open-rppg is not installed; install it with `pip install --no-deps open-rppg==0.1.1`" \
+        in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_build_fails_cleanly_with_corrupt_weights(tmp_path, capsys):
+    weights = tmp_path / "corrupt.weights.h5"
+    weights.write_bytes(b"\x89HDF\r\n" + b"\0" * 100)
+    out = tmp_path / "out"
+    code = cli.main(["build", "--model", "facephys", "--target", "onnx", "--out", str(out),
+                     "--weights", str(weights)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"weights file {weights} is not an HDF5 file" in err and "--weights PATH" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.weights.h5"]
+
+
+def test_build_fails_cleanly_with_wrong_hdf5_weights(tmp_path, capsys):
+    import h5py
+    weights = tmp_path / "other.weights.h5"
+    with h5py.File(weights, "w") as f:
+        f.create_dataset("something", data=np.zeros(3))
+    out = tmp_path / "out"
+    code = cli.main(["build", "--model", "facephys", "--target", "onnx", "--out", str(out),
+                     "--weights", str(weights)])
+    assert code == 2
+    assert "could not be loaded as FacePhys weights" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_load_errors(tmp_path, onnx_unfused):
+    with pytest.raises(art.ArtifactError, match="does not exist"):
+        art.load(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    shutil.copytree(onnx_unfused.path.parent, broken)
+    (broken / onnx_unfused.path.name).write_bytes(b"not an onnx model")
+    with pytest.raises(art.ArtifactError, match="onnxruntime cannot load"):
+        art.load(broken)
+    assert cli.main(["inspect", str(broken)]) == 2
