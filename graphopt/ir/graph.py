@@ -175,6 +175,28 @@ class Graph:
         assert len(node.outputs) == 1, op
         return node.outputs[0]
 
+    def toposort(self) -> None:
+        """Reorder nodes so every node follows its producers (stable: keeps the existing order where it can)."""
+        produced_by = {id(v): n for n in self.nodes for v in n.outputs}
+        done: set[int] = set()
+        order: list[Node] = []
+        for root in self.nodes:
+            stack = [(root, False)]
+            while stack:
+                node, expanded = stack.pop()
+                if id(node) in done:
+                    continue
+                if expanded:
+                    done.add(id(node))
+                    order.append(node)
+                    continue
+                stack.append((node, True))
+                for v in reversed(node.inputs):
+                    p = produced_by.get(id(v))
+                    if p is not None and id(p) not in done:
+                        stack.append((p, False))
+        self.nodes = order
+
     # ---- queries ----------------------------------------------------------------------
     def params(self) -> list[Value]:
         """Parameters used by the graph, in first-use order (outputs included)."""
