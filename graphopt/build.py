@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from . import artifact as art
 from . import equivalence, metrics
 from .ir import verify as verify_ir
@@ -29,8 +31,8 @@ def log_stderr(msg: str) -> None:
 
 
 def build(model: str, target: str, out: str | Path, *, weights: str | None = None, as_published: bool = False,
-          fuse: bool = True, verify: bool = True, frames: int = 600,
-          log: Callable[[str], None] = log_stderr) -> art.Artifact:
+          fuse: bool = True, pass_names: list[str] | None = None, verify_each_pass: bool = False,
+          verify: bool = True, frames: int = 600, log: Callable[[str], None] = log_stderr) -> art.Artifact:
     """Build one artifact into `out` (a folder, replaced atomically). Raises on any failure."""
     from graphopt import models, passes
 
@@ -45,9 +47,14 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     verify_ir(graph)
     log(f"      traced {len(graph.nodes)} nodes, {graph.flops() / 1e6:.1f} MFLOP/step "
         f"({time.perf_counter() - t0:.1f} s)")
-    names = passes.pipeline_for(target, fuse)
+    names = pass_names if pass_names is not None else passes.pipeline_for(target, fuse)
     log(f"[2/4] pass pipeline: {', '.join(names) or 'none (unfused)'}")
-    graph, report = passes.run_pipeline(graph, names)
+    samples = None
+    if verify_each_pass:
+        clip = equivalence.Clip(frames=4).array(step_model.frame_shape)
+        samples = [[f, np.float32(1.0 / step_model.fps)] for f in clip]
+    graph, report = passes.run_pipeline(graph, names, verify_each=verify_each_pass, samples=samples, log=log)
+    report["name"] = "default" if pass_names is None and fuse else ("custom" if names else "none")
     graph.meta["pipeline"] = report
     precision = step_model.source["precision"]
     tier = "rounding" if report["exact"] else "signal"

@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--as-published", action="store_true",
                    help="keep the authors' mixed_float16 convs instead of the canonical float32 form")
     b.add_argument("--no-fuse", action="store_true", help="run no passes: the unfused baseline graph")
+    b.add_argument("--passes", help="comma-separated passes to run instead of the target's pipeline")
+    b.add_argument("--verify-each-pass", action="store_true",
+                   help="check the IR and its outputs on sample frames after every pass")
     b.add_argument("--no-verify", action="store_true", help="skip the equivalence check (tier not verified)")
     b.add_argument("--frames", type=int, default=600, help="frames of the synthetic clip to verify on")
 
@@ -38,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_build(a) -> int:
     from .build import build
+    names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
     build(a.model, a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
-          verify=not a.no_verify, frames=a.frames)
+          pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames)
     return EXIT_OK
 
 
@@ -74,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     from .build import BuildError
     from .stream import FrameError
     from graphopt.models import ModelSourceError
+    from graphopt.passes import PassError
     try:
         return {"build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect}[args.command](args)
-    except (ArtifactError, BuildError, ModelSourceError, FrameError, FileNotFoundError) as e:
+    except (ArtifactError, BuildError, ModelSourceError, FrameError, FileNotFoundError, PassError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE if not isinstance(e, BuildError) else EXIT_FAILED
+        return EXIT_FAILED if isinstance(e, BuildError) else EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,19 +1,17 @@
 """The pass library and per-target pipelines (imports as graphopt.passes)."""
 from __future__ import annotations
 
-from graphopt.ir import Graph
+from .manager import PASSES, Pass, PassError, format_report, get_pass, register, run_pipeline
 
-# target -> pass names run by default. Empty until the fusion passes land: today every build is
-# the honest unfused baseline.
-PIPELINES: dict[str, list[str]] = {"onnx": []}
+# target -> passes run by default (all exact so far)
+PIPELINES: dict[str, list[str]] = {
+    "onnx": ["fold-constants", "simplify", "cse", "fold-constants", "simplify", "dce"],
+}
 
 
 def pipeline_for(target: str, fuse: bool = True) -> list[str]:
     return list(PIPELINES.get(target, [])) if fuse else []
 
 
-def run_pipeline(graph: Graph, names: list[str]) -> tuple[Graph, dict]:
-    """Run the named passes in order; returns the graph and a report for the manifest."""
-    if names:
-        raise NotImplementedError(f"passes {names} are not implemented yet")
-    return graph, {"name": "none", "passes": [], "exact": True}
+__all__ = ["PASSES", "PIPELINES", "Pass", "PassError", "format_report", "get_pass", "pipeline_for",
+           "register", "run_pipeline"]

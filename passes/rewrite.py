@@ -11,6 +11,8 @@ from typing import Callable
 
 from graphopt.ir import Graph, Value
 
+from .cleanup import dce
+
 
 @dataclass(frozen=True)
 class Pat:
@@ -109,6 +111,7 @@ def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 50) -> bool:
         for s in graph.state:
             s.output = resolve(s.output)
         graph.toposort()
+        dce(graph)  # replaced nodes must not match again
         changed_any = True
     else:
         raise RuntimeError(f"rewrite rules did not reach a fixpoint in {max_sweeps} sweeps")

@@ -37,3 +37,11 @@ def onnx_unfused(tmp_path_factory, facephys):
     from graphopt.build import build
     out = tmp_path_factory.mktemp("artifacts") / "facephys-onnx-unfused"
     return build("facephys", "onnx", out, fuse=False, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def onnx_fused(tmp_path_factory, facephys):
+    """FacePhys ONNX through the default pipeline, built and verified once."""
+    from graphopt.build import build
+    out = tmp_path_factory.mktemp("artifacts") / "facephys-onnx"
+    return build("facephys", "onnx", out, log=lambda m: None)

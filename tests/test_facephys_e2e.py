@@ -219,3 +219,34 @@ def test_load_errors(tmp_path, onnx_unfused):
     with pytest.raises(art.ArtifactError, match="onnxruntime cannot load"):
         art.load(broken)
     assert cli.main(["inspect", str(broken)]) == 2
+
+
+def test_default_pipeline_keeps_rounding_tier(onnx_fused, onnx_unfused):
+    fused, unfused = onnx_fused.manifest, onnx_unfused.manifest
+    assert fused["pipeline"]["name"] == "default" and unfused["pipeline"]["name"] == "none"
+    steps = [p["name"] for p in fused["pipeline"]["passes"]]
+    assert steps[0] == "(traced)" and "simplify" in steps and "cse" in steps
+    assert fused["pipeline"]["passes"][0]["nodes"] == unfused["graph"]["nodes"]
+    assert fused["graph"]["nodes"] == fused["pipeline"]["passes"][-1]["nodes"] < unfused["graph"]["nodes"]
+    assert fused["onnx"]["nodes"] < unfused["onnx"]["nodes"]
+    assert fused["equivalence"]["tier"] == "rounding"
+    assert fused["equivalence"]["hr_bpm"] == fused["equivalence"]["hr_ref_bpm"]
+
+
+def test_verify_each_pass_names_a_broken_pass(facephys, tmp_path, capsys):
+    from graphopt import passes
+    from graphopt.build import build
+
+    def break_adds(graph):  # a wrong "optimisation": add -> sub
+        hit = [n for n in graph.nodes if n.op == "add"]
+        for n in hit:
+            n.op = "sub"
+        return bool(hit)
+    passes.register(passes.Pass("test-break-adds", break_adds))
+    try:
+        with pytest.raises(passes.PassError, match="pass test-break-adds changed the graph's outputs"):
+            build("facephys", "onnx", tmp_path / "out", pass_names=["simplify", "test-break-adds"],
+                  verify_each_pass=True, log=lambda m: None)
+    finally:
+        passes.PASSES.pop("test-break-adds")
+    assert not (tmp_path / "out").exists()

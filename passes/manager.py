@@ -1,0 +1,116 @@
+"""Pass registry and pass manager: per-pass report, fixpoint iteration, --verify-each-pass."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from graphopt.ir import Graph, Interpreter, verify
+
+from . import cleanup
+
+
+class PassError(RuntimeError):
+    """A pass broke the graph's invariants or its output; the message names the pass."""
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    run: Callable[[Graph], bool]  # mutates the graph, returns whether it changed anything
+    exact: bool = True  # same math up to float rounding; False: value-changing
+    targets: frozenset[str] | None = None  # targets it suits (None: all)
+    fixpoint: bool = False  # repeat until it reports no change
+    doc: str = ""
+
+
+PASSES: dict[str, Pass] = {}
+
+
+def register(p: Pass) -> Pass:
+    PASSES[p.name] = p
+    return p
+
+
+def get_pass(name: str) -> Pass:
+    if name not in PASSES:
+        raise PassError(f"unknown pass {name!r}; available: {', '.join(sorted(PASSES))}")
+    return PASSES[name]
+
+
+register(Pass("dce", cleanup.dce, doc="drop nodes nothing observes"))
+register(Pass("cse", cleanup.cse, doc="merge identical nodes and identical constants"))
+register(Pass("fold-constants", cleanup.fold_constants, doc="evaluate parameter-only subgraphs"))
+
+
+def _simplify(graph: Graph) -> bool:
+    from .rewrite import apply_rules
+    from .simplify import RULES
+    return apply_rules(graph, RULES)
+
+
+register(Pass("simplify", _simplify, doc="reshape/transpose/broadcast chains, identities, x*1, x+0"))
+
+
+def _sample_run(graph: Graph, samples: list[list[np.ndarray]]) -> np.ndarray:
+    """Outputs of the graph over sample steps with state carried (float32 interpreter)."""
+    it = Interpreter(graph, "float32")
+    state = [s.init for s in graph.state]
+    outs = []
+    for inputs in samples:
+        y, state = it.run(inputs, state)
+        outs.append(np.concatenate([np.ravel(v).astype(np.float64) for v in y + state]))
+    return np.stack(outs)
+
+
+def run_pipeline(graph: Graph, names: list[str], *, verify_each: bool = False,
+                 samples: list[list[np.ndarray]] | None = None, rtol: float = 1e-3,
+                 log: Callable[[str], None] | None = None) -> tuple[Graph, dict]:
+    """Run passes in order, recording node count, FLOPs and time after each.
+
+    With verify_each, the structural verifier runs after every pass and, given sample inputs,
+    the graph's outputs (and state) are compared with the input graph's; the first pass whose
+    outputs move by more than rtol (relative to the largest output magnitude) raises PassError.
+    """
+    passes = [get_pass(n) for n in names]
+    report = {"passes": [{"name": "(traced)", "nodes": len(graph.nodes), "flops": graph.flops()}],
+              "exact": all(p.exact for p in passes)}
+    baseline = _sample_run(graph, samples) if verify_each and samples else None
+    for p in passes:
+        t0 = time.perf_counter()
+        changed, rounds = False, 0
+        while True:
+            rounds += 1
+            step_changed = p.run(graph)
+            changed |= step_changed
+            if not (p.fixpoint and step_changed) or rounds >= 20:
+                break
+        entry = {"name": p.name, "changed": bool(changed), "exact": p.exact, "nodes": len(graph.nodes),
+                 "flops": graph.flops(), "time_s": round(time.perf_counter() - t0, 4)}
+        if verify_each:
+            try:
+                verify(graph)
+            except Exception as e:
+                raise PassError(f"pass {p.name} broke the IR: {e}") from e
+            if baseline is not None:
+                got = _sample_run(graph, samples)
+                err = float(np.max(np.abs(got - baseline)) / max(np.max(np.abs(baseline)), 1e-30))
+                entry["max_rel_error"] = err
+                if err > rtol:
+                    raise PassError(f"pass {p.name} changed the graph's outputs by {err:.3g} (relative), "
+                                    f"more than {rtol:g}: it is the first pass that breaks equivalence")
+        report["passes"].append(entry)
+        if log:
+            log(f"      {p.name:<24} nodes {entry['nodes']:>5}  MFLOP {entry['flops'] / 1e6:8.2f}  "
+                f"{entry['time_s'] * 1e3:7.1f} ms" + ("" if changed else "  (no change)"))
+    return graph, report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'pass':<24} {'nodes':>6} {'MFLOP':>9} {'ms':>8}"]
+    for e in report["passes"]:
+        lines.append(f"{e['name']:<24} {e['nodes']:>6} {e['flops'] / 1e6:>9.2f} "
+                     f"{e.get('time_s', 0) * 1e3:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Exact local simplifications as rewrite rules: reshape/transpose/broadcast chains, identities,
+broadcasts absorbed into elementwise ops, x*1, x+0."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.ir import OPS, Graph, Value
+
+from .rewrite import C, P, Rule, X
+
+# elementwise ops with more than one input broadcast implicitly, so explicit broadcasts can go
+ELEMENTWISE = tuple(sorted(n for n, op in OPS.items() if op.elementwise and op.arity != 1))
+
+
+def _const_equals(value: float):
+    return lambda v: v.is_param and bool(np.all(v.const == value))
+
+
+def _reshape_to(g: Graph, x: Value, shape) -> Value:
+    return x if x.shape == tuple(shape) else g.op("reshape", x, shape=tuple(shape))
+
+
+def _reshape_chain(g, b):
+    return _reshape_to(g, b["x"], b["_node"].outputs[0].shape)
+
+
+def _identity(g, b):
+    return b["x"] if b["x"].type == b["_node"].outputs[0].type else None
+
+
+def _transpose_chain(g, b):
+    inner, outer = b["t"].producer.attrs["perm"], b["_node"].attrs["perm"]
+    perm = tuple(inner[p] for p in outer)
+    if perm == tuple(range(len(perm))):
+        return b["x"]
+    return g.op("transpose", b["x"], perm=perm)
+
+
+def _identity_transpose(g, b):
+    perm = b["_node"].attrs["perm"]
+    return b["x"] if perm == tuple(range(len(perm))) else None
+
+
+def _identity_slice(g, b):
+    a = b["_node"].attrs
+    full = all(s == 0 and l == d and st == 1 for s, l, st, d in zip(a["starts"], a["limits"], a["strides"],
+                                                                     b["x"].shape))
+    return b["x"] if full else None
+
+
+def _identity_broadcast(g, b):
+    node = b["_node"]
+    return b["x"] if node.attrs["shape"] == b["x"].shape and node.attrs["dims"] == tuple(range(len(b["x"].shape))) \
+        else None
+
+
+def _absorb_broadcasts(g, b):
+    """elementwise(broadcast(x), y) -> elementwise(reshape(x), y) when implicit broadcasting gives the same shape."""
+    node = b["_node"]
+    out_shape = node.outputs[0].shape
+    inputs, changed = list(node.inputs), False
+    for i, v in enumerate(node.inputs):
+        bn = v.producer
+        if bn is None or bn.op != "broadcast":
+            continue
+        x = bn.inputs[0]
+        expanded = [1] * len(bn.attrs["shape"])
+        for j, d in enumerate(bn.attrs["dims"]):
+            expanded[d] = x.shape[j]
+        trial = [w.shape for w in inputs]
+        trial[i] = tuple(expanded)
+        if np.broadcast_shapes(*trial) == out_shape:
+            inputs[i] = _reshape_to(g, x, expanded)
+            changed = True
+    if not changed:
+        return None
+    return g.add_node(node.op, inputs, **node.attrs).outputs[0]
+
+
+def _keep_if_same_type(x_key: str):
+    def fn(g, b):
+        x, out = b[x_key], b["_node"].outputs[0]
+        return x if x.type == out.type else None
+    return fn
+
+
+RULES = [
+    Rule("reshape-of-reshape", P("reshape", P("reshape", X("x"))), _reshape_chain),
+    Rule("identity-reshape", P("reshape", X("x")), _identity),
+    Rule("transpose-of-transpose", P("transpose", P("transpose", X("x"), name="t")), _transpose_chain),
+    Rule("identity-transpose", P("transpose", X("x")), _identity_transpose),
+    Rule("identity-slice", P("slice", X("x")), _identity_slice),
+    Rule("identity-broadcast", P("broadcast", X("x")), _identity_broadcast),
+    Rule("identity-cast", P("cast", X("x")), _identity),
+    Rule("absorb-broadcast", P(ELEMENTWISE), _absorb_broadcasts),
+    Rule("mul-by-one", P("mul", X("x"), C(where=_const_equals(1)), commute=True), _keep_if_same_type("x")),
+    Rule("add-zero", P("add", X("x"), C(where=_const_equals(0)), commute=True), _keep_if_same_type("x")),
+    Rule("sub-zero", P("sub", X("x"), C(where=_const_equals(0))), _keep_if_same_type("x")),
+    Rule("div-by-one", P("div", X("x"), C(where=_const_equals(1))), _keep_if_same_type("x")),
+]
