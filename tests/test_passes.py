@@ -547,6 +547,7 @@ def test_pipeline_for():
 # ---- property test: random elementwise graphs ------------------------------------------------------
 
 SHAPE = (2, 3)
+DYADIC = (0.5, 0.75, 1.25, 1.5, 2.0)
 
 
 @st.composite
@@ -600,7 +601,9 @@ def random_graphs(draw):
         elif kind == "cast":
             v = g.op("cast", a, to="float32")
         else:  # param-only subexpression for fold-constants
-            p = g.add_param(np.float32(draw(st.floats(0.5, 2.0))))
+            # dyadic values: the folded float32 constant is exact, so the float64 reference
+            # interpreter sees the same number before and after folding
+            p = g.add_param(np.float32(draw(st.sampled_from(DYADIC))))
             q = g.add_param(np.ones(SHAPE, np.float32))
             v = g.op("mul", a, g.op("add", g.op("broadcast", p, shape=SHAPE, dims=()), q))
         pool.append(v)
@@ -629,7 +632,9 @@ def test_onnx_pipeline_preserves_random_graphs(g, seed):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
     # no identities survive the pipeline
     for node in g.nodes:
-        assert node.op not in ("slice", "cast")
+        assert node.op != "cast"
+        if node.op == "slice":  # only the partial slice building the column survives
+            assert node.outputs[0].shape != node.inputs[0].shape
         if node.op == "reshape":
             assert node.outputs[0].shape != node.inputs[0].shape
             assert node.inputs[0].producer is None or node.inputs[0].producer.op != "reshape"
