@@ -1,7 +1,6 @@
 """Where a model's code and weights come from, and the step-model interface adapters return."""
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -61,11 +60,8 @@ def check_weights_file(path: str) -> None:
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from graphopt.artifact import sha256
+    return sha256(path)
 
 
 @dataclass
