@@ -4,7 +4,8 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.graphopt-installed
+# the stamp names this checkout, so a venv copied from another checkout re-installs graphopt from here
+STAMP := $(VENV)/.graphopt-installed-$(shell echo '$(CURDIR)' | cksum | cut -d' ' -f1)
 
 .PHONY: venv artifacts test bench clean
 
@@ -16,6 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps open-rppg==0.1.1
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.graphopt-installed*
 	touch $(STAMP)
 
 artifacts: venv
