@@ -54,6 +54,17 @@ def _simplify(graph: Graph) -> bool:
 register(Pass("simplify", _simplify, doc="reshape/transpose/broadcast chains, identities, x*1, x+0"))
 
 
+def _raise_math(graph: Graph) -> bool:
+    from .raise_math import raise_math
+    return raise_math(graph)
+
+
+# targets whose runtimes have exp, sin and cos as native ops
+NATIVE_MATH_TARGETS = frozenset({"onnx", "xla", "tflite", "tf", "tensorrt", "torch", "torch-compile"})
+register(Pass("raise-math", _raise_math, exact=False, targets=NATIVE_MATH_TARGETS,
+              doc="polynomial exp/sin/cos with range reduction -> native op (value-changing)"))
+
+
 def _sample_run(graph: Graph, samples: list[list[np.ndarray]]) -> np.ndarray:
     """Outputs of the graph over sample steps with state carried (float32 interpreter)."""
     it = Interpreter(graph, "float32")

@@ -54,6 +54,16 @@ def _identity_broadcast(g, b):
         else None
 
 
+def _broadcast_as_reshape(g, b):
+    """A broadcast that only inserts unit dimensions (keeping the order of the others) is a reshape."""
+    node, x = b["_node"], b["x"]
+    out = node.outputs[0]
+    dims = node.attrs["dims"]
+    if out.type.size != x.type.size or list(dims) != sorted(dims) or out.shape == x.shape:
+        return None
+    return g.op("reshape", x, shape=out.shape)
+
+
 def _absorb_broadcasts(g, b):
     """elementwise(broadcast(x), y) -> elementwise(reshape(x), y) when implicit broadcasting gives the same shape."""
     node = b["_node"]
@@ -91,6 +101,7 @@ RULES = [
     Rule("identity-transpose", P("transpose", X("x")), _identity_transpose),
     Rule("identity-slice", P("slice", X("x")), _identity_slice),
     Rule("identity-broadcast", P("broadcast", X("x")), _identity_broadcast),
+    Rule("broadcast-as-reshape", P("broadcast", X("x")), _broadcast_as_reshape),
     Rule("identity-cast", P("cast", X("x")), _identity),
     Rule("absorb-broadcast", P(ELEMENTWISE), _absorb_broadcasts),
     Rule("mul-by-one", P("mul", X("x"), C(where=_const_equals(1)), commute=True), _keep_if_same_type("x")),
