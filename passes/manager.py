@@ -45,13 +45,22 @@ register(Pass("cse", cleanup.cse, doc="merge identical nodes and identical const
 register(Pass("fold-constants", cleanup.fold_constants, doc="evaluate parameter-only subgraphs"))
 
 
-def _simplify(graph: Graph) -> bool:
-    from .rewrite import apply_rules
-    from .simplify import RULES
-    return apply_rules(graph, RULES)
+def rule_pass(module: str) -> Callable[[Graph], bool]:
+    """A pass that applies the rule list RULES of passes/<module>.py to a fixpoint."""
+    def run(graph: Graph) -> bool:
+        import importlib
+        from .rewrite import apply_rules
+        return apply_rules(graph, importlib.import_module(f"{__package__}.{module}").RULES)
+    return run
 
 
-register(Pass("simplify", _simplify, doc="reshape/transpose/broadcast chains, identities, x*1, x+0"))
+register(Pass("simplify", rule_pass("simplify"),
+              doc="reshape/transpose/broadcast chains and identities, broadcasts made implicit, x*1, x+0"))
+register(Pass("algebra", rule_pass("algebra"),
+              doc="relu6 -> clamp, a-(a-x), scale chains, scales and back-to-back linear maps folded into "
+                  "dot weights, slices of a dot split, broadcast-multiply + reduce-sum -> dot"))
+register(Pass("layout", rule_pass("layout"),
+              doc="transposes sunk through elementwise ops, absorbed by dots/reductions; conv + bias fused"))
 
 
 def _raise_math(graph: Graph) -> bool:

@@ -2,7 +2,10 @@
 
 A pattern names an op (or a set of ops) and sub-patterns, binds values by name and may test a
 predicate. A rule's function gets the graph and the bindings and returns a replacement value of
-the same type, or None to leave the node alone.
+the same type, or None to leave the node alone. Besides the pattern's names, the bindings hold
+"_node" (the matched node), "_users" (id(value) -> reading nodes) and "_uses" (id(value) -> number
+of readers, graph outputs included), both taken at the start of the sweep; rules that would
+duplicate work check them.
 """
 from __future__ import annotations
 
@@ -84,6 +87,10 @@ def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 50) -> bool:
     changed_any = False
     for _ in range(max_sweeps):
         subst: dict[int, Value] = {}
+        users = graph.users()
+        uses = {k: len(v) for k, v in users.items()}
+        for v in graph.sinks():
+            uses[id(v)] = uses.get(id(v), 0) + 1
         resolve = lambda v: subst.get(id(v), v)
         changed = False
         for node in list(graph.nodes):
@@ -92,7 +99,7 @@ def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 50) -> bool:
                 continue
             out = node.outputs[0]
             for rule in by_op.get(node.op, ()):
-                bound = {"_node": node}
+                bound = {"_node": node, "_uses": uses, "_users": users}
                 if not match(rule.pattern, out, bound):
                     continue
                 new = rule.rewrite(graph, bound)

@@ -64,23 +64,37 @@ def _broadcast_as_reshape(g, b):
     return g.op("reshape", x, shape=out.shape)
 
 
+def _implicit_shape(v: Value) -> tuple[int, ...] | None:
+    """For v = broadcast(x) or a reshape of x that only prepends unit dims: x's shape aligned to v's rank."""
+    node = v.producer
+    if node is None:
+        return None
+    x = node.inputs[0]
+    if node.op == "broadcast":
+        expanded = [1] * len(node.attrs["shape"])
+        for j, d in enumerate(node.attrs["dims"]):
+            expanded[d] = x.shape[j]
+        return tuple(expanded)
+    if node.op == "reshape" and len(v.shape) > len(x.shape) and v.shape == (1,) * (len(v.shape) - len(x.shape)) + x.shape:
+        return v.shape
+    return None
+
+
 def _absorb_broadcasts(g, b):
-    """elementwise(broadcast(x), y) -> elementwise(reshape(x), y) when implicit broadcasting gives the same shape."""
+    """elementwise(broadcast(x), y) -> elementwise(x', y) when implicit broadcasting gives the same shape
+    (x' is x, or x reshaped with unit dims where the broadcast adds them in the middle)."""
     node = b["_node"]
     out_shape = node.outputs[0].shape
     inputs, changed = list(node.inputs), False
     for i, v in enumerate(node.inputs):
-        bn = v.producer
-        if bn is None or bn.op != "broadcast":
+        expanded = _implicit_shape(v)
+        if expanded is None:
             continue
-        x = bn.inputs[0]
-        expanded = [1] * len(bn.attrs["shape"])
-        for j, d in enumerate(bn.attrs["dims"]):
-            expanded[d] = x.shape[j]
+        x = v.producer.inputs[0]
         trial = [w.shape for w in inputs]
-        trial[i] = tuple(expanded)
-        if np.broadcast_shapes(*trial) == out_shape:
-            inputs[i] = _reshape_to(g, x, expanded)
+        trial[i] = x.shape if tuple(expanded[len(expanded) - len(x.shape):]) == x.shape else tuple(expanded)
+        if np.broadcast_shapes(*trial) == out_shape and trial[i] != v.shape:
+            inputs[i] = _reshape_to(g, x, trial[i])
             changed = True
     if not changed:
         return None

@@ -171,6 +171,20 @@ for _name, _fn in COMPARE.items():
              (lambda f: lambda x, y, a: [f(x, y)])(_fn), _out_numel, elementwise=True, arity=2)
 
 
+def _clamp_infer(ins, a):
+    if not is_float(ins[0].dtype):
+        raise IRTypeError(f"op clamp needs a float input, got {ins[0].dtype}")
+    if not a["lo"] <= a["hi"]:
+        raise IRTypeError(f"op clamp: lo {a['lo']} is above hi {a['hi']}")
+    return [ins[0]]
+
+
+# min(max(x, lo), hi) with constant bounds (relu6 is clamp(x, 0, 6))
+register("clamp", _clamp_infer, lambda x, a: [np.minimum(np.maximum(x, x.dtype.type(a["lo"])),
+                                                          x.dtype.type(a["hi"]))],
+         _out_numel, attrs=("lo", "hi"), elementwise=True, arity=1)
+
+
 def _is_finite_infer(ins, a):
     if not is_float(ins[0].dtype):
         raise IRTypeError(f"op is_finite needs a float input, got {ins[0].dtype}")

@@ -11,7 +11,6 @@ import numpy as np
 
 from .. import artifact as art
 from ..ir import Graph, Node, Value
-from ..ir.ops import dot_as_matmul
 from ..stream import Stream
 
 OPSET = 18
@@ -119,6 +118,11 @@ def _rsqrt(b, n, ins, out):
     b.node("Reciprocal", [b.node("Sqrt", ins)], out)
 
 
+@lowering("clamp")
+def _clamp(b, n, ins, out):
+    b.node("Clip", [ins[0], _scalar(b, n, n.attrs["lo"]), _scalar(b, n, n.attrs["hi"])], out)
+
+
 @lowering("log1p")
 def _log1p(b, n, ins, out):
     b.node("Log", [b.node("Add", [ins[0], _scalar(b, n, 1)])], out)
@@ -220,17 +224,30 @@ def _cumsum(b, n, ins, out):
 def _dot(b, n, ins, out):
     lhs, rhs = n.inputs
     a = n.attrs
-    if not a["lhs_batch"] and a["lhs_contract"] == (len(lhs.shape) - 1,) and len(rhs.shape) == 2 \
-            and a["rhs_contract"] == (0,):
-        b.node("MatMul", ins, out)  # x[..., K] @ w[K, N]: MatMul broadcasts the leading dims
-        return
-    (pl, sl), (pr, sr), out_shape = dot_as_matmul(lhs.shape, rhs.shape, a)
-    operands = []
-    for name, value, perm, shape in ((ins[0], lhs, pl, sl), (ins[1], rhs, pr, sr)):
-        if perm != tuple(range(len(perm))):
-            name = b.node("Transpose", [name], perm=list(perm))
-        operands.append(b.node("Reshape", [name, b.ints(shape)]))
-    b.node("Reshape", [b.node("MatMul", operands), b.ints(out_shape)], out)
+    if not a["lhs_batch"] and a["lhs_contract"] == (len(lhs.shape) - 1,) and a["rhs_contract"] == (0,):
+        if len(rhs.shape) == 2:
+            b.node("MatMul", ins, out)  # x[..., K] @ w[K, N]: MatMul broadcasts the leading dims
+            return
+        if len(rhs.shape) == 1:  # x[..., K] . v[K]: onnxruntime's MatMul with a 1-D operand is slow
+            b.node("ReduceSum", [b.node("Mul", ins), b.ints([-1])], out, keepdims=0)
+            return
+    b.node("Einsum", ins, out, equation=einsum_equation(len(lhs.shape), len(rhs.shape), a))
+
+
+def einsum_equation(lhs_rank: int, rhs_rank: int, a: dict) -> str:
+    """The Einsum equation of a dot: output = batch dims, lhs free dims, rhs free dims."""
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    lhs, rhs = [None] * lhs_rank, [None] * rhs_rank
+    for i, j in zip(a["lhs_batch"], a["rhs_batch"]):
+        lhs[i] = rhs[j] = next(letters)
+    for i, j in zip(a["lhs_contract"], a["rhs_contract"]):
+        lhs[i] = rhs[j] = next(letters)
+    lhs = [c or next(letters) for c in lhs]
+    rhs = [c or next(letters) for c in rhs]
+    outs = [lhs[i] for i in a["lhs_batch"]]
+    outs += [c for i, c in enumerate(lhs) if i not in a["lhs_batch"] and i not in a["lhs_contract"]]
+    outs += [c for i, c in enumerate(rhs) if i not in a["rhs_batch"] and i not in a["rhs_contract"]]
+    return f"{''.join(lhs)},{''.join(rhs)}->{''.join(outs)}"
 
 
 @lowering("conv")

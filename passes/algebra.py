@@ -1,0 +1,173 @@
+"""Exact algebraic rewrites: clamps, scale chains, linear maps folded into one another, dots.
+
+Every rule here is exact in real arithmetic and changes a float result by rounding only (it may
+reassociate a product or a sum). Rules that would duplicate work fire only when the value they
+consume has no other reader.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.ir import Graph, Value, is_float
+
+from .rewrite import C, P, Rule, X
+
+
+def _scalar(v: Value) -> bool:
+    return v.is_param and v.const.size == 1
+
+
+def _single_use(b, v: Value) -> bool:
+    return b["_uses"].get(id(v), 0) == 1
+
+
+def _aligned(c: np.ndarray, rank: int) -> np.ndarray:
+    """A constant with numpy broadcasting's leading unit dimensions made explicit."""
+    return c.reshape((1,) * (rank - c.ndim) + c.shape)
+
+
+def _clamp(g: Graph, b):
+    lo, hi, x = b["lo"].const.item(), b["hi"].const.item(), b["x"]
+    out = b["_node"].outputs[0]
+    if not is_float(x.dtype) or x.type != out.type or not lo <= hi:
+        return None
+    return g.op("clamp", x, lo=float(lo), hi=float(hi))
+
+
+def _sub_of_sub(g: Graph, b):
+    """a - (a - x) -> x."""
+    a1, a2, x = b["a1"], b["a2"], b["x"]
+    same = a1 is a2 or (a1.is_param and a2.is_param and a1.type == a2.type and np.array_equal(a1.const, a2.const))
+    return x if same and x.type == b["_node"].outputs[0].type else None
+
+
+def _scale_chain(g: Graph, b):
+    """(x * c1) * c2 -> x * (c1 * c2)."""
+    inner, c1, c2 = b["inner"], b["c1"], b["c2"]
+    if not _single_use(b, inner):
+        return None
+    c = np.multiply(c1.const, c2.const).astype(c1.dtype)
+    new = g.op("mul", b["x"], g.add_param(c))
+    return new if new.type == b["_node"].outputs[0].type else None
+
+
+def _scalar_regroup(g: Graph, b):
+    """(x * s) * c -> x * (s * c) for a size-1 value s: the scalar product is shared (CSE) across uses."""
+    inner, s, c = b["inner"], b["s"], b["c"]
+    if s.is_param or s.type.size != 1 or b["x"].type.size == 1 or not _single_use(b, inner):
+        return None
+    new = g.op("mul", b["x"], g.op("mul", s, c))
+    return new if new.type == b["_node"].outputs[0].type else None
+
+
+def _matmul_like(node) -> int | None:
+    """The lhs contracting axis of a dot x[..., k] @ W[k, n] with a constant 2-D W, else None."""
+    a = node.attrs
+    lhs, rhs = node.inputs
+    if not rhs.is_param or rhs.const.ndim != 2 or a["lhs_batch"] or a["rhs_batch"]:
+        return None
+    if tuple(a["rhs_contract"]) != (0,) or len(a["lhs_contract"]) != 1:
+        return None
+    return a["lhs_contract"][0]
+
+
+def _scale_into_dot(g: Graph, b):
+    """dot(x * c, W) -> dot(x, W * c) when c is constant along every axis but the contracting one."""
+    node, scaled, c = b["_node"], b["scaled"], b["c"]
+    k = _matmul_like(node)
+    if k is None or not _single_use(b, scaled) or b["x"].shape != scaled.shape:
+        return None
+    ca = _aligned(c.const, len(scaled.shape))
+    if ca.ndim != len(scaled.shape) or any(d != 1 for i, d in enumerate(ca.shape) if i != k):
+        return None
+    col = ca.reshape(-1, 1).astype(np.float64)  # size 1 or the contracting size
+    W = node.inputs[1].const.astype(np.float64)
+    W = W * col if scaled.producer.op == "mul" else W / col
+    return g.op("dot", b["x"], g.add_param(W.astype(node.inputs[1].dtype)), **node.attrs)
+
+
+def _unit_reshape_keeps_last(v: Value, x: Value) -> bool:
+    """v = reshape(x) only inserts or removes unit dimensions and keeps the last dimension."""
+    strip = lambda s: tuple(d for d in s if d != 1)
+    return bool(v.shape) and bool(x.shape) and v.shape[-1] == x.shape[-1] and strip(v.shape) == strip(x.shape)
+
+
+def _dot_of_dot(g: Graph, b):
+    """dot(dot(x, W1), W2) -> dot(x, W1 @ W2) when it does not add FLOPs (reshapes of unit dims between)."""
+    outer = b["_node"]
+    mid = outer.inputs[0]
+    inner_out = mid
+    if mid.producer is not None and mid.producer.op == "reshape":
+        inner_out = mid.producer.inputs[0]
+        if not _unit_reshape_keeps_last(mid, inner_out) or not _single_use(b, mid):
+            return None
+    inner = inner_out.producer
+    if inner is None or inner.op != "dot" or not _single_use(b, inner_out):
+        return None
+    k1, k2 = _matmul_like(inner), _matmul_like(outer)
+    x = inner.inputs[0]
+    if k1 != len(x.shape) - 1 or k2 != len(mid.shape) - 1:
+        return None
+    W1, W2 = inner.inputs[1].const, outer.inputs[1].const
+    (k, m), n = W1.shape, W2.shape[1]
+    if k * n > k * m + m * n:
+        return None
+    W = (W1.astype(np.float64) @ W2.astype(np.float64)).astype(W1.dtype)
+    y = g.op("dot", x, g.add_param(W), lhs_contract=(k1,), rhs_contract=(0,), lhs_batch=(), rhs_batch=())
+    out = outer.outputs[0]
+    return y if y.shape == out.shape else g.op("reshape", y, shape=out.shape)
+
+
+def _slice_of_dot(g: Graph, b):
+    """slice(dot(x, W)) on the output's last axis only -> dot(x, W[:, a:b]), when only slices read the dot."""
+    node, d = b["_node"], b["d"]
+    dn = d.producer
+    k = _matmul_like(dn)
+    if k is None or any(u.op != "slice" for u in b["_users"].get(id(d), [])) or d in g.sinks():
+        return None
+    a = node.attrs
+    last = len(d.shape) - 1
+    for i, (s, l, st) in enumerate(zip(a["starts"], a["limits"], a["strides"])):
+        if i != last and (s, l, st) != (0, d.shape[i], 1):
+            return None
+    W = dn.inputs[1].const[:, a["starts"][last]:a["limits"][last]:a["strides"][last]]
+    return g.op("dot", dn.inputs[0], g.add_param(np.ascontiguousarray(W)), **dn.attrs)
+
+
+def _mul_reduce_to_dot(g: Graph, b):
+    """reduce_sum(a * v, axis k) with v a vector along k -> dot(a, v)."""
+    node, prod = b["_node"], b["prod"]
+    axes = node.attrs["axes"]
+    if len(axes) != 1 or not _single_use(b, prod):
+        return None
+    k = axes[0]
+    for a, v in ((b["p"], b["q"]), (b["q"], b["p"])):
+        if a.shape != prod.shape:
+            continue
+        vs = (1,) * (len(a.shape) - len(v.shape)) + v.shape
+        if len(vs) == len(a.shape) and all(d == 1 for i, d in enumerate(vs) if i != k) and vs[k] == a.shape[k]:
+            vec = g.op("reshape", v, shape=(a.shape[k],)) if v.shape != (a.shape[k],) else v
+            return g.op("dot", a, vec, lhs_contract=(k,), rhs_contract=(0,), lhs_batch=(), rhs_batch=())
+    return None
+
+
+def _scalar_pat(name):
+    return C(name, where=_scalar)
+
+
+RULES = [
+    Rule("clamp", P("min", P("max", X("x"), _scalar_pat("lo"), commute=True), _scalar_pat("hi"), commute=True),
+         _clamp),
+    Rule("clamp", P("max", P("min", X("x"), _scalar_pat("hi"), commute=True), _scalar_pat("lo"), commute=True),
+         _clamp),
+    Rule("sub-of-sub", P("sub", X("a1"), P("sub", X("a2"), X("x"))), _sub_of_sub),
+    Rule("scale-chain", P("mul", P("mul", X("x"), C("c1"), commute=True, name="inner"), C("c2"), commute=True),
+         _scale_chain),
+    Rule("scalar-regroup", P("mul", P("mul", X("x"), X("s"), commute=True, name="inner"), C("c", where=_scalar),
+                             commute=True), _scalar_regroup),
+    Rule("scale-into-dot", P("dot", P("mul", X("x"), C("c"), commute=True, name="scaled"), C()), _scale_into_dot),
+    Rule("scale-into-dot", P("dot", P("div", X("x"), C("c"), name="scaled"), C()), _scale_into_dot),
+    Rule("dot-of-dot", P("dot", X(), C()), _dot_of_dot),
+    Rule("slice-of-dot", P("slice", P("dot", X(), C(), name="d")), _slice_of_dot),
+    Rule("mul-reduce-to-dot", P("reduce_sum", P("mul", X("p"), X("q"), name="prod")), _mul_reduce_to_dot),
+]
