@@ -179,4 +179,5 @@ def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
                   "state_bytes": graph.state_bytes()},
         "source": graph.meta.get("source", {}),
         "pipeline": graph.meta.get("pipeline", {"passes": []}),
+        "fixed_inputs": graph.meta.get("fixed_inputs") or {},
     }

@@ -32,8 +32,12 @@ def log_stderr(msg: str) -> None:
 
 def build(model: str, target: str, out: str | Path, *, weights: str | None = None, as_published: bool = False,
           fuse: bool = True, pass_names: list[str] | None = None, verify_each_pass: bool = False,
-          verify: bool = True, frames: int = 600, log: Callable[[str], None] = log_stderr) -> art.Artifact:
-    """Build one artifact into `out` (a folder, replaced atomically). Raises on any failure."""
+          verify: bool = True, frames: int = 600, exact: bool = False, fps: float | None = None,
+          log: Callable[[str], None] = log_stderr) -> art.Artifact:
+    """Build one artifact into `out` (a folder, replaced atomically). Raises on any failure.
+
+    exact: run only exact passes (rounding-level tier); fps: bake dt = 1/fps into the graph.
+    """
     from graphopt import models, passes
 
     tmod = target_module(target)
@@ -47,17 +51,38 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     verify_ir(graph)
     log(f"      traced {len(graph.nodes)} nodes, {graph.flops() / 1e6:.1f} MFLOP/step "
         f"({time.perf_counter() - t0:.1f} s)")
-    names = pass_names if pass_names is not None else passes.pipeline_for(target, fuse)
+    if fps is not None:
+        if not fps > 0:
+            raise BuildError(f"--fps must be a positive frame rate, got {fps}")
+        dt_input = graph.inputs[1].name if len(graph.inputs) > 1 else None
+        if dt_input is None:
+            raise BuildError(f"--fps needs a model with a dt input; {model} has none")
+        graph.meta["fixed_inputs"] = {dt_input: 1.0 / fps}
+    if pass_names is not None:
+        names = (["specialize-inputs"] if fps is not None else []) + list(pass_names)
+    else:
+        names = passes.pipeline_for(target, fuse, exact_only=exact, fixed_inputs=fps is not None)
     log(f"[2/4] pass pipeline: {', '.join(names) or 'none (unfused)'}")
     samples = None
     if verify_each_pass:
         clip = equivalence.Clip(frames=4).array(step_model.frame_shape)
         samples = [[f, np.float32(1.0 / step_model.fps)] for f in clip]
-    graph, report = passes.run_pipeline(graph, names, verify_each=verify_each_pass, samples=samples, log=log)
-    report["name"] = "default" if pass_names is None and fuse else ("custom" if names else "none")
+    try:
+        graph, report = passes.run_pipeline(graph, names, verify_each=verify_each_pass, samples=samples, log=log)
+    except passes.PassError as e:
+        raise BuildError(str(e)) from e
+    report["name"] = "custom" if pass_names is not None else ("default" if fuse else "none") + \
+        (" (exact only)" if exact and fuse else "")
+    report["raise_math"] = _summarize_raised(graph.meta.get("raise_math", []))
+    if report["raise_math"]:
+        log("      raised to native ops: " + ", ".join(
+            f"{r['count']} x {r['op']} (approximation error {r['max_error']:.2g} {r['error_kind']})"
+            for r in report["raise_math"]))
     graph.meta["pipeline"] = report
     precision = step_model.source["precision"]
     tier = "rounding" if report["exact"] else "signal"
+    log(f"      {len(graph.nodes)} nodes after the pipeline; tier claimed: {tier}"
+        + ("" if report["exact"] else " (value-changing passes changed the graph)"))
     with art.atomic_dir(Path(out)) as tmp:
         log(f"[3/4] emitting {target} artifact")
         artifact = tmod.emit(graph, tmp, {"stem": model, "precision": precision})
@@ -79,6 +104,17 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     final = Path(out).resolve() / artifact.path.name
     log(f"wrote {final} ({time.perf_counter() - t0:.1f} s)")
     return art.Artifact(final, manifest)
+
+
+def _summarize_raised(entries: list[dict]) -> list[dict]:
+    """raise-math's log grouped by op: count and the largest approximation error on the probe domain."""
+    out: dict[str, dict] = {}
+    for e in entries:
+        r = out.setdefault(e["op"], {"op": e["op"], "count": 0, "max_error": 0.0, "error_kind": e["error_kind"],
+                                     "domain": e["domain"]})
+        r["count"] += 1
+        r["max_error"] = max(r["max_error"], e["max_error"])
+    return list(out.values())
 
 
 def format_result(r: dict, claimed: str | None = None) -> str:

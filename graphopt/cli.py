@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep the authors' mixed_float16 convs instead of the canonical float32 form")
     b.add_argument("--no-fuse", action="store_true", help="run no passes: the unfused baseline graph")
     b.add_argument("--passes", help="comma-separated passes to run instead of the target's pipeline")
+    b.add_argument("--exact", action="store_true",
+                   help="run only exact passes (no raising of approximated math): rounding-level tier")
+    b.add_argument("--fps", type=float, help="bake dt = 1/FPS into the graph and fold what follows from it")
     b.add_argument("--verify-each-pass", action="store_true",
                    help="check the IR and its outputs on sample frames after every pass")
     b.add_argument("--no-verify", action="store_true", help="skip the equivalence check (tier not verified)")
@@ -43,7 +46,8 @@ def cmd_build(a) -> int:
     from .build import build
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
     build(a.model, a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
-          pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames)
+          pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
+          exact=a.exact, fps=a.fps)
     return EXIT_OK
 
 

@@ -20,7 +20,8 @@ class Stream:
         frame_spec = manifest["inputs"][0]
         self.frame_shape = tuple(frame_spec["shape"])
         self.frame_dtype = np.dtype(frame_spec["dtype"])
-        self.default_dt = 1.0 / float(manifest.get("fps") or 30.0)
+        self.fixed_dt = (manifest.get("fixed_inputs") or {}).get("dt")
+        self.default_dt = self.fixed_dt or 1.0 / float(manifest.get("fps") or 30.0)
         self._initial_state = [np.array(s) for s in initial_state]
         self._state = [s.copy() for s in self._initial_state]
 
@@ -30,6 +31,9 @@ class Stream:
         dt = np.asarray(self.default_dt if dt is None else dt, dtype=np.float32)
         if not np.isfinite(dt) or dt <= 0:
             raise FrameError(f"dt must be a positive number of seconds per frame, got {float(dt)}")
+        if self.fixed_dt is not None and not np.isclose(dt, self.fixed_dt, rtol=1e-6, atol=0):
+            raise FrameError(f"this artifact was built for dt = {self.fixed_dt:.6g} s (--fps "
+                             f"{1 / self.fixed_dt:g}), got dt = {float(dt):.6g}; rebuild without --fps to vary dt")
         out, self._state = self._run(frame, dt, self._state)
         return out
 

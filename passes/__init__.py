@@ -3,15 +3,22 @@ from __future__ import annotations
 
 from .manager import PASSES, Pass, PassError, format_report, get_pass, register, run_pipeline
 
-# target -> passes run by default (all exact so far)
-PIPELINES: dict[str, list[str]] = {
-    "onnx": ["fold-constants", "simplify", "cse", "fold-constants", "simplify", "dce"],
-}
+# the passes every fusing pipeline runs, in order; value-changing ones only for targets they suit
+DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "algebra", "layout", "simplify", "cse",
+                    "fold-constants", "dce"]
+PIPELINES: dict[str, list[str]] = {"onnx": DEFAULT_PIPELINE}
 
 
-def pipeline_for(target: str, fuse: bool = True) -> list[str]:
-    return list(PIPELINES.get(target, [])) if fuse else []
+def pipeline_for(target: str, fuse: bool = True, exact_only: bool = False, fixed_inputs: bool = False) -> list[str]:
+    """The target's default pipeline. exact_only drops value-changing passes; fixed_inputs prepends
+    specialize-inputs (which also runs without fusion, followed by constant folding)."""
+    names = list(PIPELINES.get(target, DEFAULT_PIPELINE)) if fuse else []
+    names = [n for n in names if (PASSES[n].targets is None or target in PASSES[n].targets)
+             and (PASSES[n].exact or not exact_only)]
+    if fixed_inputs:
+        names = ["specialize-inputs"] + (names if fuse else ["fold-constants", "dce"])
+    return names
 
 
-__all__ = ["PASSES", "PIPELINES", "Pass", "PassError", "format_report", "get_pass", "pipeline_for",
+__all__ = ["DEFAULT_PIPELINE", "PASSES", "PIPELINES", "Pass", "PassError", "format_report", "get_pass", "pipeline_for",
            "register", "run_pipeline"]
