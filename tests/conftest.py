@@ -45,3 +45,11 @@ def onnx_fused(tmp_path_factory, facephys):
     from graphopt.build import build
     out = tmp_path_factory.mktemp("artifacts") / "facephys-onnx"
     return build("facephys", "onnx", out, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def onnx_exact(tmp_path_factory, facephys):
+    """FacePhys ONNX through the default pipeline's exact passes only (--exact)."""
+    from graphopt.build import build
+    out = tmp_path_factory.mktemp("artifacts") / "facephys-onnx-exact"
+    return build("facephys", "onnx", out, exact=True, log=lambda m: None)

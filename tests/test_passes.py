@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graphopt.ir import Graph, Interpreter, TensorType, verify
-from graphopt.passes import PASSES, Pass, PassError, pipeline_for, register, run_pipeline
+from graphopt.passes import DEFAULT_PIPELINE, PASSES, Pass, PassError, pipeline_for, register, run_pipeline
+from graphopt.passes.manager import NATIVE_MATH_TARGETS
 from graphopt.passes import cleanup
 from graphopt.passes.cleanup import FOLD_GROWTH_LIMIT, cse, dce, fold_constants
 from graphopt.passes.rewrite import C, P, Rule, X, apply_rules, match
@@ -482,10 +483,17 @@ def _add_to_sub(graph: Graph) -> bool:
 
 
 def test_report_not_exact_with_value_changing_pass(temp_pass):
-    temp_pass(Pass("test-approx", lambda g: False, exact=False))
+    # the report turns inexact once a value-changing pass has changed the graph
+    temp_pass(Pass("test-approx", lambda g: True, exact=False))
     _, report = run_pipeline(small_graph(), ["simplify", "test-approx"])
     assert report["exact"] is False
     assert report["passes"][-1]["exact"] is False
+    # a value-changing pass that changed nothing leaves the result exact (raise-math on a graph
+    # without approximated math), though its entry still says the pass itself is not exact
+    temp_pass(Pass("test-approx-noop", lambda g: False, exact=False))
+    _, report = run_pipeline(small_graph(), ["simplify", "test-approx-noop"])
+    assert report["exact"] is True
+    assert report["passes"][-1]["exact"] is False and report["passes"][-1]["changed"] is False
     _, report = run_pipeline(small_graph(), ["simplify"])
     assert report["exact"] is True
 
@@ -538,16 +546,46 @@ def test_temp_passes_are_removed():
 
 
 def test_pipeline_for():
-    assert pipeline_for("onnx") == ["fold-constants", "simplify", "cse", "fold-constants", "simplify", "dce"]
+    assert DEFAULT_PIPELINE == ["fold-constants", "simplify", "cse", "raise-math", "algebra", "layout", "simplify",
+                                "cse", "fold-constants", "dce"]
+    assert pipeline_for("onnx") == DEFAULT_PIPELINE
+    assert pipeline_for("onnx") is not DEFAULT_PIPELINE  # a copy: callers may edit it
+    # exact_only drops the value-changing passes (raise-math) and keeps the order of the rest
+    assert PASSES["raise-math"].exact is False
+    assert pipeline_for("onnx", exact_only=True) == [n for n in DEFAULT_PIPELINE if n != "raise-math"]
+    assert all(PASSES[n].exact for n in pipeline_for("onnx", exact_only=True))
     assert pipeline_for("onnx", fuse=False) == []
-    assert pipeline_for("no-such-target") == []
-    assert all(n in PASSES for n in pipeline_for("onnx"))
+    assert pipeline_for("onnx", fixed_inputs=True) == ["specialize-inputs"] + DEFAULT_PIPELINE
+    assert pipeline_for("onnx", fixed_inputs=True)[0] == "specialize-inputs"
+    assert pipeline_for("onnx", fuse=False, fixed_inputs=True) == ["specialize-inputs", "fold-constants", "dce"]
+    # an unknown target gets the default pipeline minus passes that name their targets (raise-math
+    # only suits targets with native exp/sin/cos)
+    assert "no-such-target" not in NATIVE_MATH_TARGETS
+    assert PASSES["raise-math"].targets == NATIVE_MATH_TARGETS
+    expected = [n for n in DEFAULT_PIPELINE if PASSES[n].targets is None or "no-such-target" in PASSES[n].targets]
+    assert pipeline_for("no-such-target") == expected
+    assert "raise-math" not in expected and "algebra" in expected and "layout" in expected
+    assert pipeline_for("no-such-target", fuse=False) == []
+    for names in (pipeline_for("onnx"), pipeline_for("onnx", fixed_inputs=True), pipeline_for("no-such-target")):
+        assert all(n in PASSES for n in names)
 
 
 # ---- property test: random elementwise graphs ------------------------------------------------------
 
 SHAPE = (2, 3)
 DYADIC = (0.5, 0.75, 1.25, 1.5, 2.0)
+# entries of the constant matrices and scales the algebra rules fold (W1 @ W2, W * c): few-bit dyadic
+# numbers, so the folded float32 constant is exact and only float64 reassociation separates the results
+WEIGHTS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
+
+
+def _dyadic_array(draw, shape, values=WEIGHTS) -> np.ndarray:
+    n = int(np.prod(shape, dtype=np.int64))
+    return np.float32(draw(st.lists(st.sampled_from(values), min_size=n, max_size=n))).reshape(shape)
+
+
+def _matmul(g: Graph, x, w):
+    return g.op("dot", x, w, lhs_contract=(len(x.shape) - 1,), rhs_contract=(0,))
 
 
 @st.composite
@@ -561,7 +599,8 @@ def random_graphs(draw):
     n_steps = draw(st.integers(1, 12))
     for _ in range(n_steps):
         kind = draw(st.sampled_from(["binary", "broadcast", "reshape", "transpose", "mul1", "add0",
-                                     "const", "slice", "cast", "constexpr"]))
+                                     "const", "slice", "cast", "constexpr",
+                                     "relu6", "dotchain", "scaledot", "transpose-const"]))
         a = draw(st.sampled_from(pool))
         if kind == "binary":
             op = draw(st.sampled_from(["add", "sub", "mul", "max", "min"]))
@@ -600,6 +639,24 @@ def random_graphs(draw):
             v = g.op("slice", a, starts=(0, 0), limits=SHAPE, strides=(1, 1))
         elif kind == "cast":
             v = g.op("cast", a, to="float32")
+        elif kind == "relu6":  # algebra: min(max(x, 0), 6) -> clamp, in any operand order
+            lo, hi = g.add_param(np.float32(0)), g.add_param(np.float32(6))
+            m = g.op("max", a, lo) if draw(st.booleans()) else g.op("max", lo, a)
+            v = g.op("min", m, hi) if draw(st.booleans()) else g.op("min", hi, m)
+        elif kind == "dotchain":  # algebra: x @ W1 @ W2 -> x @ (W1 @ W2)
+            w1 = g.add_param(_dyadic_array(draw, (3, 3)))
+            w2 = g.add_param(_dyadic_array(draw, (3, 3)))
+            v = _matmul(g, _matmul(g, a, w1), w2)
+        elif kind == "scaledot":  # algebra: (x * c) @ W -> x @ (c[:, None] * W)
+            c = g.add_param(_dyadic_array(draw, draw(st.sampled_from([(3,), (1, 3), ()])), DYADIC[::2] + (-1.0,)))
+            scaled = g.op("mul", a, c) if draw(st.booleans()) else g.op("mul", c, a)
+            v = _matmul(g, scaled, g.add_param(_dyadic_array(draw, (3, 3))))
+        elif kind == "transpose-const":  # layout sinks the transpose through the op; simplify cancels the pair
+            t = g.op("transpose", a, perm=(1, 0))
+            c = g.add_param(_dyadic_array(draw, draw(st.sampled_from([(3, 2), (2,), (3, 1), ()])), DYADIC))
+            op = draw(st.sampled_from(["add", "sub", "mul", "max", "min"]))
+            e = g.op(op, t, c) if draw(st.booleans()) else g.op(op, c, t)
+            v = g.op("transpose", e, perm=(1, 0))
         else:  # param-only subexpression for fold-constants
             # dyadic values: the folded float32 constant is exact, so the float64 reference
             # interpreter sees the same number before and after folding
@@ -622,7 +679,7 @@ def test_onnx_pipeline_preserves_random_graphs(g, seed):
               for v in g.inputs]
     before, _ = run64(g, inputs)
     types = [v.type for v in g.outputs]
-    names = pipeline_for("onnx")
+    names = pipeline_for("onnx", exact_only=True)
     _, report = run_pipeline(g, names)
     verify(g)
     assert report["exact"] is True

@@ -314,7 +314,11 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     onnx.save_model(model, str(model_file))
     manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
     manifest["sha256"] = art.sha256(model_file)
-    manifest["onnx"] = {"opset": OPSET, "ir_version": IR_VERSION, "nodes": len(model.graph.node)}
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    manifest["onnx"] = {"opset": OPSET, "ir_version": IR_VERSION, "nodes": len(model.graph.node),
+                        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))}
     manifest["tools"] = art.tool_versions("onnx", "onnxruntime")
     art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
                    [s.init for s in graph.state])
