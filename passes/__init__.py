@@ -4,8 +4,8 @@ from __future__ import annotations
 from .manager import PASSES, Pass, PassError, format_report, get_pass, register, run_pipeline
 
 # the passes every fusing pipeline runs, in order; value-changing ones only for targets they suit
-DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "algebra", "layout", "simplify", "cse",
-                    "fold-constants", "dce"]
+DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "drop-cast-roundtrips", "algebra", "layout",
+                    "simplify", "cse", "fold-constants", "dce"]
 PIPELINES: dict[str, list[str]] = {"onnx": DEFAULT_PIPELINE}
 
 

@@ -141,6 +141,8 @@ def _mul_reduce_to_dot(g: Graph, b):
     if len(axes) != 1 or not _single_use(b, prod):
         return None
     k = axes[0]
+    if b["p"] is b["q"]:
+        return None  # a sum of squares: the vector would need its own reshape, and nothing is saved
     for a, v in ((b["p"], b["q"]), (b["q"], b["p"])):
         if a.shape != prod.shape:
             continue

@@ -59,6 +59,8 @@ register(Pass("simplify", rule_pass("simplify"),
 register(Pass("algebra", rule_pass("algebra"),
               doc="relu6 -> clamp, a-(a-x), scale chains, scales and back-to-back linear maps folded into "
                   "dot weights, slices of a dot split, broadcast-multiply + reduce-sum -> dot"))
+register(Pass("drop-cast-roundtrips", rule_pass("roundtrip"), exact=False,
+              doc="float casts to a narrower type and straight back removed (value-changing)"))
 register(Pass("layout", rule_pass("layout"),
               doc="transposes sunk through elementwise ops, absorbed by dots/reductions; conv + bias fused"))
 

@@ -101,6 +101,18 @@ def _absorb_broadcasts(g, b):
     return g.add_node(node.op, inputs, **node.attrs).outputs[0]
 
 
+# casts that lose nothing: the round trip back is the identity
+LOSSLESS = {("float16", "float32"), ("float16", "float64"), ("float32", "float64"), ("int32", "int64"),
+            ("int32", "float64"), ("bool", "int32"), ("bool", "int64")}
+
+
+def _lossless_roundtrip(g, b):
+    """cast(cast(x, wider), back) -> x when the inner cast is lossless."""
+    x, inner = b["x"], b["inner"]
+    out = b["_node"].outputs[0]
+    return x if out.type == x.type and (x.dtype, inner.dtype) in LOSSLESS else None
+
+
 def _keep_if_same_type(x_key: str):
     def fn(g, b):
         x, out = b[x_key], b["_node"].outputs[0]
@@ -117,6 +129,7 @@ RULES = [
     Rule("identity-broadcast", P("broadcast", X("x")), _identity_broadcast),
     Rule("broadcast-as-reshape", P("broadcast", X("x")), _broadcast_as_reshape),
     Rule("identity-cast", P("cast", X("x")), _identity),
+    Rule("lossless-cast-roundtrip", P("cast", P("cast", X("x"), name="inner")), _lossless_roundtrip),
     Rule("absorb-broadcast", P(ELEMENTWISE), _absorb_broadcasts),
     Rule("mul-by-one", P("mul", X("x"), C(where=_const_equals(1)), commute=True), _keep_if_same_type("x")),
     Rule("add-zero", P("add", X("x"), C(where=_const_equals(0)), commute=True), _keep_if_same_type("x")),

@@ -1,0 +1,64 @@
+"""Benchmark protocol (DESIGN.md): batch 1, state carried, warm-up, then repeats; per-frame latency
+measured end to end through Stream.step; median FPS and p50/p99 latency.
+
+Runs are interleaved: every round steps each stream in turn, so slow phases of a shared machine hit
+all rows alike and the ratios between rows stay meaningful.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Row:
+    name: str
+    latencies_s: np.ndarray
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.percentile(self.latencies_s, 50) * 1e3)
+
+    @property
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies_s, 99) * 1e3)
+
+    @property
+    def fps(self) -> float:
+        return 1e3 / self.p50_ms
+
+
+def measure(steps: dict[str, callable], frames: np.ndarray, *, rounds: int = 5, steps_per_round: int = 100,
+            warmup: int = 30) -> list[Row]:
+    """Time each `step(frame)` callable; returns one Row per name (order kept)."""
+    lat = {name: [] for name in steps}
+    for name, step in steps.items():
+        for i in range(warmup):
+            step(frames[i % len(frames)])
+    for r in range(rounds):
+        for name, step in steps.items():
+            out = lat[name]
+            for i in range(steps_per_round):
+                frame = frames[(r * steps_per_round + i) % len(frames)]
+                t0 = time.perf_counter()
+                step(frame)
+                out.append(time.perf_counter() - t0)
+    return [Row(name, np.asarray(v)) for name, v in lat.items()]
+
+
+def markdown_table(rows: list[Row], baseline: str | None = None, extra: dict[str, dict] | None = None) -> str:
+    """Runtime | FPS | p50 ms | p99 ms | x baseline [| extra columns]."""
+    extra = extra or {}
+    cols = sorted({k for v in extra.values() for k in v})
+    base = next((r for r in rows if r.name == baseline), None)
+    head = ["Runtime", "FPS", "p50 ms", "p99 ms"] + ([f"x {baseline}"] if base else []) + cols
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.name, f"{r.fps:.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}"]
+        if base:
+            cells.append(f"{base.p50_ms / r.p50_ms:.2f}")
+        cells += [str(extra.get(r.name, {}).get(c, "")) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
