@@ -13,7 +13,7 @@ from . import artifact as art
 from . import equivalence, metrics
 from .ir import verify as verify_ir
 
-TARGETS = ("onnx",)
+TARGETS = ("onnx", "xla")
 
 
 class BuildError(RuntimeError):

@@ -1,0 +1,155 @@
+"""Lower an IR graph to a JAX function: one function per IR op (the shape of the ONNX lowering table).
+
+`to_jax_function(graph)` returns f(*inputs, *state) -> (*outputs, *new_state), a pure function of
+flat arrays, ready for jax.jit and jax.export. Parameters become constants of the function.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..ir import Graph
+
+JaxLowering = Callable[..., list]
+LOWERINGS: dict[str, JaxLowering] = {}
+
+
+class UnsupportedOpError(ValueError):
+    """The graph has an op this lowering does not know."""
+
+
+def lowering(*ops: str):
+    def deco(fn):
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+    return deco
+
+
+def _table():
+    import jax.numpy as jnp
+    from jax import lax
+
+    unary = {"neg": jnp.negative, "exp": jnp.exp, "log": jnp.log, "sqrt": jnp.sqrt, "rsqrt": lax.rsqrt,
+             "floor": jnp.floor, "ceil": jnp.ceil, "abs": jnp.abs, "sign": jnp.sign, "sin": jnp.sin,
+             "cos": jnp.cos, "tanh": jnp.tanh, "sigmoid": lambda x: 1 / (1 + jnp.exp(-x)),
+             "erf": lax.erf, "log1p": jnp.log1p, "expm1": jnp.expm1, "not": jnp.logical_not,
+             "is_finite": jnp.isfinite}
+    binary = {"add": jnp.add, "sub": jnp.subtract, "mul": jnp.multiply, "max": jnp.maximum,
+              "min": jnp.minimum, "pow": jnp.power, "rem": lax.rem, "and": jnp.logical_and,
+              "or": jnp.logical_or, "lt": jnp.less, "le": jnp.less_equal, "gt": jnp.greater,
+              "ge": jnp.greater_equal, "eq": jnp.equal, "ne": jnp.not_equal}
+    for name, fn in unary.items():
+        LOWERINGS[name] = (lambda f: lambda n, x: [f(x)])(fn)
+    for name, fn in binary.items():
+        LOWERINGS[name] = (lambda f: lambda n, x, y: [f(x, y)])(fn)
+
+    @lowering("div")
+    def _div(n, x, y):
+        return [x / y if jnp.issubdtype(x.dtype, jnp.floating) else lax.div(x, y)]
+
+    @lowering("round")
+    def _round(n, x):
+        if n.attrs["mode"] == "half_even":
+            return [jnp.round(x)]
+        return [lax.round(x, lax.RoundingMethod.AWAY_FROM_ZERO)]
+
+    @lowering("clamp")
+    def _clamp(n, x):
+        return [jnp.minimum(jnp.maximum(x, n.attrs["lo"]), n.attrs["hi"]).astype(x.dtype)]
+
+    @lowering("select")
+    def _select(n, c, x, y):
+        return [jnp.where(c, x, y)]
+
+    @lowering("cast")
+    def _cast(n, x):
+        return [x.astype(n.attrs["to"])]
+
+    @lowering("reshape")
+    def _reshape(n, x):
+        return [jnp.reshape(x, n.attrs["shape"])]
+
+    @lowering("transpose")
+    def _transpose(n, x):
+        return [jnp.transpose(x, n.attrs["perm"])]
+
+    @lowering("broadcast")
+    def _broadcast(n, x):
+        return [lax.broadcast_in_dim(x, n.attrs["shape"], n.attrs["dims"])]
+
+    @lowering("slice")
+    def _slice(n, x):
+        a = n.attrs
+        return [lax.slice(x, a["starts"], a["limits"], a["strides"])]
+
+    @lowering("concat")
+    def _concat(n, *xs):
+        return [jnp.concatenate(xs, axis=n.attrs["axis"])]
+
+    @lowering("pad")
+    def _pad(n, x, v):
+        return [lax.pad(x, v, [(lo, hi, 0) for lo, hi in n.attrs["pads"]])]
+
+    @lowering("take")
+    def _take(n, x, i):
+        ax = n.attrs["axis"]
+        return [jnp.take(x, jnp.clip(i, 0, x.shape[ax] - 1), axis=ax)]
+
+    for name, fn in {"reduce_sum": jnp.sum, "reduce_max": jnp.max, "reduce_min": jnp.min}.items():
+        LOWERINGS[name] = (lambda f: lambda n, x: [f(x, axis=n.attrs["axes"])])(fn)
+
+    @lowering("cumsum")
+    def _cumsum(n, x):
+        return [lax.cumsum(x, axis=n.attrs["axis"], reverse=n.attrs["reverse"])]
+
+    @lowering("dot")
+    def _dot(n, x, y):
+        a = n.attrs
+        acc = jnp.float32 if x.dtype == jnp.float16 else None
+        out = lax.dot_general(x, y, ((a["lhs_contract"], a["rhs_contract"]), (a["lhs_batch"], a["rhs_batch"])),
+                              precision=lax.Precision.HIGHEST, preferred_element_type=acc)
+        return [out.astype(x.dtype)]
+
+    @lowering("conv")
+    def _conv(n, x, w, b=None):
+        a = n.attrs
+        nsp = x.ndim - 2
+        sp = "DHW"[-nsp:] if nsp <= 3 else None
+        dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NC" + sp, "OI" + sp, "NC" + sp))
+        acc = jnp.float32 if x.dtype == jnp.float16 else None
+        out = lax.conv_general_dilated(x, w, a["strides"], [tuple(p) for p in a["pads"]],
+                                       rhs_dilation=a["dilations"], dimension_numbers=dn,
+                                       feature_group_count=a["groups"], precision=lax.Precision.HIGHEST,
+                                       preferred_element_type=acc)
+        if b is not None:
+            out = out + b.reshape((1, -1) + (1,) * nsp).astype(out.dtype)
+        return [out.astype(x.dtype)]
+
+
+def to_jax_function(graph: Graph) -> Callable:
+    """f(*inputs, *state) -> tuple(*outputs, *new_state), evaluating the graph op by op in jnp."""
+    if not LOWERINGS:
+        _table()
+    missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
+    if missing:
+        raise UnsupportedOpError(f"ops {missing} have no JAX lowering (graphopt/targets/jax_lowering.py)")
+    import jax.numpy as jnp
+
+    n_in = len(graph.inputs)
+
+    def f(*args):
+        env: dict[int, object] = {}
+        for v, x in zip(graph.inputs + [s.input for s in graph.state], args):
+            env[id(v)] = x
+        read = lambda v: env[id(v)] if id(v) in env else jnp.asarray(v.const)
+        for node in graph.nodes:
+            outs = LOWERINGS[node.op](node, *[read(v) for v in node.inputs])
+            for v, o in zip(node.outputs, outs):
+                env[id(v)] = o
+        return tuple(read(v) for v in graph.outputs) + tuple(read(s.output) for s in graph.state)
+
+    f.n_inputs = n_in
+    return f
+

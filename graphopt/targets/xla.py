@@ -1,0 +1,103 @@
+"""Target `xla`: IR -> JAX function -> jax.jit -> serialized jax.export (StableHLO), and its Stream.
+
+The artifact is `<stem>.jaxexport` (jax.export's serialization: StableHLO bytecode plus the
+calling convention), `<stem>.stablehlo.mlir` (the same module as text, for reading), the manifest
+and the initial state. Loading needs only jax: neither the IR nor the model code.
+
+The Stream keeps the state on the device between steps: the state buffers are donated to each
+call and replaced by its outputs, so only the frame goes in and only the output comes back.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifact as art
+from ..ir import Graph
+from ..stream import Stream
+
+NAME = "xla"
+SUFFIX = ".jaxexport"
+PLATFORMS = ("cpu", "cuda")
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import jax  # noqa: F401
+        from jax import export  # noqa: F401
+    except ImportError as e:
+        return False, f"{e.name} is not installed (pip install jax jaxlib; see requirements.txt)"
+    return True, ""
+
+
+def export(graph: Graph, platforms=PLATFORMS):
+    """jax.export of the graph's step function for the given platforms (falls back to cpu alone if
+    this jaxlib cannot lower for the others)."""
+    import jax
+    from jax import export as jex
+
+    from .jax_lowering import to_jax_function
+    f = jax.jit(to_jax_function(graph))
+    args = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in graph.inputs + [s.input for s in graph.state]]
+    try:
+        return jex.export(f, platforms=platforms)(*args)
+    except Exception:  # e.g. a CPU-only jaxlib without the CUDA lowering rules
+        if tuple(platforms) == ("cpu",):
+            raise
+        return jex.export(f, platforms=("cpu",))(*args)
+
+
+def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
+    options = options or {}
+    out_dir = Path(out_dir)
+    stem = options.get("stem", graph.name)
+    model_file = out_dir / f"{stem}{SUFFIX}"
+    exported = export(graph)
+    model_file.write_bytes(exported.serialize())
+    mlir_file = out_dir / f"{stem}.stablehlo.mlir"
+    mlir_file.write_text(exported.mlir_module())
+    manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
+    manifest["sha256"] = art.sha256(model_file)
+    manifest["xla"] = {"platforms": list(exported.platforms), "mlir": mlir_file.name,
+                       "calling_convention_version": exported.calling_convention_version,
+                       "flat_arguments": [v.name for v in graph.inputs] + [s["input"] for s in manifest["state"]]}
+    manifest["tools"] = art.tool_versions("jax", "jaxlib")
+    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
+                   [s.init for s in graph.state])
+    art.write_json(art.manifest_path_for(model_file), manifest)
+    return art.Artifact(model_file, manifest)
+
+
+class XlaStream(Stream):
+    def __init__(self, model_file: Path, manifest: dict, initial_state):
+        import jax
+        from jax import export as jex
+        super().__init__(manifest, initial_state)
+        try:
+            exported = jex.deserialize(bytearray(Path(model_file).read_bytes()))
+        except Exception as e:
+            raise art.ArtifactError(f"jax cannot deserialize {model_file}: {e}; rebuild the artifact") from None
+        self._jax = jax
+        n_in = len(manifest["inputs"])
+        n_state = len(manifest["state"])
+        self._n_out = len(manifest["outputs"])
+        # donate the state buffers: each call writes the new state where the old one was
+        self._call = jax.jit(exported.call, donate_argnums=tuple(range(n_in, n_in + n_state)))
+        self._device = jax.devices("cpu")[0] if "cpu" in exported.platforms else jax.devices()[0]
+        self._state = [jax.device_put(s, self._device) for s in self._initial_state]
+
+    def _run(self, frame, dt, state):
+        out = self._call(frame, dt, *state)
+        return np.asarray(out[0]), list(out[self._n_out:])
+
+    def reset(self) -> None:
+        self._state = [self._jax.device_put(s, self._device) for s in self._initial_state]
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        return [np.asarray(s) for s in self._state]
+
+
+def open_stream(model_file: Path, manifest: dict, initial_state, **options) -> XlaStream:
+    return XlaStream(model_file, manifest, initial_state)
