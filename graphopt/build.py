@@ -13,7 +13,7 @@ from . import artifact as art
 from . import equivalence, metrics
 from .ir import verify as verify_ir
 
-TARGETS = ("onnx", "xla")
+TARGETS = ("onnx", "xla", "tflite", "tf")
 
 
 class BuildError(RuntimeError):
@@ -33,7 +33,7 @@ def log_stderr(msg: str) -> None:
 def build(model: str, target: str, out: str | Path, *, weights: str | None = None, as_published: bool = False,
           fuse: bool = True, pass_names: list[str] | None = None, verify_each_pass: bool = False,
           verify: bool = True, frames: int = 600, exact: bool = False, fps: float | None = None,
-          log: Callable[[str], None] = log_stderr) -> art.Artifact:
+          target_options: dict | None = None, log: Callable[[str], None] = log_stderr) -> art.Artifact:
     """Build one artifact into `out` (a folder, replaced atomically). Raises on any failure.
 
     exact: run only exact passes (rounding-level tier); fps: bake dt = 1/fps into the graph.
@@ -85,7 +85,10 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         + ("" if report["exact"] else " (value-changing passes changed the graph)"))
     with art.atomic_dir(Path(out)) as tmp:
         log(f"[3/4] emitting {target} artifact")
-        artifact = tmod.emit(graph, tmp, {"stem": model, "precision": precision})
+        try:
+            artifact = tmod.emit(graph, tmp, {"stem": model, "precision": precision, **(target_options or {})})
+        except (art.ArtifactError, ValueError) as e:
+            raise BuildError(f"the {target} target cannot emit this graph: {e}") from e
         manifest = artifact.manifest
         manifest["equivalence"] = {"tier_claimed": tier, "verified": False}
         if verify:

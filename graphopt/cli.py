@@ -14,7 +14,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build a model into a verified artifact")
     b.add_argument("--model", required=True, help="model name (facephys)")
-    b.add_argument("--target", required=True, help="target runtime (onnx)")
+    b.add_argument("--target", required=True, help="target runtime: onnx, xla, tflite or tf")
     b.add_argument("--out", required=True, help="artifact folder to write (replaced atomically)")
     b.add_argument("--weights", help="weights file overriding the one the model package ships")
     b.add_argument("--as-published", action="store_true",
@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--exact", action="store_true",
                    help="run only exact passes (no raising of approximated math): rounding-level tier")
     b.add_argument("--fps", type=float, help="bake dt = 1/FPS into the graph and fold what follows from it")
+    b.add_argument("--state-mode", choices=["variables", "io"],
+                   help="tflite: state inside the model as resource variables (default) or as inputs/outputs")
     b.add_argument("--verify-each-pass", action="store_true",
                    help="check the IR and its outputs on sample frames after every pass")
     b.add_argument("--no-verify", action="store_true", help="skip the equivalence check (tier not verified)")
@@ -47,7 +49,7 @@ def cmd_build(a) -> int:
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
     build(a.model, a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
-          exact=a.exact, fps=a.fps)
+          exact=a.exact, fps=a.fps, target_options={"state_mode": a.state_mode} if a.state_mode else None)
     return EXIT_OK
 
 

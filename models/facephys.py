@@ -11,7 +11,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from .source import (ModelSourceError, StepModel, check_weights_file, load_module,  # noqa: E402
+from .source import (ModelSourceError, StepModel, check_weights_file, load_module, require_keras_jax,  # noqa: E402
                      locate_package_file, sha256_file)
 
 PACKAGE, VERSION = "open-rppg", "0.1.1"
@@ -33,6 +33,7 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
     import jax
     import keras
 
+    require_keras_jax()
     module = load_module("graphopt_facephys_code", code_path)
     model = module.FacePhys([2] * 4, [32] * 4)
     model.build(FRAME_SHAPE)

@@ -33,6 +33,15 @@ def locate_package_file(package: str, version: str, relpath: str) -> str:
     return path
 
 
+def require_keras_jax() -> None:
+    """The traced Keras models need Keras's JAX backend (graphopt sets KERAS_BACKEND=jax on import)."""
+    import keras
+    if keras.backend.backend() != "jax":
+        raise ModelSourceError(f"Keras is running on its {keras.backend.backend()!r} backend, but graphopt traces "
+                               "Keras models through JAX: unset KERAS_BACKEND (or set it to jax) and import "
+                               "graphopt before keras/tensorflow")
+
+
 def load_module(name: str, path: str) -> ModuleType:
     """Import a Python file by path (not through its package's __init__)."""
     if name in sys.modules:

@@ -653,6 +653,14 @@ def test_mul_reduce_to_dot_not_fired_when_vector_varies_along_kept_axis():
     assert_no_rewrite(g)
 
 
+def test_mul_reduce_to_dot_not_fired_for_a_sum_of_squares():
+    # x * x with x (1, 3): x is "a vector along the reduced axis", but dot(x, reshape(x)) saves nothing
+    g = Graph()
+    x = g.add_input("x", f32(1, 3))
+    finish(g, g.op("reduce_sum", g.op("mul", x, x), axes=(1,)))
+    assert_no_rewrite(g)
+
+
 def test_mul_reduce_to_dot_not_fired_when_product_has_another_reader():
     g = Graph()
     x = g.add_input("x", f32(2, 3))

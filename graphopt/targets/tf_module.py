@@ -1,0 +1,93 @@
+"""A graph as a tf.Module with named signatures, for the TFLite converter and TF SavedModels.
+
+Two state modes:
+- "io": step(frame, dt, state_in_0..N-1) -> {bvp, state_out_0..N-1}; the caller carries the state.
+- "variables": the state lives in the model as resource variables; step(frame, dt) -> {bvp}
+  updates them, reset() restores the initial state, read_state() -> {state_out_i} reads it.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifact as art
+from ..ir import Graph
+from .tf_lowering import lower_graph
+
+STATE_MODES = ("variables", "io")
+
+
+def input_specs(graph: Graph, manifest: dict, with_state: bool):
+    import tensorflow as tf
+    specs = [tf.TensorSpec(v.shape, v.dtype, name=spec["name"]) for v, spec in zip(graph.inputs, manifest["inputs"])]
+    if with_state:
+        specs += [tf.TensorSpec(s.input.shape, s.input.dtype, name=spec["input"])
+                  for s, spec in zip(graph.state, manifest["state"])]
+    return specs
+
+
+def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: bool = False):
+    """(tf.Module, {signature name: concrete function})."""
+    import tensorflow as tf
+    if state_mode not in STATE_MODES:
+        raise ValueError(f"state mode {state_mode!r}: choose one of {', '.join(STATE_MODES)}")
+    out_names = [o["name"] for o in manifest["outputs"]]
+    state_out = [s["output"] for s in manifest["state"]]
+    n_in = len(graph.inputs)
+    module = tf.Module()
+    if state_mode == "io":
+        @tf.function(input_signature=input_specs(graph, manifest, True), jit_compile=jit_compile)
+        def step(*args):
+            outs, new = lower_graph(graph, list(args[:n_in]), list(args[n_in:]))
+            return dict(zip(out_names + state_out, outs + new))
+        module.step = step
+        return module, {"step": step.get_concrete_function()}
+
+    module.state = [tf.Variable(s.init, name=spec["input"]) for s, spec in zip(graph.state, manifest["state"])]
+    inits = [s.init for s in graph.state]
+
+    @tf.function(input_signature=input_specs(graph, manifest, False), jit_compile=jit_compile)
+    def step(*args):
+        outs, new = lower_graph(graph, list(args), [v.read_value() for v in module.state])
+        for v, n in zip(module.state, new):
+            v.assign(n)
+        return dict(zip(out_names, outs))
+
+    @tf.function(input_signature=[])
+    def reset():
+        for v, init in zip(module.state, inits):
+            v.assign(init)
+        return {"reset": tf.constant(0, tf.int32)}
+
+    @tf.function(input_signature=[])
+    def read_state():
+        return dict(zip(state_out, [v.read_value() for v in module.state]))
+
+    module.step, module.reset, module.read_state = step, reset, read_state
+    return module, {"step": step.get_concrete_function(), "reset": reset.get_concrete_function(),
+                    "read_state": read_state.get_concrete_function()}
+
+
+def save(module, signatures: dict, path: Path) -> None:
+    import tensorflow as tf
+    tf.saved_model.save(module, str(path), signatures=signatures)
+
+
+def to_tflite(module, signatures: dict, state_mode: str) -> bytes:
+    """Convert through a SavedModel (keeps resource variables and their initial values)."""
+    import tensorflow as tf
+    with tempfile.TemporaryDirectory() as d:
+        save(module, signatures, Path(d))
+        conv = tf.lite.TFLiteConverter.from_saved_model(d, signature_keys=list(signatures))
+        conv.experimental_enable_resource_variables = state_mode == "variables"
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: runs on plain LiteRT
+        try:
+            return conv.convert()
+        except Exception as e:
+            raise art.ArtifactError(f"the TFLite converter failed: {str(e).strip().splitlines()[-1]}") from None
+
+
+def initial_state(graph: Graph) -> list[np.ndarray]:
+    return [s.init for s in graph.state]

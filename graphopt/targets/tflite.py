@@ -1,0 +1,113 @@
+"""Target `tflite`: IR -> TensorFlow ops -> `.tflite` (TFLite converter, builtin ops only), run with
+ai-edge-litert and its XNNPACK delegate.
+
+State modes (option `state_mode`, CLI `--state-mode`):
+- "variables" (default): the state lives inside the model as resource variables. Signatures:
+  `step(frame, dt) -> {bvp}`, `reset() -> {}`, `read_state() -> {state_out_i}`. The user sets
+  only the frame each step.
+- "io": `step(frame, dt, state_in_i...) -> {bvp, state_out_i...}`, for runtimes without
+  resource variables; the caller carries the state.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifact as art
+from ..ir import Graph
+from ..stream import Stream
+from .tf_module import STATE_MODES, build_module, to_tflite
+
+NAME = "tflite"
+SUFFIX = ".tflite"
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import tensorflow  # noqa: F401
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    except ImportError as e:
+        return False, f"{e.name} is not installed (pip install tensorflow-cpu ai-edge-litert; see requirements.txt)"
+    return True, ""
+
+
+def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
+    options = options or {}
+    state_mode = options.get("state_mode", "variables")
+    if state_mode not in STATE_MODES:
+        raise art.ArtifactError(f"tflite state mode {state_mode!r} is not one of {', '.join(STATE_MODES)}")
+    out_dir = Path(out_dir)
+    stem = options.get("stem", graph.name)
+    model_file = out_dir / f"{stem}{SUFFIX}"
+    manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
+    module, signatures = build_module(graph, manifest, state_mode)
+    model_file.write_bytes(to_tflite(module, signatures, state_mode))
+    manifest["sha256"] = art.sha256(model_file)
+    manifest["tflite"] = {"state_mode": state_mode, "signatures": sorted(signatures),
+                          **delegate_summary(model_file)}
+    manifest["tools"] = art.tool_versions("tensorflow-cpu", "ai-edge-litert")
+    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
+                   [s.init for s in graph.state])
+    art.write_json(art.manifest_path_for(model_file), manifest)
+    return art.Artifact(model_file, manifest)
+
+
+def interpreter(model_file: Path, threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        return Interpreter(model_path=str(model_file), num_threads=threads)
+    except (ValueError, RuntimeError) as e:
+        raise art.ArtifactError(f"LiteRT cannot load {model_file}: {e}") from None
+
+
+def delegate_summary(model_file: Path, threads: int = 1) -> dict:
+    """Ops of the step subgraph after XNNPACK: delegate partitions and the ops left to LiteRT's kernels."""
+    it = interpreter(model_file, threads)
+    ops = [o["op_name"] for o in it._get_ops_details()]
+    left = {}
+    for op in ops:
+        if op != "DELEGATE":
+            left[op] = left.get(op, 0) + 1
+    return {"ops_after_delegation": len(ops), "xnnpack_partitions": ops.count("DELEGATE"),
+            "undelegated_ops": dict(sorted(left.items(), key=lambda kv: -kv[1]))}
+
+
+class TfliteStream(Stream):
+    def __init__(self, model_file: Path, manifest: dict, initial_state, threads: int = 1):
+        super().__init__(manifest, initial_state)
+        self.interpreter = interpreter(model_file, threads)
+        self.state_mode = manifest.get("tflite", {}).get("state_mode", "io")
+        self._step = self.interpreter.get_signature_runner("step")
+        self._frame, self._dt = (i["name"] for i in manifest["inputs"][:2])
+        self._out = manifest["outputs"][0]["name"]
+        self._state_in = [s["input"] for s in manifest["state"]]
+        self._state_out = [s["output"] for s in manifest["state"]]
+        if self.state_mode == "variables":
+            self._reset = self.interpreter.get_signature_runner("reset")
+            self._read = self.interpreter.get_signature_runner("read_state")
+            self._reset()
+            self._state = None
+
+    def _run(self, frame, dt, state):
+        if self.state_mode == "variables":
+            return self._step(**{self._frame: frame, self._dt: dt})[self._out], None
+        out = self._step(**{self._frame: frame, self._dt: dt}, **dict(zip(self._state_in, state)))
+        return out[self._out], [out[n] for n in self._state_out]
+
+    def reset(self) -> None:
+        if self.state_mode == "variables":
+            self._reset()
+        else:
+            super().reset()
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        if self.state_mode == "variables":
+            got = self._read()
+            return [np.asarray(got[n]) for n in self._state_out]
+        return super().state
+
+
+def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> TfliteStream:
+    return TfliteStream(model_file, manifest, initial_state, threads=threads)
