@@ -46,6 +46,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_tree(folder: Path) -> str:
+    """sha256 over a folder's files (relative paths and contents, in sorted order)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        h.update(sha256(f).encode())
+    return h.hexdigest()
+
+
 def tool_versions(*packages: str) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for p in ("graphopt", "numpy") + packages:
@@ -114,6 +123,8 @@ def find_manifest(path: str | os.PathLike) -> Path:
         raise ArtifactError(f"{p} does not exist; pass an artifact folder or model file built by graphopt")
     if p.is_dir():
         found = sorted(p.glob("*" + MANIFEST_SUFFIX))
+        if not found and manifest_path_for(p).is_file():  # a model folder (SavedModel) with its manifest beside
+            return manifest_path_for(p)
         if len(found) != 1:
             raise ArtifactError(f"{p} holds {len(found)} manifests ({', '.join(f.name for f in found) or 'none'}); "
                                 "pass the model file itself")
@@ -146,7 +157,7 @@ def load(path: str | os.PathLike, **options):
     if not ok:
         raise ArtifactError(f"cannot run a {manifest['target']} artifact here: {reason}")
     model_file = base / manifest["file"]
-    if not model_file.is_file():
+    if not model_file.exists():
         raise ArtifactError(f"model file {model_file} named by the manifest is missing; rebuild the artifact")
     state = load_state(base / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]])
     return target.open_stream(model_file, manifest, state, **options)

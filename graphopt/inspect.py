@@ -26,6 +26,13 @@ def onnx_summary(model_file: Path) -> dict:
     }
 
 
+def file_size(path: Path) -> int:
+    """Bytes of a model file, or of every file under a model folder (SavedModel)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def inspect(path) -> dict:
     """Summary of a graphopt artifact (manifest + the model file itself)."""
     manifest, base = art.read_manifest(path)
@@ -37,7 +44,7 @@ def inspect(path) -> dict:
     g = manifest["graph"]
     summary.update(flops_per_step=g["flops_per_step"], ir_nodes=g["nodes"],
                    state_tensors=len(manifest["state"]), state_bytes=g["state_bytes"],
-                   size_bytes=model_file.stat().st_size,
+                   size_bytes=file_size(model_file),
                    tier=manifest.get("equivalence", {}).get("tier"))
     return summary
 

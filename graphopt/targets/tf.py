@@ -1,0 +1,87 @@
+"""Target `tf`: the TF lowering saved as a SavedModel and run as tf.function(jit_compile=True), the
+"TensorFlow JIT" baseline row of the authors' table.
+
+The artifact is the folder `<stem>.savedmodel` (signature `step(frame, dt, state_in_i...) -> {bvp,
+state_out_i...}`), the manifest and the initial state. The Stream keeps the state as TF tensors
+between steps and converts only the output to NumPy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifact as art
+from ..ir import Graph
+from ..stream import Stream
+from .tf_module import build_module, save
+
+NAME = "tf"
+SUFFIX = ".savedmodel"
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError as e:
+        return False, f"{e.name} is not installed (pip install tensorflow-cpu; see requirements.txt)"
+    return True, ""
+
+
+def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
+    options = options or {}
+    out_dir = Path(out_dir)
+    stem = options.get("stem", graph.name)
+    model_dir = out_dir / f"{stem}{SUFFIX}"
+    manifest = art.describe_graph(graph, model_dir.name, NAME, options.get("precision", "float32"))
+    module, signatures = build_module(graph, manifest, "io", jit_compile=True)
+    save(module, signatures, model_dir)
+    manifest["sha256"] = art.sha256_tree(model_dir)
+    manifest["tf"] = {"signature": "step", "jit_compile": True, "state_mode": "io"}
+    manifest["tools"] = art.tool_versions("tensorflow-cpu")
+    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
+                   [s.init for s in graph.state])
+    art.write_json(art.manifest_path_for(model_dir), manifest)
+    return art.Artifact(model_dir, manifest)
+
+
+def set_threads(threads: int) -> None:
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # the runtime is already initialised in this process: keep its setting
+        pass
+
+
+class TfStream(Stream):
+    def __init__(self, model_dir: Path, manifest: dict, initial_state, threads: int = 1):
+        import tensorflow as tf
+        super().__init__(manifest, initial_state)
+        set_threads(threads)
+        try:
+            self._loaded = tf.saved_model.load(str(model_dir))
+        except Exception as e:
+            raise art.ArtifactError(f"TensorFlow cannot load the SavedModel {model_dir}: {e}") from None
+        sig = self._loaded.signatures["step"]
+        self._out = manifest["outputs"][0]["name"]
+        self._state_out = [s["output"] for s in manifest["state"]]
+        names = [i["name"] for i in manifest["inputs"]] + [s["input"] for s in manifest["state"]]
+        self._fn = tf.function(lambda *args: sig(**dict(zip(names, args))), jit_compile=True)
+        self._tf = tf
+        self.reset()
+
+    def _run(self, frame, dt, state):
+        out = self._fn(frame, dt, *state)
+        return out[self._out].numpy(), [out[n] for n in self._state_out]
+
+    def reset(self) -> None:
+        self._state = [self._tf.constant(s) for s in self._initial_state]
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        return [np.asarray(s) for s in self._state]
+
+
+def open_stream(model_dir: Path, manifest: dict, initial_state, threads: int = 1) -> TfStream:
+    return TfStream(model_dir, manifest, initial_state, threads=threads)
