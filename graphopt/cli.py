@@ -31,12 +31,30 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-verify", action="store_true", help="skip the equivalence check (tier not verified)")
     b.add_argument("--frames", type=int, default=600, help="frames of the synthetic clip to verify on")
 
-    v = sub.add_parser("verify", help="check an artifact against the authors' reference step")
-    v.add_argument("artifact", help="artifact folder or model file")
+    v = sub.add_parser("verify", help="check an artifact (or a baseline step model) against the authors' step")
+    v.add_argument("artifact", help="artifact folder or model file, or an .onnx/.tflite step model "
+                                    "graphopt did not build")
+    v.add_argument("--model", default="facephys", help="reference model for a baseline (default facephys)")
+    v.add_argument("--state", help="baseline's initial state (npz or the authors' gzip-JSON); default: the "
+                                   "reference model's initial state, matched by position and shape")
+    v.add_argument("--tier", choices=["rounding", "signal", "quantised"],
+                   help="tier to require (default: the tier the manifest claims; none for a baseline)")
     v.add_argument("--frames", type=int, default=600, help="frames of the synthetic clip (default 600)")
     v.add_argument("--hr", type=float, default=72.0, help="heart rate of the synthetic clip in bpm")
     v.add_argument("--seed", type=int, default=0, help="seed of the synthetic clip")
     v.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    be = sub.add_parser("bench", help="FPS table: graphopt targets fused/unfused, the authors' JAX JIT step, "
+                                      "baselines")
+    be.add_argument("--model", default="facephys", help="model name (facephys)")
+    be.add_argument("--targets", help="comma-separated targets (default: all available)")
+    be.add_argument("--baseline", action="append", default=[], help="an .onnx/.tflite step model to add as a row")
+    be.add_argument("--state", help="initial state for the baselines (npz or gzip-JSON)")
+    be.add_argument("--fused-only", action="store_true", help="skip the unfused builds")
+    be.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    be.add_argument("--steps", type=int, default=100, help="steps per row per round (default 100)")
+    be.add_argument("--out-dir", help="keep the built artifacts here (default: a temporary folder)")
+    be.add_argument("--json", help="also write the results as JSON to this file")
 
     i = sub.add_parser("inspect", help="node count, op histogram, params, state and FLOPs of an artifact")
     i.add_argument("artifact", help="artifact folder or model file")
@@ -56,18 +74,39 @@ def cmd_build(a) -> int:
 def cmd_verify(a) -> int:
     from . import artifact as art
     from . import equivalence, metrics
+    from .baseline import is_baseline, open_baseline
     from .build import format_result
-    stream = art.load(a.artifact)
+    if is_baseline(a.artifact):
+        from . import models
+        stream = open_baseline(a.artifact, a.model, a.state)
+        source = models.load(a.model, None, False).source
+        claimed = a.tier
+    else:
+        stream = art.load(a.artifact)
+        source = stream.manifest["source"]
+        claimed = a.tier or stream.manifest.get("equivalence", {}).get("tier_claimed", "rounding")
     m = stream.manifest
-    claimed = m.get("equivalence", {}).get("tier_claimed", "rounding")
     clip = equivalence.Clip(frames=a.frames, hr_bpm=a.hr, seed=a.seed, fps=float(m.get("fps") or 30.0))
     print(f"verifying {a.artifact} ({m['target']}, {m['precision']}) over {a.frames} frames", file=sys.stderr)
-    result = equivalence.check(equivalence.stream_step(stream), stream.state, m["model"], m["source"], clip)
+    result = equivalence.check(equivalence.stream_step(stream), stream.state, m["model"], source, clip)
     print(json.dumps(result, indent=2) if a.json else format_result(result, claimed))
-    if not metrics.meets(claimed, result["tier"]):
-        print(f"error: the artifact reaches tier {result['tier']}, below the {claimed} tier its manifest "
-              "claims; rebuild it", file=sys.stderr)
+    if claimed and not metrics.meets(claimed, result["tier"]):
+        print(f"error: the artifact reaches tier {result['tier']}, below the {claimed} tier "
+              f"{'required' if a.tier else 'its manifest claims'}; rebuild it", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_bench(a) -> int:
+    from . import bench
+    from .artifact import write_json
+    targets = [t.strip() for t in a.targets.split(",") if t.strip()] if a.targets else None
+    result = bench.run(a.model, targets, a.baseline, a.state, a.out_dir, rounds=a.rounds, steps_per_round=a.steps,
+                       unfused=not a.fused_only, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(bench.markdown(result))
+    if a.json:
+        from pathlib import Path
+        write_json(Path(a.json), result)
     return EXIT_OK
 
 
@@ -80,13 +119,17 @@ def cmd_inspect(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        from .bench import single_thread_env
+        single_thread_env()  # before anything imports jax
     from .artifact import ArtifactError
     from .build import BuildError
     from .stream import FrameError
     from graphopt.models import ModelSourceError
     from graphopt.passes import PassError
     try:
-        return {"build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect}[args.command](args)
+        return {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench,
+                "inspect": cmd_inspect}[args.command](args)
     except (ArtifactError, BuildError, ModelSourceError, FrameError, FileNotFoundError, PassError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED if isinstance(e, BuildError) else EXIT_USAGE

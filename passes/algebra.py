@@ -53,7 +53,10 @@ def _scale_chain(g: Graph, b):
 
 def _scalar_regroup(g: Graph, b):
     """(x * s) * c -> x * (s * c) for a size-1 value s: the scalar product is shared (CSE) across uses."""
-    inner, s, c = b["inner"], b["s"], b["c"]
+    inner, s, c, x = b["inner"], b["s"], b["c"], b["x"]
+    if s.type.size != 1 and x.type.size == 1:  # the matcher bound the operands the other way round
+        s, x = x, s
+    b = dict(b, x=x)
     if s.is_param or s.type.size != 1 or b["x"].type.size == 1 or not _single_use(b, inner):
         return None
     new = g.op("mul", b["x"], g.op("mul", s, c))
@@ -77,6 +80,8 @@ def _scale_into_dot(g: Graph, b):
     k = _matmul_like(node)
     if k is None or not _single_use(b, scaled) or b["x"].shape != scaled.shape:
         return None
+    if scaled.producer.op == "div" and not is_float(scaled.dtype):
+        return None  # integer division truncates: (x / c) . W is not x . (W / c)
     ca = _aligned(c.const, len(scaled.shape))
     if ca.ndim != len(scaled.shape) or any(d != 1 for i, d in enumerate(ca.shape) if i != k):
         return None

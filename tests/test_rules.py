@@ -315,6 +315,18 @@ def test_scalar_regroup_groups_the_scalars(s_shape):
     assert sc.op == "mul" and set(map(id, sc.inputs)) == {id(s), id(c)}
 
 
+def test_scalar_regroup_fires_with_the_scalar_first():
+    g = Graph()
+    x = g.add_input("x", f32(2, 3))
+    s = g.add_input("s", f32())
+    c = g.add_param(np.float32(0.5))
+    finish(g, g.op("mul", g.op("mul", s, x), c))
+    hist, changed = rewrite_and_check(g)
+    assert changed and hist == {"mul": 2}
+    out = producer(g.outputs[0])
+    assert out.inputs[0] is x and producer(out.inputs[1]).op == "mul"
+
+
 def test_scalar_regroup_shares_the_scalar_product_after_cse():
     g = Graph()
     x = g.add_input("x", f32(2, 3))
@@ -427,10 +439,6 @@ def test_scale_into_dot_not_fired_for_non_constant_weight_or_scale():
     assert_no_rewrite(g)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG passes/algebra.py _scale_into_dot: for integer dtypes div is truncating division, so "
-    "dot(x / c, W) != dot(x, W / c); the rule folds 1/c into W in float64 and casts back to int "
-    "(W=[[1],[1]], c=[2,2], x=[[3,3]]: 2 before, 0 after). It should refuse non-float div."))
 def test_scale_into_dot_integer_division_is_not_folded():
     g = Graph()
     x = g.add_input("x", i32(1, 2))
@@ -438,7 +446,7 @@ def test_scale_into_dot_integer_division_is_not_folded():
     finish(g, y)
     inputs = [np.int32([[3, 3]])]
     assert run64(g, inputs)[0][0].tolist() == [[2]]  # 3 // 2 + 3 // 2
-    hist, _ = rewrite_and_check(g, inputs=inputs)  # fails: the output becomes [[0]]
+    hist, _ = rewrite_and_check(g, inputs=inputs)  # folding 1/c into W would give [[0]]
     assert hist == {"div": 1, "dot": 1}
 
 

@@ -1,0 +1,180 @@
+"""Baseline artifacts: ONNX or TFLite step models graphopt did not build (e.g. the authors' own
+tf2onnx and TFLite exports), run as Streams so that `verify` and `bench` treat them like ours.
+
+A baseline step model has the signature (frame, dt, state_0..N-1) -> (output, state_0..N-1).
+Inputs and outputs are matched by name where the names say their role (`input`/`frame`, `dt`,
+`state_in_<i>`, `state_out_<i>`; the authors' convention), otherwise by position. The initial state
+comes from a file (`--state`: npz, or the authors' gzip-JSON) or else from the reference model's
+initial state, matched by position and checked by shape.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import artifact as art
+from .stream import Stream
+
+FRAME_NAMES = ("frame", "input", "x", "image", "input_1")
+
+
+class BaselineError(art.ArtifactError):
+    """A baseline model that does not have the step signature, or a state that does not fit it."""
+
+
+def _index(name: str) -> int | None:
+    m = re.search(r"(\d+)$", name)
+    return int(m.group(1)) if m else None
+
+
+def order_io(inputs: list[tuple[str, tuple]], outputs: list[tuple[str, tuple]]):
+    """(frame, dt, states) input names and (output, states) output names."""
+    names = [n for n, _ in inputs]
+    frame = next((n for n in names if n.lower() in FRAME_NAMES), names[0])
+    dt = next((n for n in names if n.lower() == "dt"), None)
+    if dt is None:
+        dt = next((n for n, s in inputs if n != frame and int(np.prod(s)) == 1), None)
+    if dt is None:
+        raise BaselineError(f"the model's inputs {names} have no dt (a scalar seconds-per-frame input)")
+    states = [n for n in names if n not in (frame, dt)]
+    if all(_index(n) is not None for n in states):
+        states.sort(key=_index)
+    outs = [n for n, _ in outputs]
+    state_like = [n for n in outs if "state" in n.lower() and _index(n) is not None]
+    if len(state_like) == len(states):
+        out = next(n for n in outs if n not in state_like)
+        out_states = sorted(state_like, key=_index)
+    else:
+        out, out_states = outs[0], outs[1:]
+    if len(out_states) != len(states):
+        raise BaselineError(f"the model has {len(states)} state inputs but {len(out_states)} state outputs; "
+                            "a step model returns (output, new state...) in the order of its state inputs")
+    return (frame, dt, states), (out, out_states)
+
+
+def load_state_file(path: str | Path) -> list[np.ndarray]:
+    """Initial state from an npz (arrays in key order state_in_0.. or arr_0..) or the authors' gzip-JSON
+    (a list of nested lists, or a dict of them, in state order)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BaselineError(f"state file {p} does not exist")
+    if p.suffix == ".npz":
+        with np.load(p) as d:
+            keys = sorted(d.files, key=lambda k: (_index(k) is None, _index(k) or 0, k))
+            return [np.asarray(d[k], np.float32) for k in keys]
+    try:
+        opener = gzip.open if p.read_bytes()[:2] == b"\x1f\x8b" else open
+        with opener(p, "rt") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BaselineError(f"state file {p} is neither npz nor (gzip-)JSON: {e}") from None
+    if isinstance(data, dict):
+        keys = sorted(data, key=lambda k: (_index(k) is None, _index(k) or 0, k))
+        data = [data[k] for k in keys]
+    return [np.asarray(x, np.float32) for x in data]
+
+
+def fit_state(state: list[np.ndarray], shapes: list[tuple], source: str) -> list[np.ndarray]:
+    if len(state) != len(shapes):
+        raise BaselineError(f"{source} has {len(state)} state tensors, the model takes {len(shapes)}")
+    out = []
+    for i, (s, shape) in enumerate(zip(state, shapes)):
+        if s.size != int(np.prod(shape)):
+            raise BaselineError(f"state {i} from {source} has shape {s.shape}, the model's state input {i} "
+                                f"is {tuple(shape)}")
+        out.append(s.reshape(shape).astype(np.float32))
+    return out
+
+
+def _manifest(model: str, target: str, file: Path, frame_shape, out_shape, state_shapes, state_names) -> dict:
+    return {"format": art.FORMAT, "model": model, "target": target, "precision": "as exported", "file": file.name,
+            "fps": 30.0, "baseline": True,
+            "inputs": [{"name": "frame", "shape": list(frame_shape), "dtype": "float32", "role": "frame"},
+                       {"name": "dt", "shape": [], "dtype": "float32", "role": "dt"}],
+            "outputs": [{"name": "bvp", "shape": list(out_shape), "dtype": "float32"}],
+            "state": [{"name": n, "shape": list(s), "dtype": "float32", "input": n, "output": n}
+                      for n, s in zip(state_names, state_shapes)],
+            "pipeline": {"passes": []}, "fixed_inputs": {}}
+
+
+class OnnxBaseline(Stream):
+    def __init__(self, path: Path, model: str, state: list | None, threads: int = 1):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise BaselineError(f"onnxruntime cannot load {path}: {e}") from None
+        ins = [(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape)) for i in self.session.get_inputs()]
+        outs = [(o.name, tuple(d if isinstance(d, int) else 1 for d in o.shape)) for o in self.session.get_outputs()]
+        (self._frame, self._dt, self._states), (self._out, self._out_states) = order_io(ins, outs)
+        shapes = dict(ins)
+        self._dt_shape = shapes[self._dt]
+        state_shapes = [shapes[n] for n in self._states]
+        super().__init__(_manifest(model, "onnx", path, shapes[self._frame], dict(outs)[self._out], state_shapes,
+                                   self._states), _initial_state(model, state, state_shapes))
+
+    def _run(self, frame, dt, state):
+        feed = {self._frame: frame, self._dt: np.asarray(dt, np.float32).reshape(self._dt_shape)}
+        feed.update(zip(self._states, state))
+        res = self.session.run([self._out] + self._out_states, feed)
+        return res[0], res[1:]
+
+
+class TfliteBaseline(Stream):
+    def __init__(self, path: Path, model: str, state: list | None, threads: int = 1):
+        from .targets.tflite import interpreter
+        self.interpreter = interpreter(path, threads)
+        self.interpreter.allocate_tensors()
+        ins = {d["name"]: d for d in self.interpreter.get_input_details()}
+        outs = {d["name"]: d for d in self.interpreter.get_output_details()}
+        (self._frame, self._dt, self._states), (self._out, self._out_states) = order_io(
+            [(n, tuple(d["shape"])) for n, d in ins.items()], [(n, tuple(d["shape"])) for n, d in outs.items()])
+        self._in = {n: d["index"] for n, d in ins.items()}
+        self._outs = {n: d["index"] for n, d in outs.items()}
+        self._dt_shape = tuple(ins[self._dt]["shape"])
+        state_shapes = [tuple(ins[n]["shape"]) for n in self._states]
+        super().__init__(_manifest(model, "tflite", path, tuple(ins[self._frame]["shape"]),
+                                   tuple(outs[self._out]["shape"]), state_shapes, self._states),
+                         _initial_state(model, state, state_shapes))
+
+    def _run(self, frame, dt, state):
+        it = self.interpreter
+        it.set_tensor(self._in[self._frame], frame)
+        it.set_tensor(self._in[self._dt], np.asarray(dt, np.float32).reshape(self._dt_shape))
+        for n, s in zip(self._states, state):
+            it.set_tensor(self._in[n], s)
+        it.invoke()
+        return it.get_tensor(self._outs[self._out]), [it.get_tensor(self._outs[n]) for n in self._out_states]
+
+
+def _initial_state(model: str, state: list | None, shapes: list[tuple]) -> list[np.ndarray]:
+    if state is not None:
+        return fit_state(state, shapes, "the state file")
+    from . import models
+    ref = models.load(model, None, False)
+    return fit_state([np.asarray(s) for s in ref.initial_state], shapes, f"the {model} reference's initial state")
+
+
+def open_baseline(path: str | Path, model: str = "facephys", state_file: str | None = None,
+                  threads: int = 1) -> Stream:
+    p = Path(path)
+    if not p.is_file():
+        raise BaselineError(f"baseline model {p} does not exist")
+    state = load_state_file(state_file) if state_file else None
+    if p.suffix == ".onnx":
+        return OnnxBaseline(p, model, state, threads)
+    if p.suffix == ".tflite":
+        return TfliteBaseline(p, model, state, threads)
+    raise BaselineError(f"{p}: a baseline must be an .onnx or .tflite step model")
+
+
+def is_baseline(path: str | Path) -> bool:
+    """A model file with no graphopt manifest beside it."""
+    p = Path(path)
+    return p.is_file() and p.suffix in (".onnx", ".tflite") and not art.manifest_path_for(p).is_file()

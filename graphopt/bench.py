@@ -1,0 +1,153 @@
+"""graphopt bench: the authors' FPS table reproduced on this machine (DESIGN.md protocol).
+
+Rows: every requested target fused and unfused (built into a temporary or given folder, not
+verified), the authors' open-rppg step under jax.jit as the reference row, and any baseline step
+model given by path. One thread per runtime, measured interleaved (graphopt.benchmark), plus this
+core's single-thread sgemm rate and the resulting compute bound in FPS.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+BACKENDS = {"onnx": "onnxruntime (CPU EP)", "xla": "XLA CPU (jax.export)", "tflite": "LiteRT + XNNPACK",
+            "tf": "TensorFlow XLA JIT", "baseline-onnx": "onnxruntime (CPU EP)",
+            "baseline-tflite": "LiteRT + XNNPACK", "reference": "JAX JIT (authors' step)"}
+
+
+def single_thread_env() -> None:
+    """Must run before jax is imported: XLA's CPU thread pool is sized at start-up."""
+    if "jax" in sys.modules:
+        return
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+
+
+def sgemm_gflops(n: int = 512, repeats: int = 20) -> float:
+    """Single-thread sgemm rate of this core, measured with onnxruntime's MatMul (MLAS) on 1 thread."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "sgemm",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = {"x": np.ones((n, n), np.float32)}
+    for _ in range(3):
+        sess.run(None, x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, x)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / float(np.median(times)) / 1e9
+
+
+def reference_step(model: str) -> Callable:
+    """The authors' step as open-rppg runs it: jax.jit, as published, state carried on the device."""
+    from . import models
+    m = models.load(model, None, True)
+    step = m.reference()
+    state = [np.asarray(s) for s in m.initial_state]
+    dt = np.float32(1.0 / m.fps)
+
+    def one(frame):
+        nonlocal state
+        y, state = step(frame, dt, state)
+        return np.asarray(y)
+    return one
+
+
+def run(model: str = "facephys", targets: list[str] | None = None, baselines: list[str] = (),
+        state_file: str | None = None, out_dir: str | None = None, rounds: int = 5, steps_per_round: int = 100,
+        unfused: bool = True, log: Callable[[str], None] = print) -> dict:
+    single_thread_env()
+    from . import artifact as art
+    from . import models
+    from .baseline import open_baseline
+    from .benchmark import measure
+    from .build import TARGETS, build, target_module
+    from .equivalence import Clip
+
+    targets = list(targets or TARGETS)
+    for t in targets:
+        target_module(t)  # unknown targets fail before any work
+    work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="graphopt-bench-"))
+    ref_model = models.load(model, None, False)
+    frames = Clip(frames=64).array(ref_model.frame_shape)
+    steps: dict[str, Callable] = {}
+    meta: dict[str, dict] = {}
+    for t in targets:
+        ok, reason = target_module(t).available()
+        if not ok:
+            log(f"skipping {t}: {reason}")
+            continue
+        for fused in ([True, False] if unfused else [True]):
+            name = f"graphopt {t} {'fused' if fused else 'unfused'}"
+            log(f"building {name} ...")
+            a = build(model, t, work / f"{model}-{t}-{'fused' if fused else 'unfused'}", fuse=fused, verify=False,
+                      log=lambda m: None)
+            stream = art.load(a.path, threads=1)
+            steps[name] = stream.step
+            meta[name] = {"backend": BACKENDS[t], "nodes": a.manifest["graph"]["nodes"], "target": t,
+                          "fused": fused, "artifact": str(a.path)}
+    steps["open-rppg JAX JIT (reference)"] = reference_step(model)
+    meta["open-rppg JAX JIT (reference)"] = {"backend": BACKENDS["reference"], "target": "reference"}
+    for path in baselines:
+        stream = open_baseline(path, model, state_file, threads=1)
+        kind = "baseline-" + stream.manifest["target"]
+        name = f"baseline {Path(path).name}"
+        steps[name] = stream.step
+        meta[name] = {"backend": BACKENDS[kind], "target": kind, "artifact": str(path)}
+    log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {steps_per_round} steps, 1 thread ...")
+    rows = measure(steps, frames, rounds=rounds, steps_per_round=steps_per_round)
+    gflops = sgemm_gflops()
+    flops = ref_model.trace().flops() if hasattr(ref_model, "trace") else None
+    bound_fps = gflops * 1e9 / flops if flops else None
+    ref = next(r for r in rows if r.name.startswith("open-rppg"))
+    result = {"model": model, "machine": machine(), "sgemm_gflops_1thread": gflops, "flops_per_frame": flops,
+              "compute_bound_fps": bound_fps, "rows": []}
+    for r in rows:
+        result["rows"].append({"name": r.name, "fps": r.fps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                               "x_reference": ref.p50_ms / r.p50_ms,
+                               "of_compute_bound": r.fps / bound_fps if bound_fps else None, **meta[r.name]})
+    return result
+
+
+def machine() -> dict:
+    import platform
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": platform.platform()}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| Runtime | FPS | Backend | p50 ms | p99 ms | x open-rppg JAX JIT | of compute bound | nodes |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(result["rows"], key=lambda r: -r["fps"]):
+        bound = f"{r['of_compute_bound'] * 100:.0f}%" if r.get("of_compute_bound") else ""
+        lines.append(f"| {r['name']} | {r['fps']:.0f} | {r['backend']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                     f"{r['x_reference']:.2f} | {bound} | {r.get('nodes', '')} |")
+    m = result["machine"]
+    lines.append("")
+    lines.append(f"Batch 1, state carried, 1 thread, interleaved rounds. Machine: {m['cpu']}, {m['cores']} cores. "
+                 f"Single-thread sgemm {result['sgemm_gflops_1thread']:.1f} GFLOP/s; "
+                 f"{(result['flops_per_frame'] or 0) / 1e6:.1f} MFLOP/frame -> compute bound "
+                 f"{result['compute_bound_fps'] or 0:.0f} FPS.")
+    return "\n".join(lines)
