@@ -114,18 +114,24 @@ def _table():
 
     @lowering("conv")
     def _conv(n, x, w, b=None):
+        # channels-last inside (XLA's CPU convolutions are fastest in NHWC/HWIO); the transposes
+        # around it cancel against the model's own NHWC<->NCHW transposes in XLA's simplifier
         a = n.attrs
         nsp = x.ndim - 2
-        sp = "DHW"[-nsp:] if nsp <= 3 else None
-        dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NC" + sp, "OI" + sp, "NC" + sp))
+        sp = "DHW"[-nsp:]
+        last = (0,) + tuple(range(2, 2 + nsp)) + (1,)
+        first = (0, nsp + 1) + tuple(range(1, nsp + 1))
+        xl = jnp.transpose(x, last)
+        wl = jnp.transpose(w, tuple(range(2, 2 + nsp)) + (1, 0))
+        dn = lax.conv_dimension_numbers(xl.shape, wl.shape, ("N" + sp + "C", sp + "IO", "N" + sp + "C"))
         acc = jnp.float32 if x.dtype == jnp.float16 else None
-        out = lax.conv_general_dilated(x, w, a["strides"], [tuple(p) for p in a["pads"]],
+        out = lax.conv_general_dilated(xl, wl, a["strides"], [tuple(p) for p in a["pads"]],
                                        rhs_dilation=a["dilations"], dimension_numbers=dn,
                                        feature_group_count=a["groups"], precision=lax.Precision.HIGHEST,
                                        preferred_element_type=acc)
         if b is not None:
-            out = out + b.reshape((1, -1) + (1,) * nsp).astype(out.dtype)
-        return [out.astype(x.dtype)]
+            out = out + b.astype(out.dtype)
+        return [jnp.transpose(out, first).astype(x.dtype)]
 
 
 def to_jax_function(graph: Graph) -> Callable:
