@@ -72,6 +72,7 @@ def interpreter(model_file: Path, threads: int = 1):
 def delegate_summary(model_file: Path, threads: int = 1) -> dict:
     """Ops of the step subgraph after XNNPACK: delegate partitions and the ops left to LiteRT's kernels."""
     it = interpreter(model_file, threads)
+    it.allocate_tensors()  # applies the delegate
     ops = [o["op_name"] for o in it._get_ops_details()]
     left = {}
     for op in ops:
