@@ -23,10 +23,12 @@ BACKENDS = {"onnx": "onnxruntime (CPU EP)", "xla": "XLA CPU (jax.export)", "tfli
 
 
 def single_thread_env() -> None:
-    """Must run before jax is imported: XLA's CPU thread pool is sized at start-up."""
-    if "jax" in sys.modules:
-        return
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+    """One thread per runtime. Must run before jax/tensorflow start: their thread pools are sized
+    at start-up (onnxruntime and LiteRT take a thread count per session)."""
+    if "jax" not in sys.modules:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
 def sgemm_gflops(n: int = 512, repeats: int = 20) -> float:
