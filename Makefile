@@ -23,6 +23,8 @@ $(STAMP): requirements.txt pyproject.toml
 artifacts: venv
 	$(VENV)/bin/graphopt build --model facephys --target onnx --out artifacts/facephys-onnx
 	$(VENV)/bin/graphopt build --model facephys --target onnx --no-fuse --out artifacts/facephys-onnx-unfused
+	$(VENV)/bin/graphopt build --model facephys --target xla --out artifacts/facephys-xla
+	$(VENV)/bin/graphopt build --model facephys --target tflite --out artifacts/facephys-tflite
 
 test: venv
 	$(PY) -m pytest
