@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import importlib.metadata
 import json
 import os
@@ -152,7 +151,11 @@ def read_manifest(path: str | os.PathLike) -> tuple[dict, Path]:
 def load(path: str | os.PathLike, **options):
     """Load any graphopt artifact as a Stream, dispatching on the manifest's target."""
     manifest, base = read_manifest(path)
-    target = importlib.import_module(f"graphopt.targets.{manifest['target']}")
+    from .targets import module_for
+    try:
+        target = module_for(manifest["target"])
+    except KeyError:
+        raise ArtifactError(f"manifest names an unknown target {manifest['target']!r}") from None
     ok, reason = target.available()
     if not ok:
         raise ArtifactError(f"cannot run a {manifest['target']} artifact here: {reason}")

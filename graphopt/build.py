@@ -1,7 +1,6 @@
 """build: model adapter -> frontend -> IR -> pass pipeline -> target emitter -> verified artifact."""
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from . import artifact as art
 from . import equivalence, metrics
 from .ir import verify as verify_ir
 
-TARGETS = ("onnx", "xla", "tflite", "tf")
+TARGETS = ("onnx", "xla", "tflite", "tf", "torch", "torch-compile")
 
 
 class BuildError(RuntimeError):
@@ -23,7 +22,8 @@ class BuildError(RuntimeError):
 def target_module(name: str):
     if name not in TARGETS:
         raise BuildError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
-    return importlib.import_module(f"graphopt.targets.{name}")
+    from .targets import module_for
+    return module_for(name)
 
 
 def log_stderr(msg: str) -> None:

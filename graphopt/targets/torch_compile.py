@@ -1,0 +1,24 @@
+"""Target `torch-compile`: the `torch` artifact (torch.export program) run under torch.compile
+(inductor, CPU). See torch_target.py."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .. import artifact as art
+from ..ir import Graph
+from . import torch_target
+from .torch_target import open_stream  # noqa: F401  (the Stream compiles when the manifest says so)
+
+
+def available() -> tuple[bool, str]:
+    ok, reason = torch_target.available()
+    if not ok:
+        return ok, reason
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        return False, "torch.compile's inductor backend needs a C++ compiler (g++ or clang++) on PATH"
+    return True, ""
+
+
+def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
+    return torch_target.emit(graph, out_dir, options, name="torch-compile")

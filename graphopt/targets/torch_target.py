@@ -1,0 +1,84 @@
+"""Targets `torch` and `torch-compile`: IR -> torch.fx GraphModule -> torch.export program (`.pt2`).
+
+`torch` runs the exported module eagerly; `torch-compile` runs it under torch.compile (inductor,
+CPU), the Torch rows of the authors' table. The state stays as torch tensors between steps; only
+the output is converted to NumPy. The artifact loads with torch alone (torch.export.load).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifact as art
+from ..ir import Graph
+from ..stream import Stream
+
+SUFFIX = ".pt2"
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        return False, f"{e.name} is not installed (pip install torch==2.13.0, the CPU build; see requirements.txt)"
+    return True, ""
+
+
+def emit(graph: Graph, out_dir: Path, options: dict | None = None, name: str = "torch") -> art.Artifact:
+    import torch
+
+    from .torch_lowering import to_graph_module
+    options = options or {}
+    out_dir = Path(out_dir)
+    stem = options.get("stem", graph.name)
+    model_file = out_dir / f"{stem}{SUFFIX}"
+    gm = to_graph_module(graph)
+    example = tuple(torch.from_numpy(np.zeros(v.shape, v.dtype)) for v in graph.inputs) + \
+        tuple(torch.from_numpy(np.ascontiguousarray(s.init)) for s in graph.state)
+    try:
+        program = torch.export.export(gm, example)
+    except Exception as e:
+        raise art.ArtifactError(f"torch.export failed: {str(e).strip().splitlines()[0]}") from None
+    torch.export.save(program, str(model_file))
+    manifest = art.describe_graph(graph, model_file.name, name, options.get("precision", "float32"))
+    manifest["sha256"] = art.sha256(model_file)
+    manifest["torch"] = {"format": "torch.export (.pt2)", "fx_nodes": len(gm.graph.nodes),
+                         "compiled": name == "torch-compile"}
+    manifest["tools"] = art.tool_versions("torch")
+    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
+                   [s.init for s in graph.state])
+    art.write_json(art.manifest_path_for(model_file), manifest)
+    return art.Artifact(model_file, manifest)
+
+
+class TorchStream(Stream):
+    def __init__(self, model_file: Path, manifest: dict, initial_state, threads: int = 1, compiled: bool = False):
+        import torch
+        super().__init__(manifest, initial_state)
+        torch.set_num_threads(threads)
+        try:
+            module = torch.export.load(str(model_file)).module()
+        except Exception as e:
+            raise art.ArtifactError(f"torch cannot load {model_file}: {e}") from None
+        self._torch = torch
+        self._fn = torch.compile(module, backend="inductor", dynamic=False) if compiled else module
+        self._n_out = len(manifest["outputs"])
+        self.reset()
+
+    def _run(self, frame, dt, state):
+        torch = self._torch
+        with torch.inference_mode():
+            out = self._fn(torch.from_numpy(frame), torch.from_numpy(np.asarray(dt)), *state)
+        return out[0].numpy(), list(out[self._n_out:])
+
+    def reset(self) -> None:
+        self._state = [self._torch.from_numpy(np.array(s)) for s in self._initial_state]
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        return [s.numpy().copy() for s in self._state]
+
+
+def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> TorchStream:
+    return TorchStream(model_file, manifest, initial_state, threads, compiled=manifest["target"] == "torch-compile")
