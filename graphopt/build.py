@@ -11,12 +11,14 @@ import numpy as np
 from . import artifact as art
 from . import equivalence, metrics
 from .ir import verify as verify_ir
+from .targets.tensorrt import NeedsGpu as EngineNeedsGpu  # the legal ONNX is written; exit status 3
 
-TARGETS = ("onnx", "xla", "tflite", "tf", "torch", "torch-compile")
+TARGETS = ("onnx", "xla", "tflite", "tf", "torch", "torch-compile", "tensorrt")
 
 
 class BuildError(RuntimeError):
     """The build could not produce an artifact that meets its tier; nothing was written."""
+
 
 
 def target_module(name: str):
@@ -97,6 +99,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
             result = equivalence.check(equivalence.stream_step(stream), stream.state, model, step_model.source,
                                        equivalence.Clip(frames=frames))
             manifest["equivalence"].update(result, verified=True)
+            manifest["equivalence"]["verified_with"] = type(stream).__name__
             log(format_result(result, tier))
             if not metrics.meets(tier, result["tier"]):
                 raise BuildError(f"the {target} artifact reaches tier {result['tier']}, not the {tier} tier it "
@@ -106,6 +109,16 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         art.write_json(artifact.manifest_path, manifest)
     final = Path(out).resolve() / artifact.path.name
     log(f"wrote {final} ({time.perf_counter() - t0:.1f} s)")
+    if target == "tensorrt":
+        check = manifest["tensorrt"]["check"]
+        log(f"      TensorRT check: {check['checker']}: {'parses' if check['ok'] else 'FAILS'}"
+            + (f", engine built by TensorRT-RTX in {check['rtx_build_s']} s" if check.get("rtx_engine_built") else ""))
+        if manifest["tensorrt"]["engine"] is None:
+            from .targets.tensorrt import finish_command
+            raise EngineNeedsGpu("the TensorRT engine needs datacenter TensorRT on an NVIDIA GPU, which this machine "
+                                 f"lacks; {final.parent} holds the complete TensorRT-legal ONNX and manifest. Finish "
+                                 "there with: " + finish_command(final.parent, final.name,
+                                                                 manifest["tensorrt"]["fp16"]))
     return art.Artifact(final, manifest)
 
 

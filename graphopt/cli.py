@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_GPU = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -13,9 +13,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build a model into a verified artifact")
-    b.add_argument("--model", required=True, help="model name (facephys)")
-    b.add_argument("--target", required=True, help="target runtime: onnx, xla, tflite or tf")
-    b.add_argument("--out", required=True, help="artifact folder to write (replaced atomically)")
+    b.add_argument("--model", help="model name (facephys)")
+    b.add_argument("--target", required=True,
+                   help="target runtime: onnx, xla, tflite, tf, torch, torch-compile or tensorrt")
+    b.add_argument("--out", help="artifact folder to write (replaced atomically)")
+    b.add_argument("--from", dest="from_artifact", metavar="ARTIFACT",
+                   help="tensorrt: build the engine into an existing tensorrt artifact (needs a GPU)")
+    b.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 engine")
+    b.add_argument("--opt-level", type=int, help="tensorrt: builder optimization level (0-5, default 3)")
     b.add_argument("--weights", help="weights file overriding the one the model package ships")
     b.add_argument("--as-published", action="store_true",
                    help="keep the authors' mixed_float16 convs instead of the canonical float32 form")
@@ -57,17 +62,34 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--json", help="also write the results as JSON to this file")
 
     i = sub.add_parser("inspect", help="node count, op histogram, params, state and FLOPs of an artifact")
-    i.add_argument("artifact", help="artifact folder or model file")
+    i.add_argument("artifact", help="artifact folder or model file (any .onnx file with --check tensorrt)")
+    i.add_argument("--check", choices=["tensorrt"],
+                   help="check an ONNX file for TensorRT: with TensorRT-RTX by parsing it, else against "
+                        "TensorRT 10's operator table; exit 1 if any node is unsupported")
     i.add_argument("--json", action="store_true", help="print as JSON")
     return p
 
 
 def cmd_build(a) -> int:
-    from .build import build
+    from .build import BuildError, build
+    if a.from_artifact:
+        if a.target != "tensorrt":
+            raise BuildError("--from builds a TensorRT engine into a tensorrt artifact; use it with --target tensorrt")
+        from .targets.tensorrt import build_from
+        art = build_from(a.from_artifact, fp16=a.fp16 or None, opt_level=a.opt_level)
+        print(f"wrote {art.path.parent / art.manifest['tensorrt']['engine']}", file=sys.stderr)
+        return EXIT_OK
+    if not a.model or not a.out:
+        raise BuildError("build needs --model and --out (or --target tensorrt --from ARTIFACT)")
+    options = {}
+    if a.state_mode:
+        options["state_mode"] = a.state_mode
+    if a.target == "tensorrt":
+        options.update(fp16=a.fp16, opt_level=3 if a.opt_level is None else a.opt_level)
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
     build(a.model, a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
-          exact=a.exact, fps=a.fps, target_options={"state_mode": a.state_mode} if a.state_mode else None)
+          exact=a.exact, fps=a.fps, target_options=options or None)
     return EXIT_OK
 
 
@@ -112,6 +134,23 @@ def cmd_bench(a) -> int:
 
 def cmd_inspect(a) -> int:
     from .inspect import format_summary, inspect
+    if a.check == "tensorrt":
+        from pathlib import Path
+
+        from .artifact import ArtifactError, read_manifest
+        from .targets.trt_support import check_onnx, format_check
+        p = Path(a.artifact)
+        if p.is_dir():
+            m, base = read_manifest(p)
+            p = base / m["file"]
+        if not p.is_file() or p.suffix != ".onnx":
+            raise ArtifactError(f"{p} is not an .onnx file; --check tensorrt takes an ONNX model")
+        try:
+            result = check_onnx(p)
+        except Exception as e:  # protobuf decode errors have many types
+            raise ArtifactError(f"{p} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+        print(json.dumps(result, indent=2) if a.json else format_check(result, p))
+        return EXIT_OK if result["ok"] else EXIT_FAILED
     s = inspect(a.artifact)
     print(json.dumps(s, indent=2) if a.json else format_summary(s))
     return EXIT_OK
@@ -123,13 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import single_thread_env
         single_thread_env()  # before anything imports jax
     from .artifact import ArtifactError
-    from .build import BuildError
+    from .build import BuildError, EngineNeedsGpu
     from .stream import FrameError
     from graphopt.models import ModelSourceError
     from graphopt.passes import PassError
     try:
-        return {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench,
-                "inspect": cmd_inspect}[args.command](args)
+        try:
+            return {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench,
+                    "inspect": cmd_inspect}[args.command](args)
+        except EngineNeedsGpu as e:
+            print(f"note: {e}", file=sys.stderr)
+            return EXIT_NEEDS_GPU
     except (ArtifactError, BuildError, ModelSourceError, FrameError, FileNotFoundError, PassError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED if isinstance(e, BuildError) else EXIT_USAGE

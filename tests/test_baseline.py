@@ -190,6 +190,7 @@ def test_tflite_frame_error_message_shows_plain_shape(toy):
     assert "(1, 1, 36, 36, 3)" in str(e.value), str(e.value)
 
 
+@pytest.mark.slow  # loads the FacePhys reference for its initial state
 @pytest.mark.parametrize("kind", ["tflite", "onnx"])
 def test_toy_without_state_file_fails_on_facephys_state(toy, kind):
     """No --state: the FacePhys reference's 46 state tensors do not fit the toy's 2."""
@@ -311,6 +312,7 @@ def _tier_line(out: str) -> str:
     return m.group(1)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=ValueError, reason=(
     "bug: verify on a baseline whose state does not have the reference's layout crashes: "
     "equivalence.check always compares final states (metrics.state_max_rel), which raises a raw "
@@ -324,6 +326,7 @@ def test_verify_toy_prints_metrics(toy, capsys):
     assert _tier_line(out) in ("None", "quantised")  # not FacePhys: below the signal tier
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=ValueError, reason="bug: same crash as test_verify_toy_prints_metrics")
 def test_verify_toy_required_tier_fails(toy, capsys):
     rc = cli.main(["verify", str(toy.tflite), "--state", str(toy.npz), "--frames", "60", "--tier", "signal"])
@@ -463,6 +466,7 @@ def test_bench_rows_with_baselines(toy):
         assert sum(line.startswith(f"| {name} |") for line in lines) == 1, md
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "bug: bench names a baseline row 'baseline <file name>', so two baselines with the same file name "
     "in different folders (authors/model.onnx, ours/model.onnx) share a row and the first is silently "

@@ -5,7 +5,7 @@ import importlib
 
 # target name -> module in this package
 MODULES = {"onnx": "onnx", "xla": "xla", "tflite": "tflite", "tf": "tf", "torch": "torch_target",
-           "torch-compile": "torch_compile"}
+           "torch-compile": "torch_compile", "tensorrt": "tensorrt"}
 
 
 def module_for(target: str):

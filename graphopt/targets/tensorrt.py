@@ -1,0 +1,214 @@
+"""Target `tensorrt`: a TensorRT-legal ONNX (static shapes, ops and dtypes TensorRT's ONNX parser
+supports, int32 indices, no plugins) and, where datacenter TensorRT and a CUDA GPU are present, a
+serialized engine (fp32 or fp16, optimization level, static shapes).
+
+Without a GPU the artifact holds the legal ONNX and its manifest; TensorRT-RTX, when installed,
+proves that the ONNX parses and builds (no GPU needed for that); the engine is built later on a
+GPU machine with `graphopt build --target tensorrt --from ARTIFACT` (or trtexec). Loading an
+artifact without an engine runs the legal ONNX in onnxruntime, so it can be verified anywhere.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifact as art
+from ..ir import Graph
+from ..stream import Stream
+from . import onnx as onnx_target
+from .trt_support import check_onnx, cuda_gpu_present, import_tensorrt
+
+NAME = "tensorrt"
+# IR ops whose ONNX lowering TensorRT's parser takes; the driver names the first op outside it
+LEGAL_OPS = frozenset({
+    "neg", "exp", "log", "sqrt", "rsqrt", "floor", "ceil", "abs", "sign", "sin", "cos", "tanh", "sigmoid", "erf",
+    "log1p", "expm1", "not", "add", "sub", "mul", "div", "max", "min", "pow", "and", "or", "lt", "le", "gt",
+    "ge", "eq", "ne", "is_finite", "select", "cast", "clamp", "round", "reshape", "transpose", "broadcast",
+    "slice", "concat", "pad", "take", "reduce_sum", "reduce_max", "reduce_min", "cumsum", "dot", "conv",
+})
+LEGAL_DTYPES = frozenset({"float32", "float16", "int32", "bool"})
+
+
+class NeedsGpu(RuntimeError):
+    """The legal ONNX is written; the engine needs datacenter TensorRT on an NVIDIA GPU."""
+
+
+def available() -> tuple[bool, str]:
+    return onnx_target.available()
+
+
+def legalize(graph: Graph) -> None:
+    """Make the graph TensorRT-legal or fail naming the first illegal op or dtype.
+
+    int64 values (indices) become int32; everything else must already be legal."""
+    for node in graph.nodes:
+        if node.op not in LEGAL_OPS:
+            raise art.ArtifactError(f"op '{node.op}' (output %{node.outputs[0].name}) has no TensorRT-legal "
+                                    f"lowering; legal ops: {', '.join(sorted(LEGAL_OPS))}")
+        if node.op == "conv" and len(node.inputs[0].shape) not in (4, 5):
+            raise art.ArtifactError(f"conv %{node.outputs[0].name} has {len(node.inputs[0].shape) - 2} spatial "
+                                    "dims; TensorRT takes 2D or 3D convolutions only")
+        if node.op == "conv" and not node.inputs[1].is_param:
+            raise art.ArtifactError(f"conv %{node.outputs[0].name} has a computed kernel; TensorRT needs it "
+                                    "constant (run the default pipeline, which folds it)")
+        for v in node.inputs + node.outputs:
+            if v.dtype == "int64" and v.is_param:
+                v.const = v.const.astype(np.int32)
+                v.type = type(v.type)(v.shape, "int32")
+            elif v.dtype not in LEGAL_DTYPES:
+                raise art.ArtifactError(f"%{v.name} ({node.op}) is {v.dtype}; TensorRT computes in "
+                                        f"{', '.join(sorted(LEGAL_DTYPES))}")
+    for v in graph.inputs + [s.input for s in graph.state]:
+        if v.dtype not in LEGAL_DTYPES:
+            raise art.ArtifactError(f"input %{v.name} is {v.dtype}; TensorRT takes {', '.join(sorted(LEGAL_DTYPES))}")
+
+
+def finish_command(folder: Path, onnx_name: str, fp16: bool = False) -> str:
+    return (f"graphopt build --target tensorrt --from {folder}{' --fp16' if fp16 else ''}   (or: trtexec "
+            f"--onnx={folder / onnx_name} --saveEngine={folder / Path(onnx_name).with_suffix('.engine').name}"
+            f"{' --fp16' if fp16 else ''})")
+
+
+def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
+    options = options or {}
+    legalize(graph)
+    out_dir = Path(out_dir)
+    stem = options.get("stem", graph.name)
+    model_file = out_dir / f"{stem}.onnx"
+    import onnx
+    model = onnx_target.to_onnx(graph)
+    onnx.save_model(model, str(model_file))
+    manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
+    manifest["sha256"] = art.sha256(model_file)
+    manifest["onnx"] = {"opset": onnx_target.OPSET, "nodes": len(model.graph.node)}
+    check = check_onnx(model_file, build_engine=True)
+    if not check["ok"]:
+        bad = "; ".join(f"{u['node']} ({u['op']}): {u['message']}" for u in check["unsupported"][:5])
+        raise art.ArtifactError(f"the TensorRT-legal ONNX does not pass {check['checker']}: {bad}")
+    manifest["tensorrt"] = {"engine": None, "fp16": bool(options.get("fp16")),
+                            "optimization_level": int(options.get("opt_level", 3)), "check": check}
+    manifest["tools"] = art.tool_versions("onnx", "onnxruntime", "tensorrt", "tensorrt-rtx-cu12")
+    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
+                   [s.init for s in graph.state])
+    if import_tensorrt() is not None and cuda_gpu_present():
+        build_engine(model_file, manifest)
+    art.write_json(art.manifest_path_for(model_file), manifest)
+    return art.Artifact(model_file, manifest)
+
+
+def build_engine(model_file: Path, manifest: dict) -> Path:
+    """Build the serialized engine beside the ONNX (needs `tensorrt` and a CUDA GPU); updates manifest."""
+    trt = import_tensorrt()
+    if trt is None or not cuda_gpu_present():
+        raise NeedsGpu("building a TensorRT engine needs datacenter TensorRT (pip install tensorrt) and an NVIDIA "
+                       "GPU; finish on such a machine with: " + finish_command(model_file.parent, model_file.name,
+                                                                               manifest["tensorrt"]["fp16"]))
+    opts = manifest["tensorrt"]
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(model_file)):
+        errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+        raise art.ArtifactError(f"TensorRT cannot parse {model_file}: {errors}")
+    config = builder.create_builder_config()
+    if opts["fp16"]:
+        config.set_flag(trt.BuilderFlag.FP16)
+    config.builder_optimization_level = opts["optimization_level"]
+    profile = builder.create_optimization_profile()  # static: min = opt = max
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        profile.set_shape(t.name, t.shape, t.shape, t.shape)
+    config.add_optimization_profile(profile)
+    t0 = time.perf_counter()
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise art.ArtifactError(f"TensorRT could not build an engine from {model_file}")
+    engine_file = model_file.with_suffix(".engine")
+    tmp = engine_file.with_name(engine_file.name + ".tmp")
+    tmp.write_bytes(bytes(engine))
+    os.replace(tmp, engine_file)
+    opts.update(engine=engine_file.name, engine_sha256=art.sha256(engine_file), tensorrt_version=trt.__version__,
+                build_s=round(time.perf_counter() - t0, 2), precision="fp16" if opts["fp16"] else "fp32")
+    return engine_file
+
+
+def build_from(folder: str | Path, fp16: bool | None = None, opt_level: int | None = None) -> art.Artifact:
+    """`graphopt build --target tensorrt --from ARTIFACT`: add the engine to an existing artifact."""
+    manifest, base = art.read_manifest(folder)
+    if manifest["target"] != NAME:
+        raise art.ArtifactError(f"{folder} is a {manifest['target']} artifact, not a tensorrt one")
+    if fp16 is not None:
+        manifest["tensorrt"]["fp16"] = fp16
+    if opt_level is not None:
+        manifest["tensorrt"]["optimization_level"] = opt_level
+    model_file = base / manifest["file"]
+    build_engine(model_file, manifest)
+    art.write_json(art.manifest_path_for(model_file), manifest)
+    return art.Artifact(model_file, manifest)
+
+
+class TensorRTStream(Stream):
+    """Runs the engine with the state on the GPU: two sets of state buffers (ping-pong), the step
+    reads one and writes the other; only the frame goes in and only the output comes out."""
+
+    def __init__(self, engine_file: Path, manifest: dict, initial_state):
+        import torch
+        trt = import_tensorrt()
+        super().__init__(manifest, initial_state)
+        self._torch = torch
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_file).read_bytes())
+        if self._engine is None:
+            raise art.ArtifactError(f"TensorRT cannot deserialize {engine_file}; rebuild it on this machine")
+        self._ctx = self._engine.create_execution_context()
+        self._cuda = torch.cuda.Stream()
+        dev = torch.device("cuda")
+        self._frame = torch.empty(self.frame_shape, dtype=torch.float32, device=dev)
+        self._dt = torch.empty(tuple(manifest["inputs"][1]["shape"]), dtype=torch.float32, device=dev)
+        self._out = torch.empty(tuple(manifest["outputs"][0]["shape"]), dtype=torch.float32, device=dev)
+        self._out_host = torch.empty(self._out.shape, dtype=torch.float32).pin_memory()
+        self._names_in = [s["input"] for s in manifest["state"]]
+        self._names_out = [s["output"] for s in manifest["state"]]
+        self._ctx.set_tensor_address(manifest["inputs"][0]["name"], self._frame.data_ptr())
+        self._ctx.set_tensor_address(manifest["inputs"][1]["name"], self._dt.data_ptr())
+        self._ctx.set_tensor_address(manifest["outputs"][0]["name"], self._out.data_ptr())
+        self._bufs = [[torch.from_numpy(np.array(s)).to(dev) for s in self._initial_state],
+                      [torch.empty(s.shape, dtype=torch.float32, device=dev) for s in self._initial_state]]
+        self._state = self._bufs[0]
+
+    def _run(self, frame, dt, state):
+        torch = self._torch
+        src, dst = (self._bufs[0], self._bufs[1]) if state is self._bufs[0] else (self._bufs[1], self._bufs[0])
+        with torch.cuda.stream(self._cuda):
+            self._frame.copy_(torch.from_numpy(frame), non_blocking=True)
+            self._dt.fill_(float(dt))
+            for n, b in zip(self._names_in, src):
+                self._ctx.set_tensor_address(n, b.data_ptr())
+            for n, b in zip(self._names_out, dst):
+                self._ctx.set_tensor_address(n, b.data_ptr())
+            if not self._ctx.execute_async_v3(self._cuda.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            self._out_host.copy_(self._out, non_blocking=True)
+        self._cuda.synchronize()
+        return self._out_host.numpy().copy(), dst
+
+    def reset(self) -> None:
+        for b, s in zip(self._bufs[0], self._initial_state):
+            b.copy_(self._torch.from_numpy(np.array(s)))
+        self._state = self._bufs[0]
+
+    @property
+    def state(self) -> list[np.ndarray]:
+        return [b.cpu().numpy() for b in self._state]
+
+
+def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1, prefer_engine: bool = True):
+    engine = manifest.get("tensorrt", {}).get("engine")
+    if prefer_engine and engine and import_tensorrt() is not None and cuda_gpu_present():
+        return TensorRTStream(Path(model_file).parent / engine, manifest, initial_state)
+    # no engine here (or no GPU): the legal ONNX in onnxruntime, for verification anywhere
+    return onnx_target.OnnxStream(model_file, manifest, initial_state, threads=threads)
