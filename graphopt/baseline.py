@@ -34,10 +34,12 @@ def _index(name: str) -> int | None:
 def order_io(inputs: list[tuple[str, tuple]], outputs: list[tuple[str, tuple]]):
     """(frame, dt, states) input names and (output, states) output names."""
     names = [n for n, _ in inputs]
-    frame = next((n for n in names if n.lower() in FRAME_NAMES), names[0])
+    frame = next((n for n in names if n.lower() in FRAME_NAMES), None) or \
+        next((n for n in names if "state" not in n.lower() and n.lower() != "dt"), names[0])
     dt = next((n for n in names if n.lower() == "dt"), None)
-    if dt is None:
-        dt = next((n for n, s in inputs if n != frame and int(np.prod(s)) == 1), None)
+    if dt is None:  # unnamed: a rank-0 input, else a one-element one
+        dt = next((n for n, s in inputs if n != frame and len(s) == 0), None) or \
+            next((n for n, s in inputs if n != frame and int(np.prod(s)) == 1), None)
     if dt is None:
         raise BaselineError(f"the model's inputs {names} have no dt (a scalar seconds-per-frame input)")
     states = [n for n in names if n not in (frame, dt)]
@@ -53,6 +55,13 @@ def order_io(inputs: list[tuple[str, tuple]], outputs: list[tuple[str, tuple]]):
     if len(out_states) != len(states):
         raise BaselineError(f"the model has {len(states)} state inputs but {len(out_states)} state outputs; "
                             "a step model returns (output, new state...) in the order of its state inputs")
+    in_shapes, out_shapes = dict(inputs), dict(outputs)
+    bad = [(i, o) for i, o in zip(states, out_states) if tuple(in_shapes[i]) != tuple(out_shapes[o])]
+    if bad:
+        i, o = bad[0]
+        raise BaselineError(f"state input {i} {tuple(in_shapes[i])} is paired with output {o} "
+                            f"{tuple(out_shapes[o])}: the outputs are not in state order and their names do not say "
+                            "which is which (name them state_out_<i>, or export with signatures)")
     return (frame, dt, states), (out, out_states)
 
 
@@ -130,23 +139,33 @@ class TfliteBaseline(Stream):
     def __init__(self, path: Path, model: str, state: list | None, threads: int = 1):
         from .targets.tflite import interpreter
         self.interpreter = interpreter(path, threads)
-        self.interpreter.allocate_tensors()
-        ins = {d["name"]: d for d in self.interpreter.get_input_details()}
-        outs = {d["name"]: d for d in self.interpreter.get_output_details()}
+        sigs = self.interpreter.get_signature_list()
+        self._runner = None
+        if sigs:  # signature names are the exporter's own (tensor names get prefixes and :0 suffixes)
+            self._runner = self.interpreter.get_signature_runner(next(iter(sigs)))
+            ins, outs = self._runner.get_input_details(), self._runner.get_output_details()
+        else:
+            self.interpreter.allocate_tensors()
+            ins = {d["name"]: d for d in self.interpreter.get_input_details()}
+            outs = {d["name"]: d for d in self.interpreter.get_output_details()}
+        shape = lambda d: tuple(int(x) for x in d["shape"])
         (self._frame, self._dt, self._states), (self._out, self._out_states) = order_io(
-            [(n, tuple(d["shape"])) for n, d in ins.items()], [(n, tuple(d["shape"])) for n, d in outs.items()])
+            [(n, shape(d)) for n, d in ins.items()], [(n, shape(d)) for n, d in outs.items()])
         self._in = {n: d["index"] for n, d in ins.items()}
         self._outs = {n: d["index"] for n, d in outs.items()}
-        self._dt_shape = tuple(ins[self._dt]["shape"])
-        state_shapes = [tuple(ins[n]["shape"]) for n in self._states]
-        super().__init__(_manifest(model, "tflite", path, tuple(ins[self._frame]["shape"]),
-                                   tuple(outs[self._out]["shape"]), state_shapes, self._states),
-                         _initial_state(model, state, state_shapes))
+        self._dt_shape = shape(ins[self._dt])
+        state_shapes = [shape(ins[n]) for n in self._states]
+        super().__init__(_manifest(model, "tflite", path, shape(ins[self._frame]), shape(outs[self._out]),
+                                   state_shapes, self._states), _initial_state(model, state, state_shapes))
 
     def _run(self, frame, dt, state):
+        dt = np.asarray(dt, np.float32).reshape(self._dt_shape)
+        if self._runner is not None:
+            res = self._runner(**{self._frame: frame, self._dt: dt}, **dict(zip(self._states, state)))
+            return res[self._out], [res[n] for n in self._out_states]
         it = self.interpreter
         it.set_tensor(self._in[self._frame], frame)
-        it.set_tensor(self._in[self._dt], np.asarray(dt, np.float32).reshape(self._dt_shape))
+        it.set_tensor(self._in[self._dt], dt)
         for n, s in zip(self._states, state):
             it.set_tensor(self._in[n], s)
         it.invoke()

@@ -109,6 +109,10 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
         stream = open_baseline(path, model, state_file, threads=1)
         kind = "baseline-" + stream.manifest["target"]
         name = f"baseline {Path(path).name}"
+        if name in steps:  # two baselines with the same file name: tell them apart by their folder
+            name = f"baseline {Path(path).parent.name}/{Path(path).name}"
+        while name in steps:
+            name += "'"
         steps[name] = stream.step
         meta[name] = {"backend": BACKENDS[kind], "target": kind, "artifact": str(path)}
     log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {steps_per_round} steps, 1 thread ...")

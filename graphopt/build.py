@@ -140,7 +140,8 @@ def format_result(r: dict, claimed: str | None = None) -> str:
         f"  NRMSE             {r['nrmse']:.3g}  ({r['nrmse_over_floor']:.2f}x the noise floor {floor['nrmse']:.3g})",
         f"  Pearson r         {r['pearson']:.6f}",
         f"  heart rate        {r['hr_bpm']:.1f} bpm (reference {r['hr_ref_bpm']:.1f} bpm, bin {r['hr_bin_bpm']:.1f})",
-        f"  final state error {r['state_max_rel']:.3g} (max relative)",
+        (f"  final state error {r['state_max_rel']:.3g} (max relative)" if r.get("state_max_rel") is not None
+         else f"  final state       not compared ({r.get('state_note', 'no state')})"),
         f"  tier reached      {r['tier']}" + (f" (claimed: {claimed})" if claimed else ""),
     ]
     return "\n".join(lines)

@@ -98,6 +98,12 @@ def cmd_verify(a) -> int:
     from . import equivalence, metrics
     from .baseline import is_baseline, open_baseline
     from .build import format_result
+    from pathlib import Path
+    p = Path(a.artifact)
+    if p.is_file() and not art.manifest_path_for(p).is_file() and not p.name.endswith(art.MANIFEST_SUFFIX) \
+            and p.suffix not in (".onnx", ".tflite"):
+        from .baseline import BaselineError
+        raise BaselineError(f"{p} has no graphopt manifest, and a baseline must be an .onnx or .tflite step model")
     if is_baseline(a.artifact):
         from . import models
         stream = open_baseline(a.artifact, a.model, a.state)

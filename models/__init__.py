@@ -15,9 +15,13 @@ def adapter(name: str):
     return importlib.import_module(MODELS[name])
 
 
-@functools.lru_cache(maxsize=4)
 def load(name: str, weights: str | None = None, as_published: bool = False) -> StepModel:
     """Build a model once per process (building the authors' Keras model takes tens of seconds)."""
+    return _load(name, weights, bool(as_published))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, weights: str | None, as_published: bool) -> StepModel:
     return adapter(name).load(weights=weights, as_published=as_published)
 
 

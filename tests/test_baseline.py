@@ -180,9 +180,6 @@ def test_stream_accepts_squeezed_frame(toy):
     np.testing.assert_allclose(np.asarray(y).reshape(-1), want.reshape(-1), atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: TfliteBaseline takes its shapes straight from LiteRT's int32 "
-                   "arrays, so the frame shape it reports (FrameError, manifest) prints as "
-                   "(np.int32(1), np.int32(1), ...) instead of (1, 1, 36, 36, 3)")
 def test_tflite_frame_error_message_shows_plain_shape(toy):
     stream = open_baseline(toy.tflite, state_file=str(toy.npz))
     with pytest.raises(FrameError) as e:
@@ -232,8 +229,6 @@ def test_order_io_unnamed_scalar_dt_found_by_shape():
     assert order_io(ins, outs) == (("x", "delta", ["h_a", "h_b"]), ("y", ["h_a_new", "h_b_new"]))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: order_io takes the first input with one element as dt, so a "
-                   "[1,1] state listed before an unnamed rank-0 dt is taken for dt")
 def test_order_io_prefers_rank0_dt_over_one_element_state():
     ins = [("x", FRAME_SHAPE), ("h_a", (1, 1)), ("time_step", ()), ("h_b", (1, 3))]
     outs = [("y", (1, 1)), ("h_a_new", (1, 1)), ("h_b_new", (1, 3))]
@@ -254,11 +249,6 @@ def test_order_io_no_dt():
 
 
 # ---- exports whose names are lost or rewritten ------------------------------------------------------
-@pytest.mark.xfail(strict=True, raises=BaselineError, reason=(
-    "bug: TFLite converted through a SavedModel (TFLiteConverter.from_saved_model, the usual route) "
-    "names its inputs serving_default_<name>:0 in no particular order and its outputs PartitionedCall:<k>; "
-    "order_io matches neither (FRAME_NAMES compares whole names, _index reads the ':0' suffix as the "
-    "state index), takes the first input (a state) as the frame, and open_baseline fails"))
 def test_tflite_via_saved_model_matches_toy(toy, tmp_path):
     tf = toy.tf
     step, _ = toy_tf_function(tf)
@@ -275,11 +265,6 @@ def test_tflite_via_saved_model_matches_toy(toy, tmp_path):
     np.testing.assert_allclose(outs, toy_reference(frames, [1 / 30] * N_FRAMES)[0], atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "bug: with 10 or more states the TFLite converter's outputs Identity_k follow TF's sorted-key "
-    "flattening (state_out_10 before state_out_2); order_io pairs them with the state inputs by position "
-    "without checking shapes, open_baseline accepts the model, and the second step dies in LiteRT with a "
-    "raw ValueError (dimension mismatch; with equal shapes the state would be silently scrambled)"))
 def test_tflite_many_states_misordered_outputs_detected(toy, tmp_path):
     tf = toy.tf
     n = 12
@@ -313,11 +298,6 @@ def _tier_line(out: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "bug: verify on a baseline whose state does not have the reference's layout crashes: "
-    "equivalence.check always compares final states (metrics.state_max_rel), which raises a raw "
-    "ValueError 'state count differs: reference 46, candidate 2' that cli.main does not catch "
-    "(and format_result would not print state_max_rel=None either)"))
 def test_verify_toy_prints_metrics(toy, capsys):
     rc = cli.main(["verify", str(toy.onnx), "--state", str(toy.npz), "--frames", "60"])
     out = capsys.readouterr().out
@@ -327,7 +307,6 @@ def test_verify_toy_prints_metrics(toy, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="bug: same crash as test_verify_toy_prints_metrics")
 def test_verify_toy_required_tier_fails(toy, capsys):
     rc = cli.main(["verify", str(toy.tflite), "--state", str(toy.npz), "--frames", "60", "--tier", "signal"])
     err = capsys.readouterr().err
@@ -359,10 +338,6 @@ def test_open_baseline_other_suffix(toy, tmp_path):
         open_baseline(path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (message): verify on a model file with another suffix goes the artifact route and says "
-    "'no manifest toy.manifest.json beside ...; (for a foreign model file use the commands that accept "
-    "baselines)' -- verify is such a command; it never says a baseline must be .onnx or .tflite"))
 def test_verify_other_suffix_says_onnx_or_tflite(toy, tmp_path, capsys):
     path = tmp_path / "toy.pb"
     path.write_bytes(toy.onnx.read_bytes())
@@ -467,10 +442,6 @@ def test_bench_rows_with_baselines(toy):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: bench names a baseline row 'baseline <file name>', so two baselines with the same file name "
-    "in different folders (authors/model.onnx, ours/model.onnx) share a row and the first is silently "
-    "dropped"))
 def test_bench_baselines_with_same_file_name(toy, tmp_path, monkeypatch):
     import graphopt.targets.onnx as onnx_target
     monkeypatch.setattr(onnx_target, "available", lambda: (False, "skipped by the test"))  # no build
