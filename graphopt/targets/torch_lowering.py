@@ -174,7 +174,7 @@ def to_graph_module(graph: Graph):
         if v.is_param:
             if id(v) not in consts:
                 name = f"c{len(consts)}"
-                root.register_buffer(name, torch.from_numpy(np.ascontiguousarray(v.const)).clone())
+                root.register_buffer(name, torch.from_numpy(np.array(v.const)))
                 consts[id(v)] = g.get_attr(name)
             return consts[id(v)]
         raise KeyError(v.name)
