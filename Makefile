@@ -1,5 +1,5 @@
 # Two entry points (see README.md):
-#   make artifacts  -- create .venv if missing, build FacePhys into artifacts/
+#   make artifacts  -- create .venv if missing, release FacePhys (every target, verified, benchmarked) into artifacts/
 #   make test       -- create .venv if missing, run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -21,10 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 artifacts: venv
-	$(VENV)/bin/graphopt build --model facephys --target onnx --out artifacts/facephys-onnx
-	$(VENV)/bin/graphopt build --model facephys --target onnx --no-fuse --out artifacts/facephys-onnx-unfused
-	$(VENV)/bin/graphopt build --model facephys --target xla --out artifacts/facephys-xla
-	$(VENV)/bin/graphopt build --model facephys --target tflite --out artifacts/facephys-tflite
+	$(VENV)/bin/graphopt release --model facephys --out artifacts/facephys-$$($(PY) -c "import graphopt; print(graphopt.__version__)")
 
 test: venv
 	$(PY) -m pytest

@@ -92,6 +92,9 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         except (art.ArtifactError, ValueError) as e:
             raise BuildError(f"the {target} target cannot emit this graph: {e}") from e
         manifest = artifact.manifest
+        if manifest.get("precision_tier") and metrics.TIERS.index(manifest["precision_tier"]) > metrics.TIERS.index(tier):
+            tier = manifest["precision_tier"]
+            log(f"      {manifest['precision']}: tier claimed {tier}")
         manifest["equivalence"] = {"tier_claimed": tier, "verified": False}
         if verify:
             log(f"[4/4] verifying over {frames} frames against the authors' step ...")

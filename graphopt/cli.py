@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--from", dest="from_artifact", metavar="ARTIFACT",
                    help="tensorrt: build the engine into an existing tensorrt artifact (needs a GPU)")
     b.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 engine")
+    b.add_argument("--quantize", choices=["fp16", "int8"],
+                   help="tflite: float16 weights (signal tier) or int8 dynamic-range weights (quantised tier)")
     b.add_argument("--opt-level", type=int, help="tensorrt: builder optimization level (0-5, default 3)")
     b.add_argument("--weights", help="weights file overriding the one the model package ships")
     b.add_argument("--as-published", action="store_true",
@@ -61,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--out-dir", help="keep the built artifacts here (default: a temporary folder)")
     be.add_argument("--json", help="also write the results as JSON to this file")
 
+    r = sub.add_parser("release", help="build, verify and benchmark every available target into one folder")
+    r.add_argument("--model", required=True, help="model name (facephys)")
+    r.add_argument("--out", help="release folder (default: artifacts/MODEL-GRAPHOPT_VERSION)")
+    r.add_argument("--variants", help="comma-separated subset of: " + "onnx, xla, tflite, tflite-io, tflite-fp16, "
+                                      "tflite-int8, tf, torch, torch-compile, tensorrt (default: all)")
+    r.add_argument("--frames", type=int, default=600, help="frames of the verification clip (default 600)")
+    r.add_argument("--rounds", type=int, default=3, help="interleaved benchmark rounds (default 3)")
+
     i = sub.add_parser("inspect", help="node count, op histogram, params, state and FLOPs of an artifact")
     i.add_argument("artifact", help="artifact folder or model file (any .onnx file with --check tensorrt)")
     i.add_argument("--check", choices=["tensorrt"],
@@ -84,6 +94,8 @@ def cmd_build(a) -> int:
     options = {}
     if a.state_mode:
         options["state_mode"] = a.state_mode
+    if a.quantize:
+        options["quantize"] = a.quantize
     if a.target == "tensorrt":
         options.update(fp16=a.fp16, opt_level=3 if a.opt_level is None else a.opt_level)
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
@@ -138,6 +150,19 @@ def cmd_bench(a) -> int:
     return EXIT_OK
 
 
+def cmd_release(a) -> int:
+    from . import __version__, release
+    out = a.out or f"artifacts/{a.model}-{__version__}"
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
+    try:
+        release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    except release.ReleaseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_inspect(a) -> int:
     from .inspect import format_summary, inspect
     if a.check == "tensorrt":
@@ -164,7 +189,7 @@ def cmd_inspect(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "bench":
+    if args.command in ("bench", "release"):
         from .bench import single_thread_env
         single_thread_env()  # before anything imports jax
     from .artifact import ArtifactError
@@ -174,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from graphopt.passes import PassError
     try:
         try:
-            return {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench,
+            return {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench, "release": cmd_release,
                     "inspect": cmd_inspect}[args.command](args)
         except EngineNeedsGpu as e:
             print(f"note: {e}", file=sys.stderr)

@@ -75,14 +75,29 @@ def save(module, signatures: dict, path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures=signatures)
 
 
-def to_tflite(module, signatures: dict, state_mode: str) -> bytes:
-    """Convert through a SavedModel (keeps resource variables and their initial values)."""
+# weight precision variants: name -> (manifest precision, tier it can claim)
+WEIGHT_VARIANTS = {None: ("float32", None), "fp16": ("float16 weights", "signal"),
+                   "int8": ("int8 dynamic-range weights", "quantised")}
+
+
+def to_tflite(module, signatures: dict, state_mode: str, weights: str | None = None) -> bytes:
+    """Convert through a SavedModel (keeps resource variables and their initial values).
+
+    weights: None (float32), "fp16" (float16 weights, dequantised at load) or "int8" (dynamic-range
+    quantised weights, the kind of artifact the FacePhys authors published)."""
     import tensorflow as tf
     with tempfile.TemporaryDirectory() as d:
         save(module, signatures, Path(d))
         conv = tf.lite.TFLiteConverter.from_saved_model(d, signature_keys=list(signatures))
         conv.experimental_enable_resource_variables = state_mode == "variables"
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: runs on plain LiteRT
+        if weights == "fp16":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv.target_spec.supported_types = [tf.float16]
+        elif weights == "int8":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif weights is not None:
+            raise art.ArtifactError(f"weight precision {weights!r}: choose fp16 or int8")
         try:
             return conv.convert()
         except Exception as e:

@@ -17,7 +17,7 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
-from .tf_module import STATE_MODES, build_module, to_tflite
+from .tf_module import STATE_MODES, WEIGHT_VARIANTS, build_module, to_tflite
 
 NAME = "tflite"
 SUFFIX = ".tflite"
@@ -40,9 +40,16 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     out_dir = Path(out_dir)
     stem = options.get("stem", graph.name)
     model_file = out_dir / f"{stem}{SUFFIX}"
-    manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
+    weights = options.get("quantize")
+    if weights not in WEIGHT_VARIANTS:
+        raise art.ArtifactError(f"tflite weight precision {weights!r} is not one of fp16, int8")
+    precision, tier = WEIGHT_VARIANTS[weights]
+    manifest = art.describe_graph(graph, model_file.name, NAME,
+                                  precision if weights else options.get("precision", "float32"))
+    if tier:
+        manifest["precision_tier"] = tier  # the loosest tier this precision can claim
     module, signatures = build_module(graph, manifest, state_mode)
-    model_file.write_bytes(to_tflite(module, signatures, state_mode))
+    model_file.write_bytes(to_tflite(module, signatures, state_mode, weights))
     if state_mode == "io":
         delegation = delegate_summary(model_file)
     else:  # LiteRT's Python API lists the ops of the first subgraph only: measure the io-mode twin

@@ -1,0 +1,181 @@
+"""graphopt release: every available target built, verified and benchmarked into one folder, with a
+release manifest and a generated model card (README.md).
+
+The folder is built under a temporary name beside the destination and renamed at the end; when any
+target fails, the failure is reported, nothing is left behind and the release exits non-zero. The
+TensorRT target contributes its TensorRT-legal ONNX (proved by TensorRT-RTX where installed) on
+machines without a GPU.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+# artifact name -> (target, build options); TFLite precision variants ride along
+VARIANTS = {
+    "onnx": ("onnx", {}),
+    "xla": ("xla", {}),
+    "tflite": ("tflite", {}),
+    "tflite-io": ("tflite", {"target_options": {"state_mode": "io"}}),
+    "tflite-fp16": ("tflite", {"target_options": {"quantize": "fp16"}}),
+    "tflite-int8": ("tflite", {"target_options": {"quantize": "int8"}}),
+    "tf": ("tf", {}),
+    "torch": ("torch", {}),
+    "torch-compile": ("torch-compile", {}),
+    "tensorrt": ("tensorrt", {}),
+}
+# fields that are timestamps by nature, kept apart so the rest of a release is reproducible
+TIMESTAMP_FIELDS = ("created", "elapsed_s")
+
+
+class ReleaseError(RuntimeError):
+    """A target failed; the message lists which and why. Nothing was written."""
+
+
+def run(model: str, out: str | Path, *, variants: list[str] | None = None, frames: int = 600, rounds: int = 3,
+        steps_per_round: int = 100, log: Callable[[str], None] = print) -> Path:
+    from . import __version__
+    from . import artifact as art
+    from . import models
+    from .bench import BACKENDS, machine, reference_step, sgemm_gflops, single_thread_env
+    from .benchmark import measure
+    from .build import EngineNeedsGpu, build, target_module
+    from .equivalence import Clip
+    from .inspect import file_size
+
+    single_thread_env()
+    t0 = time.time()
+    names = variants or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ReleaseError(f"unknown release variants {unknown}; choose from {', '.join(VARIANTS)}")
+    out = Path(out).resolve()
+    step_model = models.load(model, None, False)
+    entries, failures, streams = {}, {}, {}
+    with art.atomic_dir(out) as tmp:
+        for i, name in enumerate(names, 1):
+            target, kw = VARIANTS[name]
+            ok, reason = target_module(target).available()
+            if not ok:
+                log(f"[{i}/{len(names)}] {name}: skipped ({reason})")
+                entries[name] = {"target": target, "skipped": reason}
+                continue
+            log(f"[{i}/{len(names)}] building and verifying {name} ...")
+            needs_gpu = None
+            try:
+                a = build(model, target, tmp / name, frames=frames, log=lambda m: None, **kw)
+                manifest, path = a.manifest, Path(a.path)
+            except EngineNeedsGpu as e:  # the legal ONNX and manifest are complete
+                manifest, base = art.read_manifest(tmp / name)
+                path, needs_gpu = base / manifest["file"], str(e)
+            except Exception as e:  # any failing target fails the release
+                failures[name] = f"{type(e).__name__}: {e}"
+                log(f"      FAILED: {failures[name]}")
+                continue
+            eq = manifest["equivalence"]
+            entries[name] = {
+                "target": target, "folder": name, "file": f"{name}/{path.name}", "precision": manifest["precision"],
+                "tier_claimed": eq["tier_claimed"], "tier": eq["tier"], "nrmse_over_floor": eq["nrmse_over_floor"],
+                "pearson": eq["pearson"], "max_abs": eq["max_abs"], "hr_bpm": eq["hr_bpm"],
+                "size_bytes": file_size(path), "nodes": manifest["graph"]["nodes"], "sha256": manifest["sha256"],
+                "backend": BACKENDS.get(target, target)}
+            if needs_gpu:
+                entries[name]["engine"] = "needs an NVIDIA GPU: " + needs_gpu.split("Finish there with: ")[-1]
+                entries[name]["tensorrt_check"] = manifest["tensorrt"]["check"]["checker"]
+            else:
+                streams[name] = art.load(path, threads=1)
+            log(f"      tier {eq['tier']} ({eq['nrmse_over_floor']:.2f}x floor), "
+                f"{entries[name]['size_bytes'] / 1e6:.2f} MB")
+        if failures:
+            raise ReleaseError("release failed; nothing was written. Failing targets: "
+                               + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+        log(f"benchmarking {len(streams)} artifacts and the authors' step ({rounds} interleaved rounds) ...")
+        steps = {n: s.step for n, s in streams.items()}
+        steps["open-rppg JAX JIT (reference)"] = reference_step(model)
+        rows = measure(steps, Clip(frames=64).array(step_model.frame_shape), rounds=rounds,
+                       steps_per_round=steps_per_round)
+        ref = next(r for r in rows if r.name.startswith("open-rppg"))
+        for r in rows:
+            e = entries.setdefault(r.name, {"target": "reference", "backend": BACKENDS["reference"]})
+            e.update(fps=r.fps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, x_reference=ref.p50_ms / r.p50_ms)
+        graph = step_model.trace()
+        release = {
+            "model": model, "graphopt_version": __version__, "source": step_model.source,
+            "tools": art.tool_versions("jax", "jaxlib", "keras", "onnx", "onnxruntime", "tensorflow-cpu",
+                                       "ai-edge-litert", "torch", "tensorrt-rtx-cu12", "open-rppg"),
+            "flops_per_frame": graph.flops(), "params": len(graph.params()), "param_bytes": graph.param_bytes(),
+            "state_tensors": len(graph.state), "state_bytes": graph.state_bytes(),
+            "verification": {"frames": frames, "clip": "synthetic face clip, 72 bpm, seed 0"},
+            "machine": machine(), "sgemm_gflops_1thread": sgemm_gflops(), "artifacts": entries,
+            "timestamps": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "elapsed_s": round(time.time() - t0, 1)},
+        }
+        art.write_json(tmp / "release.json", release)
+        (tmp / "README.md").write_text(model_card(release))
+    log(f"wrote {out} ({time.time() - t0:.0f} s)")
+    return out
+
+
+def model_card(r: dict) -> str:
+    """The release's README, generated from its manifest."""
+    src = r["source"]
+    arts = r["artifacts"]
+    lines = [f"# {r['model']} — graphopt {r['graphopt_version']} release", "",
+             f"Streaming rPPG model from `{src.get('package', '?')}=={src.get('version', '?')}` "
+             f"(weights sha256 `{str(src.get('weights_sha256', '?'))[:16]}…`), exported by graphopt to every runtime "
+             "below and checked against the authors' own step.", "",
+             "## Inputs, outputs, state", "",
+             "- `frame`: float32 `[1, 1, 36, 36, 3]`, RGB face crop in 0..1, one per step.",
+             "- `dt`: float32 scalar, seconds since the previous frame (1/30 at 30 FPS).",
+             "- `bvp`: float32 `[1, 1]`, the blood-volume-pulse sample for this frame.",
+             f"- state: {r['state_tensors']} tensors ({r['state_bytes'] / 1e6:.2f} MB), `state_in_i` -> "
+             "`state_out_i`; start from `<model>.state.npz` and feed each step's `state_out_i` back as the next "
+             "step's `state_in_i` (the TFLite default and the Streams keep it for you).",
+             f"- {r['flops_per_frame'] / 1e6:.1f} MFLOP per frame, {r['params']} parameter tensors "
+             f"({r['param_bytes'] / 1e6:.2f} MB).", "",
+             "## Artifacts", "",
+             "| artifact | runtime | precision | tier | NRMSE / floor | Pearson r | size MB | FPS (1 thread) | "
+             "x authors' JAX JIT |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for name, e in arts.items():
+        if "tier" not in e:
+            continue
+        fps = f"{e['fps']:.0f}" if "fps" in e else "GPU only"
+        x = f"{e['x_reference']:.2f}" if "x_reference" in e else ""
+        lines.append(f"| `{e['file']}` | {e['backend']} | {e['precision']} | {e['tier']} | "
+                     f"{e['nrmse_over_floor']:.1f} | {e['pearson']:.6f} | {e['size_bytes'] / 1e6:.2f} | {fps} | {x} |")
+    ref = arts.get("open-rppg JAX JIT (reference)")
+    if ref:
+        lines.append(f"| authors' step (open-rppg, jax.jit) | {ref['backend']} | mixed float16 | reference | | | | "
+                     f"{ref['fps']:.0f} | 1.00 |")
+    skipped = {n: e["skipped"] for n, e in arts.items() if "skipped" in e}
+    lines += [""] + [f"- `{n}` not built on this machine: {why}" for n, why in skipped.items()]
+    if "tensorrt" in arts and "engine" in arts["tensorrt"]:
+        lines.append(f"- `tensorrt`: TensorRT-legal ONNX checked with {arts['tensorrt']['tensorrt_check']}; "
+                     f"the engine {arts['tensorrt']['engine']}")
+    m = r["machine"]
+    lines += ["", f"Measured on {m['cpu']} ({m['cores']} cores), batch 1, state carried, one thread per runtime, "
+              f"median of interleaved rounds; single-thread sgemm {r['sgemm_gflops_1thread']:.0f} GFLOP/s. "
+              f"Tiers (DESIGN.md): rounding = NRMSE <= 4x the fp32 noise floor; signal = r >= 0.9999 and the same "
+              f"heart rate; quantised = r >= 0.999 and the same heart rate. Verified over "
+              f"{r['verification']['frames']} frames of a {r['verification']['clip']}.", "",
+              "## Running each artifact", "", "```python",
+              "import numpy as np",
+              "state = dict(np.load('onnx/<model>.state.npz'))  # state_in_i arrays",
+              "", "# onnxruntime", "import onnxruntime as ort",
+              "s = ort.InferenceSession('onnx/<model>.onnx')",
+              "outs = s.run(None, {'frame': frame, 'dt': np.float32(1/30), **state})",
+              "bvp, state = outs[0], {f'state_in_{i}': o for i, o in enumerate(outs[1:])}",
+              "", "# LiteRT (state inside the model)", "from ai_edge_litert.interpreter import Interpreter",
+              "it = Interpreter('tflite/<model>.tflite', num_threads=1); step = it.get_signature_runner('step')",
+              "bvp = step(frame=frame, dt=np.float32(1/30))['bvp']   # reset with it.get_signature_runner('reset')()",
+              "", "# XLA (jax.export)", "from jax import export",
+              "exp = export.deserialize(bytearray(open('xla/<model>.jaxexport', 'rb').read()))",
+              "bvp, *new_state = exp.call(frame, np.float32(1/30), *state.values())",
+              "", "# PyTorch", "import torch",
+              "m = torch.export.load('torch/<model>.pt2').module()",
+              "bvp, *new_state = m(torch.from_numpy(frame), torch.tensor(1/30), *map(torch.from_numpy, state.values()))",
+              "", "# or, with graphopt installed, any of them:", "import graphopt",
+              "stream = graphopt.load('onnx'); bvp = stream.step(frame)", "```", ""]
+    return "\n".join(lines)

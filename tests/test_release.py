@@ -1,0 +1,119 @@
+"""graphopt release (end to end on a subset of variants, fewer frames), precision variants at their
+tiers, a failing target leaving nothing behind, and deterministic builds per target."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from graphopt import artifact as art
+from graphopt import cli, release
+from graphopt.build import EngineNeedsGpu, build
+from graphopt.targets import trt_support
+
+
+@pytest.fixture(scope="module")
+def small_release(tmp_path_factory, facephys):
+    out = tmp_path_factory.mktemp("rel") / "facephys-test"
+    code = cli.main(["release", "--model", "facephys", "--out", str(out), "--frames", "300", "--rounds", "1",
+                     "--variants", "onnx,tflite-fp16,tflite-int8,tensorrt"])
+    return code, out
+
+
+def test_release_folder_is_complete(small_release):
+    code, out = small_release
+    assert code == 0
+    r = json.loads((out / "release.json").read_text())
+    assert set(r["artifacts"]) == {"onnx", "tflite-fp16", "tflite-int8", "tensorrt", "open-rppg JAX JIT (reference)"}
+    for name in ("onnx", "tflite-fp16", "tflite-int8", "tensorrt"):
+        e = r["artifacts"][name]
+        assert (out / e["file"]).exists() and (out / name / f"facephys.manifest.json").is_file()
+        assert e["tier"] is not None and e["size_bytes"] > 0 and e["sha256"]
+    assert r["artifacts"]["onnx"]["fps"] > 0 and r["artifacts"]["open-rppg JAX JIT (reference)"]["x_reference"] == 1
+    assert r["source"]["package"] == "open-rppg" and len(r["source"]["weights_sha256"]) == 64
+    assert r["graphopt_version"] and r["tools"]["onnxruntime"] and r["flops_per_frame"] > 1e8
+    assert r["state_tensors"] == 46 and r["state_bytes"] == 2_000_896
+    assert set(r["timestamps"]) == set(release.TIMESTAMP_FIELDS)
+    if not (trt_support.import_tensorrt() and trt_support.cuda_gpu_present()):
+        assert "needs an NVIDIA GPU" in r["artifacts"]["tensorrt"]["engine"]
+    card = (out / "README.md").read_text()
+    assert "| `onnx/facephys.onnx` |" in card and "tflite-int8/facephys.tflite" in card
+    assert "## Running each artifact" in card and "get_signature_runner('step')" in card
+
+
+def test_precision_variants_claim_and_reach_their_tiers(small_release):
+    _, out = small_release
+    r = json.loads((out / "release.json").read_text())["artifacts"]
+    fp16, int8, fp32 = r["tflite-fp16"], r["tflite-int8"], r["onnx"]
+    assert fp16["precision"] == "float16 weights" and fp16["tier_claimed"] == "signal"
+    assert int8["precision"] == "int8 dynamic-range weights" and int8["tier_claimed"] == "quantised"
+    for e in (fp16, int8):
+        assert e["tier"] in ("rounding", "signal", "quantised") and e["hr_bpm"] == fp32["hr_bpm"]
+    assert int8["size_bytes"] < 0.5 * fp32["size_bytes"] and fp16["size_bytes"] < 0.75 * fp32["size_bytes"]
+    assert int8["pearson"] >= 0.999 and fp16["pearson"] >= 0.9999
+
+
+def test_failing_target_fails_the_release_and_leaves_nothing(facephys, tmp_path, monkeypatch, capsys):
+    from graphopt.targets import onnx as onnx_target
+
+    def broken(*a, **k):
+        raise RuntimeError("forced failure for the test")
+    monkeypatch.setattr(onnx_target, "emit", broken)
+    out = tmp_path / "rel"
+    assert cli.main(["release", "--model", "facephys", "--out", str(out), "--frames", "60", "--rounds", "1",
+                     "--variants", "xla,onnx"]) == 1
+    err = capsys.readouterr().err
+    assert "onnx: RuntimeError: forced failure for the test" in err and "nothing was written" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ---- deterministic builds -------------------------------------------------------------------------------
+
+DETERMINISTIC = ["onnx", "xla", "tflite", "torch", "tensorrt"]
+# tf: a SavedModel's saved_model.pb and fingerprint.pb differ between saves of the same function
+# (TensorFlow names traced functions with process-global counters), so it is not byte-reproducible.
+NOT_DETERMINISTIC = {"tf": "SavedModel protos carry per-trace function names from process-global counters"}
+
+
+def _strip_timings(m: dict) -> dict:
+    m = json.loads(json.dumps(m))
+    for p in m.get("pipeline", {}).get("passes", []):
+        p.pop("time_s", None)  # measured durations, not content
+    for key in ("rtx_build_s",):
+        m.get("tensorrt", {}).get("check", {}).pop(key, None)
+    return m
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", DETERMINISTIC)
+def test_builds_are_byte_identical(facephys, tmp_path, target):
+    outs = []
+    for i in range(2):
+        try:
+            build("facephys", target, tmp_path / f"b{i}", verify=False, log=lambda m: None)
+        except EngineNeedsGpu:
+            pass
+        outs.append(tmp_path / f"b{i}")
+    a, b = _files(outs[0]), _files(outs[1])
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name.endswith(".manifest.json"):
+            assert _strip_timings(json.loads(a[name])) == _strip_timings(json.loads(b[name])), name
+        else:
+            assert a[name] == b[name], f"{target}: {name} differs between two builds"
+
+
+@pytest.mark.parametrize("target", sorted(NOT_DETERMINISTIC))
+def test_non_deterministic_targets_are_known(facephys, tmp_path, target):
+    """Documents, and checks, that these targets differ only where NOT_DETERMINISTIC says."""
+    for i in range(2):
+        build("facephys", target, tmp_path / f"b{i}", verify=False, log=lambda m: None)
+    a, b = _files(tmp_path / "b0"), _files(tmp_path / "b1")
+    differing = sorted(n for n in a if a[n] != b.get(n) and not n.endswith(".manifest.json"))
+    assert differing and all(n.endswith(".pb") for n in differing), differing
+    np.testing.assert_array_equal(*[np.load(tmp_path / f"b{i}" / "facephys.state.npz")["state_in_0"] for i in range(2)])
