@@ -80,6 +80,14 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def finish(graph, model_file: Path, manifest: dict) -> "Artifact":
+    """Write the initial state and the manifest beside a model file every target has just written."""
+    save_state(Path(model_file).parent / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
+               [s.init for s in graph.state])
+    write_json(manifest_path_for(Path(model_file)), manifest)
+    return Artifact(Path(model_file), manifest)
+
+
 def save_state(path: Path, names: list[str], arrays: list[np.ndarray]) -> None:
     with open(path, "wb") as f:
         np.savez(f, **{n: np.asarray(a) for n, a in zip(names, arrays)})

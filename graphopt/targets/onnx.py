@@ -320,10 +320,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     manifest["onnx"] = {"opset": OPSET, "ir_version": IR_VERSION, "nodes": len(model.graph.node),
                         "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))}
     manifest["tools"] = art.tool_versions("onnx", "onnxruntime")
-    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
-                   [s.init for s in graph.state])
-    art.write_json(art.manifest_path_for(model_file), manifest)
-    return art.Artifact(model_file, manifest)
+    return art.finish(graph, model_file, manifest)
 
 
 class OnnxStream(Stream):

@@ -91,12 +91,9 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     manifest["tensorrt"] = {"engine": None, "fp16": bool(options.get("fp16")),
                             "optimization_level": int(options.get("opt_level", 3)), "check": check}
     manifest["tools"] = art.tool_versions("onnx", "onnxruntime", "tensorrt", "tensorrt-rtx-cu12")
-    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
-                   [s.init for s in graph.state])
     if import_tensorrt() is not None and cuda_gpu_present():
         build_engine(model_file, manifest)
-    art.write_json(art.manifest_path_for(model_file), manifest)
-    return art.Artifact(model_file, manifest)
+    return art.finish(graph, model_file, manifest)
 
 
 def build_engine(model_file: Path, manifest: dict) -> Path:

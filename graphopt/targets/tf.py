@@ -39,10 +39,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     manifest["sha256"] = art.sha256_tree(model_dir)
     manifest["tf"] = {"signature": "step", "jit_compile": True, "state_mode": "io"}
     manifest["tools"] = art.tool_versions("tensorflow-cpu")
-    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
-                   [s.init for s in graph.state])
-    art.write_json(art.manifest_path_for(model_dir), manifest)
-    return art.Artifact(model_dir, manifest)
+    return art.finish(graph, model_dir, manifest)
 
 
 def set_threads(threads: int) -> None:

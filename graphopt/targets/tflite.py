@@ -62,10 +62,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     manifest["tflite"] = {"state_mode": state_mode, "signatures": sorted(signatures),
                           **delegation}
     manifest["tools"] = art.tool_versions("tensorflow-cpu", "ai-edge-litert")
-    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
-                   [s.init for s in graph.state])
-    art.write_json(art.manifest_path_for(model_file), manifest)
-    return art.Artifact(model_file, manifest)
+    return art.finish(graph, model_file, manifest)
 
 
 def interpreter(model_file: Path, threads: int = 1):

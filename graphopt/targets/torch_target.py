@@ -46,10 +46,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None, name: str = "
     manifest["torch"] = {"format": "torch.export (.pt2)", "fx_nodes": len(gm.graph.nodes),
                          "compiled": name == "torch-compile"}
     manifest["tools"] = art.tool_versions("torch")
-    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
-                   [s.init for s in graph.state])
-    art.write_json(art.manifest_path_for(model_file), manifest)
-    return art.Artifact(model_file, manifest)
+    return art.finish(graph, model_file, manifest)
 
 
 class TorchStream(Stream):

@@ -63,10 +63,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
                        "calling_convention_version": exported.calling_convention_version,
                        "flat_arguments": [v.name for v in graph.inputs] + [s["input"] for s in manifest["state"]]}
     manifest["tools"] = art.tool_versions("jax", "jaxlib")
-    art.save_state(out_dir / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
-                   [s.init for s in graph.state])
-    art.write_json(art.manifest_path_for(model_file), manifest)
-    return art.Artifact(model_file, manifest)
+    return art.finish(graph, model_file, manifest)
 
 
 class XlaStream(Stream):
