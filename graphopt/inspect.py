@@ -44,7 +44,7 @@ def inspect(path) -> dict:
     if "tflite" in manifest:
         t = manifest["tflite"]
         summary.update(state_mode=t["state_mode"], xnnpack_partitions=t["xnnpack_partitions"],
-                       undelegated_ops=t["undelegated_ops"])
+                       tflite_ops=t["ops"], ops=t["op_histogram"], nodes=t["ops"])
     g = manifest["graph"]
     summary.update(flops_per_step=g["flops_per_step"], ir_nodes=g["nodes"],
                    state_tensors=len(manifest["state"]), state_bytes=g["state_bytes"],
@@ -64,9 +64,8 @@ def format_summary(s: dict) -> str:
              f"  file size   {s['size_bytes'] / 1e6:.2f} MB",
              f"  tier        {s['tier'] or 'not verified'}"]
     if "xnnpack_partitions" in s:
-        left = ", ".join(f"{k} {v}" for k, v in s["undelegated_ops"].items()) or "none"
-        lines.append(f"  XNNPACK     {s['xnnpack_partitions']} delegate partitions; ops left to LiteRT: {left} "
-                     f"(state mode {s['state_mode']})")
+        lines.append(f"  XNNPACK     {s['tflite_ops']} TFLite ops cut into {s['xnnpack_partitions']} delegate "
+                     f"partitions (state mode {s['state_mode']})")
     if "ops" in s:
         lines.append("  ops         " + ", ".join(f"{k} {v}" for k, v in s["ops"].items()))
     return "\n".join(lines)

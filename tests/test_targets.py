@@ -122,7 +122,7 @@ def test_tflite_manifest_and_inspect(exact_artifacts, name, signatures, capsys):
     a = exact_artifacts[name]
     t = a.manifest["tflite"]
     assert t["state_mode"] == VARIANTS[name][1]["state_mode"] and t["signatures"] == signatures
-    assert t["xnnpack_partitions"] >= 1
+    assert t["xnnpack_partitions"] >= 1 and t["ops"] == sum(t["op_histogram"].values())
     from ai_edge_litert.interpreter import Interpreter
     it = Interpreter(model_path=str(a.path))
     step = it.get_signature_list()["step"]
@@ -134,6 +134,15 @@ def test_tflite_manifest_and_inspect(exact_artifacts, name, signatures, capsys):
     assert cli.main(["inspect", str(a.path)]) == 0
     out = capsys.readouterr().out
     assert f"{t['xnnpack_partitions']} delegate partitions" in out
+
+
+def test_fused_graph_is_fewer_xnnpack_partitions(exact_artifacts):
+    # the default pipeline raises the floor/cast/gather math that XNNPACK cannot take, so the
+    # delegate keeps the step in fewer pieces than with the exact passes alone
+    fused = exact_artifacts["tflite-variables"].manifest["tflite"]
+    exact = exact_artifacts["tflite-io"].manifest["tflite"]
+    assert "FLOOR" in exact["op_histogram"] and "FLOOR" not in fused["op_histogram"]
+    assert fused["xnnpack_partitions"] < exact["xnnpack_partitions"]
 
 
 def test_tflite_rejects_unknown_state_mode(facephys, tmp_path):
