@@ -19,7 +19,8 @@ import numpy as np
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 BACKENDS = {"onnx": "onnxruntime (CPU EP)", "xla": "XLA CPU (jax.export)", "tflite": "LiteRT + XNNPACK",
             "tf": "TensorFlow XLA JIT", "torch": "PyTorch eager (CPU)",
-            "torch-compile": "PyTorch torch.compile (inductor, CPU)", "baseline-onnx": "onnxruntime (CPU EP)",
+            "torch-compile": "PyTorch torch.compile (inductor, CPU)",
+            "tensorrt": "TensorRT (legal ONNX here; engine on an NVIDIA GPU)", "baseline-onnx": "onnxruntime (CPU EP)",
             "baseline-tflite": "LiteRT + XNNPACK", "reference": "JAX JIT (authors' step)"}
 
 

@@ -81,7 +81,9 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
                 "size_bytes": file_size(path), "nodes": manifest["graph"]["nodes"], "sha256": manifest["sha256"],
                 "backend": BACKENDS.get(target, target)}
             if needs_gpu:
-                entries[name]["engine"] = "needs an NVIDIA GPU: " + needs_gpu.split("Finish there with: ")[-1]
+                from .targets.tensorrt import finish_command
+                entries[name]["engine"] = ("needs an NVIDIA GPU with TensorRT; build it there with: "
+                                           + finish_command(out / name, path.name, manifest["tensorrt"]["fp16"]))
                 entries[name]["tensorrt_check"] = manifest["tensorrt"]["check"]["checker"]
             else:
                 streams[name] = art.load(path, threads=1)

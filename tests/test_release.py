@@ -38,7 +38,8 @@ def test_release_folder_is_complete(small_release):
     assert r["state_tensors"] == 46 and r["state_bytes"] == 2_000_896
     assert set(r["timestamps"]) == set(release.TIMESTAMP_FIELDS)
     if not (trt_support.import_tensorrt() and trt_support.cuda_gpu_present()):
-        assert "needs an NVIDIA GPU" in r["artifacts"]["tensorrt"]["engine"]
+        engine = r["artifacts"]["tensorrt"]["engine"]
+        assert "needs an NVIDIA GPU" in engine and f"--from {out / 'tensorrt'}" in engine and ".tmp" not in engine
     card = (out / "README.md").read_text()
     assert "| `onnx/facephys.onnx` |" in card and "tflite-int8/facephys.tflite" in card
     assert "## Running each artifact" in card and "get_signature_runner('step')" in card
