@@ -20,10 +20,14 @@ class BuildError(RuntimeError):
     """The build could not produce an artifact that meets its tier; nothing was written."""
 
 
+class BuildUsageError(BuildError):
+    """The request itself is wrong (unknown target, missing runtime, bad option): exit status 2."""
+
+
 
 def target_module(name: str):
     if name not in TARGETS:
-        raise BuildError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
+        raise BuildUsageError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
     from .targets import module_for
     return module_for(name)
 
@@ -45,7 +49,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     tmod = target_module(target)
     ok, reason = tmod.available()
     if not ok:
-        raise BuildError(f"target {target} is not available here: {reason}")
+        raise BuildUsageError(f"target {target} is not available here: {reason}")
     t0 = time.perf_counter()
     log(f"[1/4] loading {model} ...")
     step_model = models.load(model, weights, as_published)
@@ -55,10 +59,10 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         f"({time.perf_counter() - t0:.1f} s)")
     if fps is not None:
         if not fps > 0:
-            raise BuildError(f"--fps must be a positive frame rate, got {fps}")
+            raise BuildUsageError(f"--fps must be a positive frame rate, got {fps}")
         dt_input = graph.inputs[1].name if len(graph.inputs) > 1 else None
         if dt_input is None:
-            raise BuildError(f"--fps needs a model with a dt input; {model} has none")
+            raise BuildUsageError(f"--fps needs a model with a dt input; {model} has none")
         graph.meta["fixed_inputs"] = {dt_input: 1.0 / fps}
     if pass_names is not None:
         names = (["specialize-inputs"] if fps is not None else []) + list(pass_names)

@@ -81,16 +81,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_build(a) -> int:
-    from .build import BuildError, build
+    from .build import BuildUsageError, build
     if a.from_artifact:
         if a.target != "tensorrt":
-            raise BuildError("--from builds a TensorRT engine into a tensorrt artifact; use it with --target tensorrt")
+            raise BuildUsageError("--from builds a TensorRT engine into a tensorrt artifact; use it with --target tensorrt")
         from .targets.tensorrt import build_from
         art = build_from(a.from_artifact, fp16=a.fp16 or None, opt_level=a.opt_level)
         print(f"wrote {art.path.parent / art.manifest['tensorrt']['engine']}", file=sys.stderr)
         return EXIT_OK
     if not a.model or not a.out:
-        raise BuildError("build needs --model and --out (or --target tensorrt --from ARTIFACT)")
+        raise BuildUsageError("build needs --model and --out (or --target tensorrt --from ARTIFACT)")
     options = {}
     if a.state_mode:
         options["state_mode"] = a.state_mode
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_NEEDS_GPU
     except (ArtifactError, BuildError, ModelSourceError, FrameError, FileNotFoundError, PassError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED if isinstance(e, BuildError) else EXIT_USAGE
+        from .build import BuildUsageError
+        return EXIT_FAILED if isinstance(e, BuildError) and not isinstance(e, BuildUsageError) else EXIT_USAGE
 
 
 if __name__ == "__main__":
