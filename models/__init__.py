@@ -6,7 +6,7 @@ import importlib
 
 from .source import ModelSourceError, StepModel
 
-MODELS = {"facephys": "graphopt.models.facephys"}
+MODELS = {"facephys": "graphopt.models.facephys", "physnet": "graphopt.models.physnet"}
 
 
 def adapter(name: str):

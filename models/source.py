@@ -57,6 +57,33 @@ def load_module(name: str, path: str) -> ModuleType:
     return module
 
 
+def load_package_module(alias: str, package_dir: str, module: str, *, stub_missing: tuple[str, ...] = ()) -> ModuleType:
+    """Import `<package_dir>/<module>.py` as `<alias>.<module>` without running the package's __init__.
+
+    A stand-in package `alias` (a bare module whose __path__ is package_dir) lets the file's relative
+    imports (`from .sub import X`) resolve inside the real package. Modules named in stub_missing
+    that are not installed (e.g. `pkg_resources`, which newer setuptools no longer ships) are
+    replaced by empty modules while the file runs: the file may import them, but must not use them.
+    """
+    name = f"{alias}.{module}"
+    if name in sys.modules:
+        return sys.modules[name]
+    if alias not in sys.modules:
+        pkg = ModuleType(alias)
+        pkg.__path__ = [package_dir]
+        sys.modules[alias] = pkg
+    stubs = []
+    for missing in stub_missing:
+        if missing not in sys.modules and importlib.util.find_spec(missing) is None:
+            sys.modules[missing] = ModuleType(missing)
+            stubs.append(missing)
+    try:
+        return load_module(name, os.path.join(package_dir, module.replace(".", os.sep) + ".py"))
+    finally:
+        for missing in stubs:
+            sys.modules.pop(missing, None)
+
+
 def check_weights_file(path: str) -> None:
     """Fail fast (before building a model) on a weights file that is missing or not HDF5."""
     import h5py
@@ -84,17 +111,24 @@ class StepModel:
     output_name: str
     param_names: dict[int, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    takes_dt: bool = True  # False: the step ignores dt and the graph has no dt input
+    frames_per_step: int = 1  # > 1: a chunk model (frame_shape holds that many frames; no state)
     _jitted: Callable | None = None
 
     def trace(self):
-        """The model's step as an IR graph (inputs frame, dt; one state pair per state tensor)."""
+        """The model's step as an IR graph (inputs frame[, dt]; one state pair per state tensor)."""
         from graphopt.frontends.jax import trace
-        example = {"frame": np.zeros(self.frame_shape, np.float32), "dt": np.float32(1.0 / self.fps)}
-        graph = trace(lambda frame, dt, state: self.step(frame, dt, state), example, list(self.initial_state),
+        example = {"frame": np.zeros(self.frame_shape, np.float32)}
+        if self.takes_dt:
+            example["dt"] = np.float32(1.0 / self.fps)
+            fn = lambda frame, dt, state: self.step(frame, dt, state)
+        else:
+            fn = lambda frame, state: self.step(frame, None, state)
+        graph = trace(fn, example, list(self.initial_state),
                       name=self.name, output_names=[self.output_name],
                       state_names=[f"state_{i}" for i in range(len(self.initial_state))],
                       param_names=self.param_names)
-        graph.meta.update(model=self.name, fps=self.fps, source=self.source)
+        graph.meta.update(model=self.name, fps=self.fps, source=self.source, frames_per_step=self.frames_per_step)
         return graph
 
     def reference(self) -> Callable[[np.ndarray, float, list], tuple[np.ndarray, list]]:

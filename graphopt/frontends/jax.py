@@ -306,8 +306,6 @@ def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
 @handles("conv_general_dilated")
 def _conv(t, eqn, ins):
     p = eqn.params
-    if any(d != 1 for d in p["lhs_dilation"]):
-        raise NotImplementedError("conv_general_dilated with lhs_dilation (transposed convolution)")
     if p["batch_group_count"] != 1:
         raise NotImplementedError("conv_general_dilated with batch_group_count != 1")
     padding = p["padding"]
@@ -319,9 +317,31 @@ def _conv(t, eqn, ins):
     lhs = _permute(t, lhs, dn.lhs_spec)  # -> N, C, *spatial
     rhs = _permute(t, rhs, dn.rhs_spec)  # -> O, I, *kernel
     out = t.g.op("conv", lhs, rhs, strides=tuple(p["window_strides"]), pads=tuple(map(tuple, padding)),
-                 dilations=tuple(p["rhs_dilation"]), groups=int(p["feature_group_count"]))
+                 dilations=tuple(p["rhs_dilation"]), groups=int(p["feature_group_count"]),
+                 lhs_dilations=() if all(d == 1 for d in p["lhs_dilation"]) else tuple(p["lhs_dilation"]))
     out = _permute(t, out, _inverse(dn.out_spec))
     return [_cast_to(t, out, eqn.outvars[0].aval.dtype)]
+
+
+@handles("rev")
+def _rev(t, eqn, ins):
+    axes = tuple(sorted(int(d) for d in eqn.params["dimensions"]))
+    return [t.g.op("reverse", ins[0], axes=axes) if axes else ins[0]]
+
+
+def _reduce_window(mode: str) -> Handler:
+    def handler(t, eqn, ins):
+        p = eqn.params
+        if any(d != 1 for d in tuple(p["base_dilation"]) + tuple(p["window_dilation"])):
+            raise NotImplementedError(f"reduce_window with base_dilation {p['base_dilation']} or "
+                                      f"window_dilation {p['window_dilation']}")
+        return [t.g.op("pool", ins[0], mode=mode, window=tuple(p["window_dimensions"]),
+                       strides=tuple(p["window_strides"]), pads=tuple(map(tuple, p["padding"])))]
+    return handler
+
+
+HANDLERS["reduce_window_max"] = _reduce_window("max")
+HANDLERS["reduce_window_sum"] = _reduce_window("sum")
 
 
 def _permute(t, x: Value, perm) -> Value:

@@ -320,6 +320,12 @@ register("take", _take_infer,
 # ---- reductions and scans ------------------------------------------------------------------
 
 
+def _check_axes(t: TensorType, axes, name: str) -> TensorType:
+    if any(not 0 <= ax < len(t.shape) for ax in axes) or len(set(axes)) != len(axes):
+        raise IRTypeError(f"op {name}: axes {axes} out of range or repeated for rank {len(t.shape)}")
+    return t
+
+
 def _reduce_infer(ins, a):
     axes = a["axes"]
     if any(not 0 <= ax < len(ins[0].shape) for ax in axes):
@@ -403,10 +409,30 @@ def _conv_infer(ins, a):
         raise IRTypeError(f"op conv: {x.shape[1]} input channels do not match kernel {w.shape} with {g} groups")
     if len(ins) == 3 and ins[2].shape != (w.shape[0],):
         raise IRTypeError(f"op conv: bias shape {ins[2].shape} is not ({w.shape[0]},)")
+    lhs = lhs_dilations(a, nsp)
+    if len(lhs) != nsp or any(d < 1 for d in lhs):
+        raise IRTypeError(f"op conv: lhs_dilations {a['lhs_dilations']} must be {nsp} positive integers")
     out = [x.shape[0], w.shape[0]]
-    for d, k, s, (lo, hi), dil in zip(x.shape[2:], w.shape[2:], a["strides"], a["pads"], a["dilations"]):
-        out.append((d + lo + hi - (k - 1) * dil - 1) // s + 1)
+    for d, k, s, (lo, hi), dil, ld in zip(x.shape[2:], w.shape[2:], a["strides"], a["pads"], a["dilations"], lhs):
+        out.append(((d - 1) * ld + 1 + lo + hi - (k - 1) * dil - 1) // s + 1)
     return [TensorType(tuple(out), x.dtype)]
+
+
+def lhs_dilations(attrs: dict, nsp: int) -> tuple[int, ...]:
+    """The conv's input dilation per spatial axis (() in the attributes means none)."""
+    return tuple(attrs["lhs_dilations"]) or (1,) * nsp
+
+
+def dilate(x: np.ndarray, factors, first_axis: int = 2) -> np.ndarray:
+    """Insert factor-1 zeros between neighbouring elements along axes first_axis.. (lax lhs_dilation)."""
+    if all(f == 1 for f in factors):
+        return x
+    shape = list(x.shape)
+    for i, f in enumerate(factors):
+        shape[first_axis + i] = (shape[first_axis + i] - 1) * f + 1
+    out = np.zeros(shape, x.dtype)
+    out[(slice(None),) * first_axis + tuple(slice(None, None, f) for f in factors)] = x
+    return out
 
 
 def conv_reference(x: np.ndarray, w: np.ndarray, strides, pads, dilations, groups) -> np.ndarray:
@@ -438,6 +464,7 @@ def conv_reference(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group
 def _conv_compute(*args):
     a = args[-1]
     x, w = args[0], args[1]
+    x = dilate(x, lhs_dilations(a, x.ndim - 2))
     out = conv_reference(x, w, a["strides"], a["pads"], a["dilations"], a["groups"])
     if len(args) == 4:
         out = out + args[2].astype(out.dtype).reshape((1, -1) + (1,) * (x.ndim - 2))
@@ -449,5 +476,55 @@ def _conv_flops(i, o, a):
     return 2 * o[0].size * int(np.prod(w.shape[1:], dtype=np.int64))
 
 
-# conv(x[N,C,*S], w[O,C/groups,*K] [, bias[O]])
-register("conv", _conv_infer, _conv_compute, _conv_flops, attrs=("strides", "pads", "dilations", "groups"))
+# conv(x[N,C,*S], w[O,C/groups,*K] [, bias[O]]); lhs_dilations (lax's input dilation, the
+# transposed-convolution form) spreads the input with zeros before padding; () means none
+register("conv", _conv_infer, _conv_compute, _conv_flops,
+         attrs=("strides", "pads", "dilations", "groups", "lhs_dilations"), defaults=(("lhs_dilations", ()),))
+
+# ---- windows --------------------------------------------------------------------------------
+
+POOL_MODES = ("max", "sum", "avg")
+
+
+def _pool_infer(ins, a):
+    x = ins[0]
+    rank = len(x.shape)
+    if a["mode"] not in POOL_MODES:
+        raise IRTypeError(f"op pool: mode {a['mode']!r} is not one of {POOL_MODES}")
+    if not (len(a["window"]) == len(a["strides"]) == len(a["pads"]) == rank):
+        raise IRTypeError(f"op pool: window/strides/pads must have rank {rank}, got {a}")
+    if not is_float(x.dtype):
+        raise IRTypeError(f"op pool: needs a float operand, got {x.dtype}")
+    out = []
+    for d, k, s, (lo, hi) in zip(x.shape, a["window"], a["strides"], a["pads"]):
+        if k < 1 or s < 1 or lo < 0 or hi < 0 or d + lo + hi < k:
+            raise IRTypeError(f"op pool: window {a['window']}, strides {a['strides']}, pads {a['pads']} "
+                              f"do not fit {x.shape}")
+        out.append((d + lo + hi - k) // s + 1)
+    return [TensorType(tuple(out), x.dtype)]
+
+
+def _pool_compute(x, a):
+    mode = a["mode"]
+    fill = -np.inf if mode == "max" else 0.0
+    padded = np.pad(x, a["pads"], constant_values=fill)
+    acc = np.float32 if x.dtype == np.float16 else x.dtype
+    win = sliding_window_view(padded.astype(acc, copy=False), a["window"])
+    win = win[tuple(slice(None, None, s) for s in a["strides"])]
+    axes = tuple(range(x.ndim, 2 * x.ndim))
+    out = win.max(axis=axes) if mode == "max" else win.sum(axis=axes)
+    if mode == "avg":  # padding counts towards the window (ONNX count_include_pad=1, TF "VALID")
+        out = out / acc(np.prod(a["window"]))
+    return [np.asarray(out, dtype=x.dtype)]
+
+
+def _pool_flops(i, o, a):
+    return o[0].size * int(np.prod(a["window"]))
+
+
+# pool(x): a reduction over a sliding window on every axis (lax.reduce_window); max pads with -inf,
+# sum and avg with 0, avg divides by the window size
+register("pool", _pool_infer, _pool_compute, _pool_flops, attrs=("mode", "window", "strides", "pads"), arity=1)
+
+register("reverse", lambda ins, a: [_check_axes(ins[0], a["axes"], "reverse")],
+         lambda x, a: [np.flip(x, a["axes"]).copy()], attrs=("axes",), arity=1)

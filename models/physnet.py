@@ -1,0 +1,79 @@
+"""PhysNet (open-rppg 0.1.1, MIT): the authors' Keras-3-on-JAX 3-D CNN, as a chunk model.
+
+    bvp[1,128] = step(chunk[1,128,32,32,3] float32 in 0..1)
+
+A chunk model has no state and no dt: 128 frames in, 128 standardised waveform samples out.
+The authors' code (`rppg/models.py`) is imported by file path under a stand-in package, so its
+relative imports resolve without running the `rppg` package's __init__ (which imports video and
+face-detection libraries). Importing it sets Keras's global dtype policy to mixed_float16; the
+adapter restores the previous policy straight away and builds the model in float32 (graphopt's
+canonical form), or under mixed_float16 with `as_published`.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from .source import (ModelSourceError, StepModel, check_weights_file, load_package_module,  # noqa: E402
+                     locate_package_file, require_keras_jax, sha256_file)
+
+PACKAGE, VERSION = "open-rppg", "0.1.1"
+CODE = "rppg/models.py"
+WEIGHTS = "rppg/weights/physnet.rlap.weights.h5"
+CHUNK = 128
+FRAME_SHAPE = (1, CHUNK, 32, 32, 3)
+FPS = 30.0
+
+
+def _authors_module(code_path: str):
+    import keras
+    previous = keras.config.dtype_policy()
+    try:
+        return load_package_module("graphopt_rppg", os.path.dirname(code_path), "models",
+                                   stub_missing=("pkg_resources",))
+    finally:
+        keras.config.set_dtype_policy(previous)  # the module sets mixed_float16 globally on import
+
+
+def load(weights: str | None = None, as_published: bool = False) -> StepModel:
+    """Build the authors' PhysNet with trained weights (rlap by default), in float32 unless as_published."""
+    code_path = locate_package_file(PACKAGE, VERSION, CODE)
+    weights_path = weights or locate_package_file(PACKAGE, VERSION, WEIGHTS)
+    check_weights_file(weights_path)
+    import keras
+    import numpy as np
+
+    require_keras_jax()
+    module = _authors_module(code_path)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if as_published else "float32")
+    try:
+        model = module.PhysNet()
+        model(np.zeros(FRAME_SHAPE, np.float32))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    try:
+        model.load_weights(weights_path)
+    except Exception as e:  # h5py raises OSError/ValueError/KeyError for bad files
+        raise ModelSourceError(f"weights file {weights_path} could not be loaded as PhysNet weights "
+                               f"({type(e).__name__}: {e}); pass --weights PATH to a valid PhysNet "
+                               f".weights.h5 file, or reinstall {PACKAGE}=={VERSION}") from None
+
+    def step(chunk, dt, state):
+        return model(chunk), state
+
+    return StepModel(
+        name="physnet",
+        step=step,
+        initial_state=[],
+        frame_shape=FRAME_SHAPE,
+        fps=FPS,
+        output_name="bvp",
+        param_names={id(v.value): v.path for v in model.variables},
+        source={"package": PACKAGE, "version": VERSION, "code": CODE,
+                "weights": os.path.abspath(weights_path), "weights_sha256": sha256_file(weights_path),
+                "precision": "mixed_float16" if as_published else "float32"},
+        takes_dt=False,
+        frames_per_step=CHUNK,
+    )
