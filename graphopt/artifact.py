@@ -183,7 +183,7 @@ def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
     """The manifest fields every target shares, derived from the IR graph it emitted."""
     spec = lambda name, v, **kw: {"name": name, "shape": list(v.shape), "dtype": v.dtype, **kw}
     ins, outs = state_io_names(len(graph.state))
-    roles = ["frame", "dt"] + ["input"] * max(0, len(graph.inputs) - 2)
+    role = lambda v: v.name if v.name in ("frame", "dt") else "input"
     return {
         "format": FORMAT,
         "model": graph.meta.get("model", graph.name),
@@ -191,7 +191,8 @@ def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
         "precision": precision,
         "file": file_name,
         "fps": graph.meta.get("fps"),
-        "inputs": [spec(v.name, v, role=r) for v, r in zip(graph.inputs, roles)],
+        "frames_per_step": int(graph.meta.get("frames_per_step") or 1),
+        "inputs": [spec(v.name, v, role=role(v)) for v in graph.inputs],
         "outputs": [spec(n, v) for n, v in zip(graph.output_names, graph.outputs)],
         "state": [spec(s.name, s.input, input=i, output=o) for s, i, o in zip(graph.state, ins, outs)],
         "initial_state": {"file": file_name.rsplit(".", 1)[0] + STATE_SUFFIX,

@@ -68,6 +68,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         names = (["specialize-inputs"] if fps is not None else []) + list(pass_names)
     else:
         names = passes.pipeline_for(target, fuse, exact_only=exact, fixed_inputs=fps is not None)
+    names += [n for n in passes.lowerings_for(target) if n not in names]
     log(f"[2/4] pass pipeline: {', '.join(names) or 'none (unfused)'}")
     samples = None
     if verify_each_pass:

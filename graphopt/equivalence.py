@@ -1,6 +1,6 @@
 """Numerical equivalence of anything that steps a model against the authors' reference step.
 
-A run feeds a clip frame by frame with state carried. The reference is the authors' step under
+A run feeds a clip frame by frame with state carried (a chunk model: chunk by chunk). The reference is the authors' step under
 jax.jit; its output on the clip, and on the clip with every pixel moved by one ulp (the noise
 floor), are cached on disk per model, weights, precision and clip.
 """
@@ -30,10 +30,17 @@ class Clip:
     fps: float = 30.0
 
     def array(self, frame_shape: tuple[int, ...], perturbed: bool = False) -> np.ndarray:
+        """The clip as model inputs: (steps, *frame_shape). A frame_shape holding several frames (a
+        chunk model's) takes as many whole chunks as the clip has; the frames left over are dropped."""
+        per_step = int(np.prod(frame_shape[:-3], dtype=np.int64))
+        steps = self.frames // per_step
+        if steps < 1:
+            raise ValueError(f"a clip of {self.frames} frames holds no whole step of {per_step} frames; "
+                             f"use at least {per_step} frames")
         clip = synthetic_clip(self.frames, hr_bpm=self.hr_bpm, fps=self.fps, size=frame_shape[-2], seed=self.seed)
         if perturbed:
             clip = perturb_one_ulp(clip, seed=self.seed + 1)
-        return clip.reshape((self.frames,) + tuple(frame_shape))
+        return clip[:steps * per_step].reshape((steps,) + tuple(frame_shape))
 
 
 def cache_dir() -> Path:
@@ -45,13 +52,13 @@ def cache_dir() -> Path:
 
 
 def run_steps(step: StepFn, frames: np.ndarray, dt: float, state: list) -> tuple[np.ndarray, list]:
-    """Run a step function over frames with state carried; returns (outputs[N], final state)."""
+    """Run a step function over frames with state carried; returns (outputs concatenated, final state)."""
     dt = np.float32(dt)
     outs = []
     for frame in frames:
         y, state = step(frame, dt, state)
-        outs.append(float(np.asarray(y).reshape(-1)[0]))
-    return np.asarray(outs, dtype=np.float64), [np.asarray(s) for s in state]
+        outs.append(np.asarray(y, dtype=np.float64).reshape(-1))
+    return np.concatenate(outs), [np.asarray(s) for s in state]
 
 
 def stream_step(stream) -> StepFn:
@@ -59,7 +66,7 @@ def stream_step(stream) -> StepFn:
     stream.reset()
 
     def step(frame, dt, state):
-        return stream.step(frame, dt), stream.state
+        return stream.step(frame, dt if stream.takes_dt else None), stream.state
     return step
 
 

@@ -1,4 +1,8 @@
-"""Stream: what a user runs. step(frame, dt=None) -> output, reset(), state."""
+"""Stream: what a user runs. step(frame, dt=None) -> output, reset(), state.
+
+A step model takes one frame (and dt) per step and carries state; a chunk model (manifest
+"frames_per_step" > 1, no dt input) takes a chunk of frames per step and returns a chunk.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -20,6 +24,10 @@ class Stream:
         frame_spec = manifest["inputs"][0]
         self.frame_shape = tuple(frame_spec["shape"])
         self.frame_dtype = np.dtype(frame_spec["dtype"])
+        self.input_names = [i["name"] for i in manifest["inputs"]]
+        self.input_roles = [i.get("role", "input") for i in manifest["inputs"]]
+        self.takes_dt = "dt" in self.input_roles
+        self.frames_per_step = int(manifest.get("frames_per_step") or 1)
         self.fixed_dt = (manifest.get("fixed_inputs") or {}).get("dt")
         self.default_dt = self.fixed_dt or 1.0 / float(manifest.get("fps") or 30.0)
         self._initial_state = [np.array(s) for s in initial_state]
@@ -28,6 +36,11 @@ class Stream:
     # ---- user API ------------------------------------------------------------------------
     def step(self, frame, dt: float | None = None) -> np.ndarray:
         frame = self.check_frame(frame)
+        if not self.takes_dt:
+            if dt is not None:
+                raise FrameError(f"this model takes no dt (it is a {self.kind} model); call step(frame) alone")
+            out, self._state = self._run(frame, None, self._state)
+            return out
         dt = np.asarray(self.default_dt if dt is None else dt, dtype=np.float32)
         if not np.isfinite(dt) or dt <= 0:
             raise FrameError(f"dt must be a positive number of seconds per frame, got {float(dt)}")
@@ -37,9 +50,27 @@ class Stream:
         out, self._state = self._run(frame, dt, self._state)
         return out
 
+    @property
+    def kind(self) -> str:
+        return "chunk" if self.frames_per_step > 1 else "step"
+
     def run(self, frames, dt: float | None = None) -> np.ndarray:
-        """Step through a clip (frames along axis 0); returns the outputs stacked."""
-        return np.stack([np.asarray(self.step(f, dt)).reshape(-1) for f in frames]).squeeze(-1)
+        """Step through a clip (frames along axis 0); returns the outputs concatenated.
+
+        A chunk model's clip is cut into chunks of frames_per_step frames; its length must divide."""
+        frames = np.asarray(frames)
+        n = self.frames_per_step
+        if n > 1:
+            if len(frames) % n:
+                raise FrameError(f"a clip of {len(frames)} frames does not split into chunks of {n} frames; "
+                                 f"pass a multiple of {n} frames")
+            frames = frames.reshape((-1,) + self.frame_shape)
+        return np.concatenate([np.asarray(self.step(f, dt)).reshape(-1) for f in frames])
+
+    def feeds(self, frame: np.ndarray, dt) -> list[np.ndarray]:
+        """The model's input values in manifest order (frame and dt placed by their roles)."""
+        by_role = {"frame": frame, "dt": dt}
+        return [by_role[r] for r in self.input_roles]
 
     def reset(self) -> None:
         self._state = [s.copy() for s in self._initial_state]
@@ -55,8 +86,9 @@ class Stream:
         if frame.shape != expect:
             squeezed = tuple(d for d in expect if d != 1)
             if tuple(d for d in frame.shape if d != 1) != squeezed or frame.size != int(np.prod(expect)):
-                raise FrameError(f"frame has shape {frame.shape}, but this model takes {expect} "
-                                 f"({self.frame_dtype.name} in 0..1); pass one frame of shape "
+                what = "frame" if self.kind == "step" else f"chunk of {self.frames_per_step} frames"
+                raise FrameError(f"{what} has shape {frame.shape}, but this model takes {expect} "
+                                 f"({self.frame_dtype.name} in 0..1); pass one {what} of shape "
                                  f"{squeezed} or {expect}")
             frame = frame.reshape(expect)
         if frame.dtype == np.uint8:

@@ -1,7 +1,7 @@
 """The pass library and per-target pipelines (imports as graphopt.passes)."""
 from __future__ import annotations
 
-from .manager import PASSES, Pass, PassError, format_report, get_pass, register, run_pipeline
+from .manager import LOWERINGS, PASSES, Pass, PassError, format_report, get_pass, register, run_pipeline
 
 # the passes every fusing pipeline runs, in order; value-changing ones only for targets they suit
 DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "drop-cast-roundtrips", "algebra", "layout",
@@ -20,5 +20,10 @@ def pipeline_for(target: str, fuse: bool = True, exact_only: bool = False, fixed
     return names
 
 
-__all__ = ["DEFAULT_PIPELINE", "PASSES", "PIPELINES", "Pass", "PassError", "format_report", "get_pass", "pipeline_for",
+def lowerings_for(target: str) -> list[str]:
+    """The lowering passes the target needs (run after its pipeline, with or without fusion)."""
+    return [n for n in LOWERINGS if PASSES[n].targets is None or target in PASSES[n].targets]
+
+
+__all__ = ["DEFAULT_PIPELINE", "LOWERINGS", "PASSES", "PIPELINES", "Pass", "PassError", "format_report", "get_pass", "lowerings_for", "pipeline_for",
            "register", "run_pipeline"]

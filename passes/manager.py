@@ -85,6 +85,13 @@ register(Pass("raise-math", _raise_math, exact=False, targets=NATIVE_MATH_TARGET
               doc="polynomial exp/sin/cos with range reduction -> native op (value-changing)"))
 
 
+# targets whose runtimes take a conv with input (lhs) dilation as it is
+register(Pass("expand-lhs-dilation", rule_pass("lowering"),
+              targets=frozenset({"onnx", "tflite", "tf", "tensorrt", "torch", "torch-compile"}),
+              doc="lowering: conv with input dilation (transposed conv) -> zero insertion + conv"))
+LOWERINGS = ["expand-lhs-dilation"]  # run for every target they suit, with or without fusion
+
+
 def _sample_run(graph: Graph, samples: list[list[np.ndarray]]) -> np.ndarray:
     """Outputs of the graph over sample steps with state carried (float32 interpreter)."""
     it = Interpreter(graph, "float32")

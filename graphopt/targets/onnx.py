@@ -335,13 +335,12 @@ class OnnxStream(Stream):
             self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise art.ArtifactError(f"onnxruntime cannot load {model_file}: {e}") from None
-        self._frame, self._dt = (i["name"] for i in manifest["inputs"][:2])
         self._state_in = [s["input"] for s in manifest["state"]]
         self._outputs = [o["name"] for o in manifest["outputs"]] + [s["output"] for s in manifest["state"]]
         self._n_out = len(manifest["outputs"])
 
     def _run(self, frame, dt, state):
-        feed = {self._frame: frame, self._dt: dt}
+        feed = dict(zip(self.input_names, self.feeds(frame, dt)))
         feed.update(zip(self._state_in, state))
         results = self.session.run(self._outputs, feed)
         return results[0], results[self._n_out:]

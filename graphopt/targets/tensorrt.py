@@ -164,14 +164,13 @@ class TensorRTStream(Stream):
         self._ctx = self._engine.create_execution_context()
         self._cuda = torch.cuda.Stream()
         dev = torch.device("cuda")
-        self._frame = torch.empty(self.frame_shape, dtype=torch.float32, device=dev)
-        self._dt = torch.empty(tuple(manifest["inputs"][1]["shape"]), dtype=torch.float32, device=dev)
+        self._in = [torch.empty(tuple(i["shape"]), dtype=torch.float32, device=dev) for i in manifest["inputs"]]
         self._out = torch.empty(tuple(manifest["outputs"][0]["shape"]), dtype=torch.float32, device=dev)
         self._out_host = torch.empty(self._out.shape, dtype=torch.float32).pin_memory()
         self._names_in = [s["input"] for s in manifest["state"]]
         self._names_out = [s["output"] for s in manifest["state"]]
-        self._ctx.set_tensor_address(manifest["inputs"][0]["name"], self._frame.data_ptr())
-        self._ctx.set_tensor_address(manifest["inputs"][1]["name"], self._dt.data_ptr())
+        for spec, buf in zip(manifest["inputs"], self._in):
+            self._ctx.set_tensor_address(spec["name"], buf.data_ptr())
         self._ctx.set_tensor_address(manifest["outputs"][0]["name"], self._out.data_ptr())
         self._bufs = [[torch.from_numpy(np.array(s)).to(dev) for s in self._initial_state],
                       [torch.empty(s.shape, dtype=torch.float32, device=dev) for s in self._initial_state]]
@@ -181,8 +180,8 @@ class TensorRTStream(Stream):
         torch = self._torch
         src, dst = (self._bufs[0], self._bufs[1]) if state is self._bufs[0] else (self._bufs[1], self._bufs[0])
         with torch.cuda.stream(self._cuda):
-            self._frame.copy_(torch.from_numpy(frame), non_blocking=True)
-            self._dt.fill_(float(dt))
+            for buf, x in zip(self._in, self.feeds(frame, dt)):
+                buf.copy_(torch.from_numpy(np.asarray(x, np.float32).reshape(buf.shape)), non_blocking=True)
             for n, b in zip(self._names_in, src):
                 self._ctx.set_tensor_address(n, b.data_ptr())
             for n, b in zip(self._names_out, dst):

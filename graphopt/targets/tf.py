@@ -69,7 +69,7 @@ class TfStream(Stream):
         self.reset()
 
     def _run(self, frame, dt, state):
-        out = self._fn(frame, dt, *state)
+        out = self._fn(*self.feeds(frame, dt), *state)
         return out[self._out].numpy(), [out[n] for n in self._state_out]
 
     def reset(self) -> None:

@@ -98,7 +98,6 @@ class TfliteStream(Stream):
         self.interpreter = interpreter(model_file, threads)
         self.state_mode = manifest.get("tflite", {}).get("state_mode", "io")
         self._step = self.interpreter.get_signature_runner("step")
-        self._frame, self._dt = (i["name"] for i in manifest["inputs"][:2])
         self._out = manifest["outputs"][0]["name"]
         self._state_in = [s["input"] for s in manifest["state"]]
         self._state_out = [s["output"] for s in manifest["state"]]
@@ -110,8 +109,8 @@ class TfliteStream(Stream):
 
     def _run(self, frame, dt, state):
         if self.state_mode == "variables":
-            return self._step(**{self._frame: frame, self._dt: dt})[self._out], None
-        out = self._step(**{self._frame: frame, self._dt: dt}, **dict(zip(self._state_in, state)))
+            return self._step(**dict(zip(self.input_names, self.feeds(frame, dt))))[self._out], None
+        out = self._step(**dict(zip(self.input_names, self.feeds(frame, dt))), **dict(zip(self._state_in, state)))
         return out[self._out], [out[n] for n in self._state_out]
 
     def reset(self) -> None:

@@ -66,7 +66,7 @@ class TorchStream(Stream):
     def _run(self, frame, dt, state):
         torch = self._torch
         with torch.inference_mode():
-            out = self._fn(torch.from_numpy(frame), torch.from_numpy(np.asarray(dt)), *state)
+            out = self._fn(*(torch.from_numpy(np.asarray(x)) for x in self.feeds(frame, dt)), *state)
         return out[0].numpy(), list(out[self._n_out:])
 
     def reset(self) -> None:

@@ -85,7 +85,7 @@ class XlaStream(Stream):
         self._state = [jax.device_put(s, self._device) for s in self._initial_state]
 
     def _run(self, frame, dt, state):
-        out = self._call(frame, dt, *state)
+        out = self._call(*self.feeds(frame, dt), *state)
         return np.asarray(out[0]), list(out[self._n_out:])
 
     def reset(self) -> None:
