@@ -162,6 +162,16 @@ def _scalar_pat(name):
     return C(name, where=_scalar)
 
 
+def _avg_pool(g: Graph, b):
+    """div(pool_sum(x), n) with n the window size -> pool_avg(x) (what an average pool traces into)."""
+    pool, n = b["pool"], b["n"]
+    a = pool.producer.attrs
+    if a["mode"] != "sum" or not _single_use(b, pool) or float(n.const.reshape(-1)[0]) != float(np.prod(a["window"])) \
+            or b["_node"].outputs[0].type != pool.type:
+        return None
+    return g.op("pool", pool.producer.inputs[0], **dict(a, mode="avg"))
+
+
 RULES = [
     Rule("clamp", P("min", P("max", X("x"), _scalar_pat("lo"), commute=True), _scalar_pat("hi"), commute=True),
          _clamp),
@@ -176,5 +186,6 @@ RULES = [
     Rule("scale-into-dot", P("dot", P("div", X("x"), C("c"), name="scaled"), C()), _scale_into_dot),
     Rule("dot-of-dot", P("dot", X(), C()), _dot_of_dot),
     Rule("slice-of-dot", P("slice", P("dot", X(), C(), name="d")), _slice_of_dot),
+    Rule("avg-pool", P("div", P("pool", name="pool"), C("n", where=_scalar)), _avg_pool),
     Rule("mul-reduce-to-dot", P("reduce_sum", P("mul", X("p"), X("q"), name="prod")), _mul_reduce_to_dot),
 ]

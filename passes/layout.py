@@ -1,5 +1,5 @@
-"""Layout rewrites: transposes sunk through elementwise ops, absorbed by dots and reductions or
-cancelled; biases folded into convolutions.
+"""Layout rewrites: transposes sunk through elementwise ops and pools, absorbed by dots and reductions
+or cancelled; per-channel scales and biases folded into convolutions.
 
 Traced NHWC models put a transpose on each side of every (channels-first) conv. Sinking the
 transpose after a conv through its bias add and activation brings conv, bias and clamp together
@@ -127,6 +127,43 @@ def _absorb_into_reduce(g: Graph, b):
     return g.op(node.op, t.producer.inputs[0], axes=tuple(sorted(perm[i] for i in node.attrs["axes"])))
 
 
+def _channel_vector(c: np.ndarray, out: Value) -> np.ndarray | None:
+    """A constant that broadcasts along a channels-first value's channel axis only, as a vector [C]."""
+    ca = _aligned(c, len(out.shape))
+    if ca.ndim != len(out.shape) or any(d != 1 for i, d in enumerate(ca.shape) if i != 1):
+        return None
+    return np.broadcast_to(ca.reshape(-1), (out.shape[1],)).astype(out.dtype)
+
+
+def _conv_scale(g: Graph, b):
+    """mul(conv(x, W, b), s) with s constant per output channel -> conv(x, W*s, b*s) (batch norm after a conv)."""
+    conv, s = b["conv"], b["s"]
+    cn = conv.producer
+    vec = _channel_vector(s.const, conv)
+    if vec is None or not _single_use(b, conv) or not cn.inputs[1].is_param \
+            or (len(cn.inputs) == 3 and not cn.inputs[2].is_param) or b["_node"].outputs[0].type != conv.type:
+        return None
+    w = cn.inputs[1].const
+    inputs = [cn.inputs[0], g.add_param((w * vec.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype))]
+    if len(cn.inputs) == 3:
+        inputs.append(g.add_param((cn.inputs[2].const * vec).astype(conv.dtype)))
+    return g.add_node("conv", inputs, **cn.attrs).outputs[0]
+
+
+def _pool_of_transpose(g: Graph, b):
+    """pool(transpose(a, p)) -> transpose(pool(a), p): the window moves with the axes, so the transpose
+    can sink on to meet its inverse (a channels-last pool between two channels-first convs)."""
+    node, t = b["_node"], b["t"]
+    if not _single_use(b, t):
+        return None
+    perm = t.producer.attrs["perm"]
+    inv = _inverse(perm)
+    a = node.attrs
+    moved = {k: tuple(a[k][inv[i]] for i in range(len(perm))) for k in ("window", "strides", "pads")}
+    y = g.op("pool", t.producer.inputs[0], mode=a["mode"], **moved)
+    return g.op("transpose", y, perm=perm)
+
+
 def _conv_bias(g: Graph, b):
     """add(conv(x, W), b) with b constant per output channel -> conv(x, W, b)."""
     conv, bias = b["conv"], b["b"]
@@ -154,4 +191,89 @@ RULES = [
     Rule("transpose-into-reduce", P(("reduce_sum", "reduce_max", "reduce_min"), P("transpose", X(), name="t")),
          _absorb_into_reduce),
     Rule("conv-bias", P("add", P("conv", name="conv"), C("b"), commute=True), _conv_bias),
+    Rule("conv-scale", P("mul", P("conv", name="conv"), C("s"), commute=True), _conv_scale),
+    Rule("pool-of-transpose", P("pool", P("transpose", X(), name="t")), _pool_of_transpose),
 ]
+
+
+# ---- whole-region sinking ----------------------------------------------------------------------------------
+
+
+def _region_operand_ok(v: Value, perm, region: set[int]) -> bool:
+    t = v.producer
+    return (id(v) in region or v.is_param or v.type.size == 1
+            or (t is not None and t.op == "transpose" and t.attrs["perm"] == perm))
+
+
+def _grow_region(graph: Graph, t_out: Value, users) -> list | None:
+    """The elementwise nodes of t_out's shape reachable from t_out's readers whose every operand is in the
+    region, a transpose with t_out's perm, a constant or a size-1 value (topological order), or None."""
+    perm = t_out.producer.attrs["perm"]
+    region: set[int] = set()  # ids of values produced inside
+    nodes = []
+    pending = list(users.get(id(t_out), []))
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    while pending:
+        pending.sort(key=lambda n: order[id(n)])
+        node = pending.pop(0)
+        if id(node.outputs[0]) in region:
+            continue
+        if node.op not in ELEMENTWISE or node.outputs[0].shape != t_out.shape \
+                or not all(_region_operand_ok(x, perm, region) for x in node.inputs):
+            continue
+        region.add(id(node.outputs[0]))
+        nodes.append(node)
+        pending += users.get(id(node.outputs[0]), [])
+    return nodes
+
+
+def sink_transpose_regions(graph: Graph) -> bool:
+    """Sink a transpose through a whole region of elementwise ops when that does not add transposes.
+
+    The sink-transpose rule moves a transpose past one op whose transposed operand has no other
+    reader. A value read by several elementwise ops (ELU's select(x > 0, x, expm1(x)), a normalisation
+    that reuses x) needs the whole region moved at once: it is rewritten in the untransposed layout,
+    and each value leaving the region gets one transpose. It fires when the transposes that die are
+    at least as many as the ones added, so transposes only ever move towards the outputs.
+    """
+    changed = False
+    for t in [n for n in graph.nodes if n.op == "transpose"]:
+        users = graph.users()
+        sinks = {id(v) for v in graph.sinks()}
+        t_out = t.outputs[0]
+        if t not in graph.nodes or id(t_out) in sinks or not users.get(id(t_out)):
+            continue
+        perm = t.attrs["perm"]
+        nodes = _grow_region(graph, t_out, users)
+        inside = {id(n) for n in nodes}
+        produced = {id(n.outputs[0]) for n in nodes}
+        if not nodes:
+            continue
+        feeds = {id(x): x for n in nodes for x in n.inputs
+                 if id(x) not in produced and x.producer is not None and x.producer.op == "transpose"}
+        dying = [x for x in feeds.values() if id(x) not in sinks and all(id(u) in inside for u in users[id(x)])]
+        exits = [n.outputs[0] for n in nodes if id(n.outputs[0]) in sinks
+                 or any(id(u) not in inside for u in users.get(id(n.outputs[0]), []))]
+        if len(dying) < len(feeds) or len(exits) > len(dying):
+            continue  # a transposed operand is still read elsewhere, or more transposes would come out
+        inv = _inverse(perm)
+        new: dict[int, Value] = {}
+        for n in nodes:
+            ins = []
+            for x in n.inputs:
+                if id(x) in new:
+                    ins.append(new[id(x)])
+                elif id(x) in feeds:
+                    ins.append(x.producer.inputs[0])
+                elif x.is_param and len(x.shape) > 0 and x.type.size > 1:
+                    ins.append(graph.add_param(np.ascontiguousarray(np.transpose(_aligned(x.const, len(perm)), inv))))
+                else:
+                    ins.append(x)
+            new[id(n.outputs[0])] = graph.add_node(n.op, ins, **n.attrs).outputs[0]
+        for v in exits:
+            graph.replace_all_uses(v, graph.op("transpose", new[id(v)], perm=perm))
+        graph.toposort()
+        from .cleanup import dce
+        dce(graph)
+        changed = True
+    return changed

@@ -61,8 +61,18 @@ register(Pass("algebra", rule_pass("algebra"),
                   "dot weights, slices of a dot split, broadcast-multiply + reduce-sum -> dot"))
 register(Pass("drop-cast-roundtrips", rule_pass("roundtrip"), exact=False,
               doc="float casts to a narrower type and straight back removed (value-changing)"))
-register(Pass("layout", rule_pass("layout"),
-              doc="transposes sunk through elementwise ops, absorbed by dots/reductions; conv + bias fused"))
+def _layout(graph: Graph) -> bool:
+    from .layout import sink_transpose_regions
+    changed = rule_pass("layout")(graph)
+    while sink_transpose_regions(graph):
+        changed = True
+        rule_pass("layout")(graph)
+    return changed
+
+
+register(Pass("layout", _layout,
+              doc="transposes sunk through elementwise ops (one op or a whole region) and pools, absorbed by "
+                  "dots/reductions; per-channel scale and bias folded into convs"))
 
 
 def _specialize(graph: Graph) -> bool:

@@ -1,5 +1,5 @@
 """Exact local simplifications as rewrite rules: reshape/transpose/broadcast chains, identities,
-broadcasts absorbed into elementwise ops, x*1, x+0."""
+broadcasts absorbed into elementwise ops, x*1, x+0, selects with a constant condition."""
 from __future__ import annotations
 
 import numpy as np
@@ -134,5 +134,7 @@ RULES = [
     Rule("mul-by-one", P("mul", X("x"), C(where=_const_equals(1)), commute=True), _keep_if_same_type("x")),
     Rule("add-zero", P("add", X("x"), C(where=_const_equals(0)), commute=True), _keep_if_same_type("x")),
     Rule("sub-zero", P("sub", X("x"), C(where=_const_equals(0))), _keep_if_same_type("x")),
+    Rule("select-constant", P("select", C("c", where=_const_equals(True)), X("x"), X()), _keep_if_same_type("x")),
+    Rule("select-constant", P("select", C("c", where=_const_equals(False)), X(), X("x")), _keep_if_same_type("x")),
     Rule("div-by-one", P("div", X("x"), C(where=_const_equals(1))), _keep_if_same_type("x")),
 ]

@@ -15,7 +15,7 @@ import pytest
 
 from graphopt.ir import Graph, Interpreter, TensorType, verify
 from graphopt.passes import run_pipeline
-from graphopt.passes import algebra, layout
+from graphopt.passes import algebra, layout, lowering
 
 # ---- helpers ----------------------------------------------------------------------------------
 
@@ -103,10 +103,11 @@ def rule_names(rules) -> set[str]:
 def test_every_rule_is_covered():
     """This file has tests for each rule name; a new rule should get tests too."""
     assert rule_names(algebra.RULES) == {"clamp", "sub-of-sub", "scale-chain", "scalar-regroup", "scale-into-dot",
-                                         "dot-of-dot", "slice-of-dot", "mul-reduce-to-dot"}
+                                         "dot-of-dot", "slice-of-dot", "mul-reduce-to-dot", "avg-pool"}
     assert rule_names(layout.RULES) == {"transpose-as-reshape", "sink-transpose", "transpose-of-concat",
                                         "dot-as-conv1x1", "transpose-into-dot", "transpose-into-reduce",
-                                        "conv-bias"}
+                                        "conv-bias", "conv-scale", "pool-of-transpose"}
+    assert rule_names(lowering.RULES) == {"expand-lhs-dilation"}
 
 
 # ==== algebra ====================================================================================
@@ -1100,3 +1101,158 @@ def test_nhwc_conv_block_fuses_conv_bias_and_relu6():
     clamp = producer(tr.inputs[0])
     assert clamp.op == "clamp" and producer(clamp.inputs[0]).op == "conv"
     assert len(producer(clamp.inputs[0]).inputs) == 3
+
+
+# ---- conv-scale ------------------------------------------------------------------------------------------
+
+
+def conv3d(g: Graph, x, w, bias=None, **attrs):
+    ins = [x, w] + ([bias] if bias is not None else [])
+    a = dict(strides=(1, 1, 1), pads=((1, 1), (0, 0), (1, 1)), dilations=(1, 1, 1), groups=1)
+    return g.add_node("conv", ins, **{**a, **attrs}).outputs[0]
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("scale_shape", [(1, 5, 1, 1, 1), (5, 1, 1, 1), ()])
+def test_conv_scale_folds_a_per_channel_scale_into_the_kernel(with_bias, scale_shape):
+    """batch norm's scale after a conv: conv(x, W, b) * s -> conv(x, W*s, b*s)."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 3, 4, 4))
+    W, bv, sv = dyadic(5, 4, 3, 1, 3, seed=1), dyadic(5, seed=2), dyadic(*scale_shape, seed=3)
+    c = conv3d(g, x, g.add_param(W), g.add_param(bv) if with_bias else None)
+    finish(g, g.op("mul", g.add_param(sv), c))
+    hist, changed = rewrite_and_check(g, ["layout"])
+    assert changed and hist == {"conv": 1}
+    s = np.broadcast_to(sv.reshape(-1), (5,))
+    np.testing.assert_array_equal(g.nodes[0].inputs[1].const, W * s.reshape(5, 1, 1, 1, 1))
+    if with_bias:
+        np.testing.assert_array_equal(g.nodes[0].inputs[2].const, bv * s)
+
+
+def test_conv_scale_then_bias_is_batch_norm_folded_away():
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 3, 4, 4))
+    c = conv3d(g, x, g.add_param(dyadic(5, 4, 3, 1, 3, seed=1)))
+    bn = g.op("add", g.op("mul", c, g.add_param(dyadic(1, 5, 1, 1, 1, seed=2))), g.add_param(dyadic(5, 1, 1, 1, seed=3)))
+    finish(g, g.op("max", bn, g.add_param(np.float32(0))))
+    hist, _ = rewrite_and_check(g, ["layout"])
+    assert hist == {"conv": 1, "max": 1}
+
+
+def test_conv_scale_not_fired_for_a_spatially_varying_scale_or_a_shared_conv():
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 3, 4, 4))
+    c1 = conv3d(g, x, g.add_param(dyadic(5, 4, 3, 1, 3, seed=1)))
+    c2 = conv3d(g, x, g.add_param(dyadic(5, 4, 3, 1, 3, seed=2)))
+    finish(g, g.op("mul", c1, g.add_param(dyadic(5, 1, 1, 4, seed=3))),  # varies along W
+           g.op("mul", c2, g.add_param(dyadic(5, 1, 1, 1, seed=4))), g.op("neg", c2))  # c2 read twice
+    assert_no_rewrite(g, ["layout"])
+
+
+# ---- pool-of-transpose -----------------------------------------------------------------------------------
+
+
+def test_pool_of_transpose_moves_the_window_and_cancels_the_transposes():
+    """A channels-last pool between channels-first ops: the transposes around it cancel."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 4, 6, 6))  # N C T H W
+    t = g.op("transpose", x, perm=(0, 2, 3, 4, 1))  # N T H W C
+    p = g.op("pool", t, mode="max", window=(1, 2, 2, 2, 1), strides=(1, 2, 2, 2, 1),
+             pads=((0, 0), (0, 0), (0, 1), (0, 0), (0, 0)))
+    finish(g, g.op("neg", g.op("transpose", p, perm=(0, 4, 1, 2, 3))))
+    hist, changed = rewrite_and_check(g, ["layout", "simplify"])
+    assert changed and hist == {"pool": 1, "neg": 1}
+    a = next(n for n in g.nodes if n.op == "pool").attrs
+    assert a["window"] == (1, 1, 2, 2, 2) and a["strides"] == (1, 1, 2, 2, 2)
+    assert a["pads"] == ((0, 0), (0, 0), (0, 0), (0, 1), (0, 0))
+
+
+def test_pool_of_transpose_not_fired_when_the_transpose_has_another_reader():
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 4, 4))
+    t = g.op("transpose", x, perm=(0, 2, 3, 1))
+    finish(g, g.op("pool", t, mode="sum", window=(1, 2, 2, 1), strides=(1, 2, 2, 1), pads=((0, 0),) * 4), t)
+    assert_no_rewrite(g, ["layout"])
+
+
+# ---- region sinking (part of the layout pass) -----------------------------------------------------------
+
+
+def _elu(g, v):
+    pos = g.op("gt", v, g.add_param(np.float32(0)))
+    neg = g.op("expm1", g.op("select", pos, g.add_param(np.float32(0)), v))
+    return g.op("select", pos, v, neg)
+
+
+def test_region_sinking_moves_a_transpose_past_elu_so_it_cancels():
+    """ELU reads its input three times, so the one-op rule cannot move the transpose; the region can."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 4, 5))
+    t = g.op("transpose", x, perm=(0, 2, 3, 1))
+    finish(g, g.op("transpose", _elu(g, t), perm=(0, 3, 1, 2)))
+    hist, changed = rewrite_and_check(g, ["layout", "simplify"])
+    assert changed and "transpose" not in hist and hist["select"] == 2
+
+
+def test_region_sinking_not_fired_when_it_would_add_transposes():
+    """t read by two ops whose results both leave: two transposes would replace one."""
+    g = Graph()
+    x = g.add_input("x", f32(2, 3))
+    t = g.op("transpose", x, perm=(1, 0))
+    finish(g, g.op("neg", t), g.op("exp", t))
+    assert_no_rewrite(g, ["layout"])
+
+
+def test_region_sinking_not_fired_when_an_operand_is_not_transposed_alike():
+    g = Graph()
+    x = g.add_input("x", f32(2, 3))
+    y = g.add_input("y", f32(3, 2))
+    t = g.op("transpose", x, perm=(1, 0))
+    finish(g, g.op("mul", g.op("add", t, y), t))
+    assert_no_rewrite(g, ["layout"])
+
+
+# ---- avg-pool --------------------------------------------------------------------------------------------
+
+
+def _sum_pool(g, x, window=(1, 2, 2, 1)):
+    return g.op("pool", x, mode="sum", window=window, strides=window, pads=((0, 0),) * len(window))
+
+
+def test_avg_pool_from_sum_pool_divided_by_the_window_size():
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 4, 3))
+    finish(g, g.op("div", _sum_pool(g, x), g.add_param(np.float32(4))))
+    hist, changed = rewrite_and_check(g, ["algebra"])
+    assert changed and hist == {"pool": 1} and g.nodes[0].attrs["mode"] == "avg"
+
+
+def test_avg_pool_not_fired_for_another_divisor_or_a_shared_sum():
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 4, 3))
+    s = _sum_pool(g, x)
+    finish(g, g.op("div", _sum_pool(g, x, (1, 2, 1, 1)), g.add_param(np.float32(4))),  # window of 2
+           g.op("div", s, g.add_param(np.float32(4))), s)  # the sum is an output too
+    assert_no_rewrite(g, ["algebra"])
+
+
+# ---- expand-lhs-dilation (lowering) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pads,factors", [(((2, 2), (0, 0)), (2, 1)), (((0, 0), (1, 0)), (3, 2)),
+                                          (((1, 3), (2, 2)), (2, 2))])
+def test_expand_lhs_dilation_gives_a_plain_conv(pads, factors):
+    """A transposed conv (input dilation) becomes zero insertion + conv with the same outputs."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 5, 4))
+    W = g.add_param(randn(2, 3, 3, 2, seed=1))
+    y = g.add_node("conv", [x, W], strides=(1, 1), pads=pads, dilations=(1, 1), groups=1,
+                   lhs_dilations=factors).outputs[0]
+    finish(g, y)
+    hist, changed = rewrite_and_check(g, ["expand-lhs-dilation"])
+    conv = next(n for n in g.nodes if n.op == "conv")
+    assert changed and conv.attrs["lhs_dilations"] == () and hist["pad"] == sum(f > 1 for f in factors)
+    g2 = Graph()
+    x2 = g2.add_input("x", f32(1, 3, 5, 4))
+    finish(g2, conv2d(g2, x2, g2.add_param(randn(2, 3, 1, 1, seed=1))))
+    assert_no_rewrite(g2, ["expand-lhs-dilation"])

@@ -514,7 +514,7 @@ def _pool_compute(x, a):
     axes = tuple(range(x.ndim, 2 * x.ndim))
     out = win.max(axis=axes) if mode == "max" else win.sum(axis=axes)
     if mode == "avg":  # padding counts towards the window (ONNX count_include_pad=1, TF "VALID")
-        out = out / acc(np.prod(a["window"]))
+        out = out / np.asarray(np.prod(a["window"]), dtype=out.dtype)
     return [np.asarray(out, dtype=x.dtype)]
 
 
