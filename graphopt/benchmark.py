@@ -1,5 +1,6 @@
-"""Benchmark protocol (DESIGN.md): batch 1, state carried, warm-up, then repeats; per-frame latency
-measured end to end through Stream.step; median FPS and p50/p99 latency.
+"""Benchmark protocol (DESIGN.md): batch 1, state carried, warm-up, then repeats; per-step latency
+measured end to end through Stream.step; median FPS and p50/p99 latency. A chunk model's step
+handles frames_per_step frames, so its FPS is frames_per_step over the median step latency.
 
 Runs are interleaved: every round steps each stream in turn, so slow phases of a shared machine hit
 all rows alike and the ratios between rows stay meaningful.
@@ -16,6 +17,7 @@ import numpy as np
 class Row:
     name: str
     latencies_s: np.ndarray
+    frames_per_step: int = 1
 
     @property
     def p50_ms(self) -> float:
@@ -27,11 +29,18 @@ class Row:
 
     @property
     def fps(self) -> float:
-        return 1e3 / self.p50_ms
+        return self.frames_per_step * 1e3 / self.p50_ms
+
+
+def plan(frames_per_step: int, steps_per_round: int = 100, warmup: int = 30) -> dict:
+    """Steps per round and warm-up steps for a model: a chunk model gets as many frames, not steps,
+    as a step model (at least 5 timed steps per round and 2 warm-up steps)."""
+    return {"steps_per_round": max(5, steps_per_round // frames_per_step),
+            "warmup": max(2, warmup // frames_per_step)}
 
 
 def measure(steps: dict[str, callable], frames: np.ndarray, *, rounds: int = 5, steps_per_round: int = 100,
-            warmup: int = 30) -> list[Row]:
+            warmup: int = 30, frames_per_step: int = 1) -> list[Row]:
     """Time each `step(frame)` callable; returns one Row per name (order kept)."""
     lat = {name: [] for name in steps}
     for name, step in steps.items():
@@ -45,7 +54,7 @@ def measure(steps: dict[str, callable], frames: np.ndarray, *, rounds: int = 5, 
                 t0 = time.perf_counter()
                 step(frame)
                 out.append(time.perf_counter() - t0)
-    return [Row(name, np.asarray(v)) for name, v in lat.items()]
+    return [Row(name, np.asarray(v), frames_per_step) for name, v in lat.items()]
 
 
 def markdown_table(rows: list[Row], baseline: str | None = None, extra: dict[str, dict] | None = None) -> str:

@@ -72,8 +72,10 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     log(f"[2/4] pass pipeline: {', '.join(names) or 'none (unfused)'}")
     samples = None
     if verify_each_pass:
-        clip = equivalence.Clip(frames=4).array(step_model.frame_shape)
-        samples = [[f, np.float32(1.0 / step_model.fps)] for f in clip]
+        per = step_model.frames_per_step
+        clip = equivalence.Clip(frames=4 if per == 1 else per).array(step_model.frame_shape)
+        dt = [np.float32(1.0 / step_model.fps)] if step_model.takes_dt else []
+        samples = [[f] + dt for f in clip]
     try:
         graph, report = passes.run_pipeline(graph, names, verify_each=verify_each_pass, samples=samples, log=log)
     except passes.PassError as e:

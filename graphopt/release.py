@@ -33,25 +33,30 @@ class ReleaseError(RuntimeError):
     """A target failed; the message lists which and why. Nothing was written."""
 
 
+def default_variants(step_model) -> list[str]:
+    """Every variant; a model without state has no io/variables distinction, so no tflite-io."""
+    return [n for n in VARIANTS if step_model.initial_state or n != "tflite-io"]
+
+
 def run(model: str, out: str | Path, *, variants: list[str] | None = None, frames: int = 600, rounds: int = 3,
         steps_per_round: int = 100, log: Callable[[str], None] = print) -> Path:
     from . import __version__
     from . import artifact as art
     from . import models
     from .bench import BACKENDS, machine, reference_step, sgemm_gflops, single_thread_env
-    from .benchmark import measure
+    from .benchmark import measure, plan
     from .build import EngineNeedsGpu, build, target_module
     from .equivalence import Clip
     from .inspect import file_size
 
     single_thread_env()
     t0 = time.time()
-    names = variants or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in variants or () if n not in VARIANTS]
     if unknown:
         raise ReleaseError(f"unknown release variants {unknown}; choose from {', '.join(VARIANTS)}")
     out = Path(out).resolve()
     step_model = models.load(model, None, False)
+    names = variants or default_variants(step_model)
     entries, failures, streams = {}, {}, {}
     with art.atomic_dir(out) as tmp:
         for i, name in enumerate(names, 1):
@@ -95,8 +100,9 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
         log(f"benchmarking {len(streams)} artifacts and the authors' step ({rounds} interleaved rounds) ...")
         steps = {n: s.step for n, s in streams.items()}
         steps["open-rppg JAX JIT (reference)"] = reference_step(model)
-        rows = measure(steps, Clip(frames=64).array(step_model.frame_shape), rounds=rounds,
-                       steps_per_round=steps_per_round)
+        per = step_model.frames_per_step
+        rows = measure(steps, Clip(frames=max(64, 2 * per)).array(step_model.frame_shape), rounds=rounds,
+                       frames_per_step=per, **plan(per, steps_per_round))
         ref = next(r for r in rows if r.name.startswith("open-rppg"))
         for r in rows:
             e = entries.setdefault(r.name, {"target": "reference", "backend": BACKENDS["reference"]})
@@ -106,7 +112,11 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
             "model": model, "graphopt_version": __version__, "source": step_model.source,
             "tools": art.tool_versions("jax", "jaxlib", "keras", "onnx", "onnxruntime", "tensorflow-cpu",
                                        "ai-edge-litert", "torch", "tensorrt-rtx-cu12", "open-rppg"),
-            "flops_per_frame": graph.flops(), "params": len(graph.params()), "param_bytes": graph.param_bytes(),
+            "frames_per_step": per, "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype}
+                                               for v in graph.inputs],
+            "outputs": [{"name": n, "shape": list(v.shape), "dtype": v.dtype}
+                        for n, v in zip(graph.output_names, graph.outputs)],
+            "flops_per_frame": graph.flops() / per, "params": len(graph.params()), "param_bytes": graph.param_bytes(),
             "state_tensors": len(graph.state), "state_bytes": graph.state_bytes(),
             "verification": {"frames": frames, "clip": "synthetic face clip, 72 bpm, seed 0"},
             "machine": machine(), "sgemm_gflops_1thread": sgemm_gflops(), "artifacts": entries,
@@ -127,13 +137,7 @@ def model_card(r: dict) -> str:
              f"Streaming rPPG model from `{src.get('package', '?')}=={src.get('version', '?')}` "
              f"(weights sha256 `{str(src.get('weights_sha256', '?'))[:16]}…`), exported by graphopt to every runtime "
              "below and checked against the authors' own step.", "",
-             "## Inputs, outputs, state", "",
-             "- `frame`: float32 `[1, 1, 36, 36, 3]`, RGB face crop in 0..1, one per step.",
-             "- `dt`: float32 scalar, seconds since the previous frame (1/30 at 30 FPS).",
-             "- `bvp`: float32 `[1, 1]`, the blood-volume-pulse sample for this frame.",
-             f"- state: {r['state_tensors']} tensors ({r['state_bytes'] / 1e6:.2f} MB), `state_in_i` -> "
-             "`state_out_i`; start from `<model>.state.npz` and feed each step's `state_out_i` back as the next "
-             "step's `state_in_i` (the TFLite default and the Streams keep it for you).",
+             "## Inputs, outputs, state", ""] + _io_lines(r) + [
              f"- {r['flops_per_frame'] / 1e6:.1f} MFLOP per frame, {r['params']} parameter tensors "
              f"({r['param_bytes'] / 1e6:.2f} MB).", "",
              "## Artifacts", "",
@@ -157,27 +161,66 @@ def model_card(r: dict) -> str:
         lines.append(f"- `tensorrt`: TensorRT-legal ONNX checked with {arts['tensorrt']['tensorrt_check']}; "
                      f"the engine {arts['tensorrt']['engine']}")
     m = r["machine"]
-    lines += ["", f"Measured on {m['cpu']} ({m['cores']} cores), batch 1, state carried, one thread per runtime, "
+    per = r.get("frames_per_step", 1)
+    how = "state carried" if per == 1 else f"one chunk of {per} frames per call, FPS counting frames"
+    lines += ["", f"Measured on {m['cpu']} ({m['cores']} cores), batch 1, {how}, one thread per runtime, "
               f"median of interleaved rounds; single-thread sgemm {r['sgemm_gflops_1thread']:.0f} GFLOP/s. "
               f"Tiers (DESIGN.md): rounding = NRMSE <= 4x the fp32 noise floor; signal = r >= 0.9999 and the same "
               f"heart rate; quantised = r >= 0.999 and the same heart rate. Verified over "
               f"{r['verification']['frames']} frames of a {r['verification']['clip']}.", "",
-              "## Running each artifact", "", "```python",
-              "import numpy as np",
-              "state = dict(np.load('onnx/<model>.state.npz'))  # state_in_i arrays",
-              "", "# onnxruntime", "import onnxruntime as ort",
-              "s = ort.InferenceSession('onnx/<model>.onnx')",
-              "outs = s.run(None, {'frame': frame, 'dt': np.float32(1/30), **state})",
-              "bvp, state = outs[0], {f'state_in_{i}': o for i, o in enumerate(outs[1:])}",
-              "", "# LiteRT (state inside the model)", "from ai_edge_litert.interpreter import Interpreter",
+              "## Running each artifact", ""] + _run_snippets(r) + [""]
+    return "\n".join(lines)
+
+
+def _io_lines(r: dict) -> list[str]:
+    per = r.get("frames_per_step", 1)
+    out = []
+    for i in r["inputs"]:
+        if i["name"] == "dt":
+            out.append("- `dt`: float32 scalar, seconds since the previous frame (1/30 at 30 FPS).")
+        elif per > 1:
+            out.append(f"- `{i['name']}`: {i['dtype']} `{i['shape']}`, a chunk of {per} RGB face crops in 0..1 "
+                       "(frames on axis 1), one chunk per call.")
+        else:
+            out.append(f"- `{i['name']}`: {i['dtype']} `{i['shape']}`, RGB face crop in 0..1, one per step.")
+    for o in r["outputs"]:
+        what = f"the {per} waveform samples of the chunk" if per > 1 else "the blood-volume-pulse sample for this frame"
+        out.append(f"- `{o['name']}`: {o['dtype']} `{o['shape']}`, {what}.")
+    if r["state_tensors"]:
+        out.append(f"- state: {r['state_tensors']} tensors ({r['state_bytes'] / 1e6:.2f} MB), `state_in_i` -> "
+                   "`state_out_i`; start from `<model>.state.npz` and feed each step's `state_out_i` back as the "
+                   "next step's `state_in_i` (the TFLite default and the Streams keep it for you).")
+    else:
+        out.append("- no state: each call is independent (consecutive chunks do not overlap).")
+    return out
+
+
+def _run_snippets(r: dict) -> list[str]:
+    """A few lines per runtime, with this model's own input names (and dt and state where it has them)."""
+    names = [i["name"] for i in r["inputs"]]
+    has_dt, stateful = "dt" in names, bool(r["state_tensors"])
+    x = next(n for n in names if n != "dt")
+    feed = f"'{x}': {x}" + (", 'dt': np.float32(1/30)" if has_dt else "")
+    args = x + (", np.float32(1/30)" if has_dt else "")
+    targs = f"torch.from_numpy({x})" + (", torch.tensor(1/30)" if has_dt else "")
+    tail = ", *state.values()" if stateful else ""
+    lines = ["```python", "import numpy as np"]
+    if stateful:
+        lines.append("state = dict(np.load('onnx/<model>.state.npz'))  # state_in_i arrays")
+    lines += ["", "# onnxruntime", "import onnxruntime as ort", "s = ort.InferenceSession('onnx/<model>.onnx')",
+              f"outs = s.run(None, {{{feed}{', **state' if stateful else ''}}})"]
+    if stateful:
+        lines.append("bvp, state = outs[0], {f'state_in_{i}': o for i, o in enumerate(outs[1:])}")
+    lines += ["", "# LiteRT" + (" (state inside the model)" if stateful else ""),
+              "from ai_edge_litert.interpreter import Interpreter",
               "it = Interpreter('tflite/<model>.tflite', num_threads=1); step = it.get_signature_runner('step')",
-              "bvp = step(frame=frame, dt=np.float32(1/30))['bvp']   # reset with it.get_signature_runner('reset')()",
+              f"bvp = step({', '.join(f'{k}={v}' for k, v in [(x, x)] + ([('dt', 'np.float32(1/30)')] if has_dt else []))})"
+              f"['bvp']" + ("   # reset with it.get_signature_runner('reset')()" if stateful else ""),
               "", "# XLA (jax.export)", "from jax import export",
               "exp = export.deserialize(bytearray(open('xla/<model>.jaxexport', 'rb').read()))",
-              "bvp, *new_state = exp.call(frame, np.float32(1/30), *state.values())",
-              "", "# PyTorch", "import torch",
-              "m = torch.export.load('torch/<model>.pt2').module()",
-              "bvp, *new_state = m(torch.from_numpy(frame), torch.tensor(1/30), *map(torch.from_numpy, state.values()))",
+              f"bvp, *new_state = exp.call({args}{tail})",
+              "", "# PyTorch", "import torch", "m = torch.export.load('torch/<model>.pt2').module()",
+              f"bvp, *new_state = m({targs}{', *map(torch.from_numpy, state.values())' if stateful else ''})",
               "", "# or, with graphopt installed, any of them:", "import graphopt",
-              "stream = graphopt.load('onnx'); bvp = stream.step(frame)", "```", ""]
-    return "\n".join(lines)
+              f"stream = graphopt.load('onnx'); bvp = stream.step({x})", "```"]
+    return lines

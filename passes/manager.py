@@ -99,7 +99,12 @@ register(Pass("raise-math", _raise_math, exact=False, targets=NATIVE_MATH_TARGET
 register(Pass("expand-lhs-dilation", rule_pass("lowering"),
               targets=frozenset({"onnx", "tflite", "tf", "tensorrt", "torch", "torch-compile"}),
               doc="lowering: conv with input dilation (transposed conv) -> zero insertion + conv"))
-LOWERINGS = ["expand-lhs-dilation"]  # run for every target they suit, with or without fusion
+# runtimes that add a reduction's terms one after another (XLA sums in a tree)
+SEQUENTIAL_SUM_TARGETS = frozenset({"onnx", "tflite", "tf", "tensorrt", "torch", "torch-compile"})
+register(Pass("split-long-reductions", rule_pass("numerics"), targets=SEQUENTIAL_SUM_TARGETS,
+              doc="lowering: sums over many elements split into short partial sums (float32 rounding "
+                  "stays at the noise floor)"))
+LOWERINGS = ["expand-lhs-dilation", "split-long-reductions"]  # run for every target they suit, fused or not
 
 
 def _sample_run(graph: Graph, samples: list[list[np.ndarray]]) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 
 from graphopt.ir import Graph, Interpreter, TensorType, verify
 from graphopt.passes import run_pipeline
-from graphopt.passes import algebra, layout, lowering
+from graphopt.passes import algebra, layout, lowering, numerics
 
 # ---- helpers ----------------------------------------------------------------------------------
 
@@ -108,6 +108,7 @@ def test_every_rule_is_covered():
                                         "dot-as-conv1x1", "transpose-into-dot", "transpose-into-reduce",
                                         "conv-bias", "conv-scale", "pool-of-transpose"}
     assert rule_names(lowering.RULES) == {"expand-lhs-dilation"}
+    assert rule_names(numerics.RULES) == {"split-long-reduction"}
 
 
 # ==== algebra ====================================================================================
@@ -1256,3 +1257,43 @@ def test_expand_lhs_dilation_gives_a_plain_conv(pads, factors):
     x2 = g2.add_input("x", f32(1, 3, 5, 4))
     finish(g2, conv2d(g2, x2, g2.add_param(randn(2, 3, 1, 1, seed=1))))
     assert_no_rewrite(g2, ["expand-lhs-dilation"])
+
+
+# ---- split-long-reduction (numerics lowering) ---------------------------------------------------------
+
+
+def test_split_long_reduction_sums_in_short_runs_and_is_more_accurate():
+    g = Graph()
+    x = g.add_input("x", f32(1, 64, 32, 32, 3))
+    finish(g, g.op("reduce_sum", x, axes=(1, 2, 3)))
+    data = (np.random.default_rng(0).random((1, 64, 32, 32, 3)) * 0.5 + 0.25).astype(np.float32)
+    exact = data.astype(np.float64).sum(axis=(1, 2, 3))
+    (before,), _ = Interpreter(g, "float32").run([data], [])
+    hist, changed = rewrite_and_check(g, ["split-long-reductions"], inputs=[data], rtol=1e-12)
+    assert changed and hist == {"reduce_sum": 3}
+    assert all(len(n.attrs["axes"]) == 1 and n.inputs[0].shape[n.attrs["axes"][0]] <= numerics.BLOCK
+               for n in g.nodes)
+    (after,), _ = Interpreter(g, "float32").run([data], [])
+    assert np.max(np.abs(after - exact)) < np.max(np.abs(before - exact)) / 4
+
+
+def test_split_long_reduction_cuts_a_long_axis_into_blocks():
+    g = Graph()
+    x = g.add_input("x", f32(3, 100_000))
+    finish(g, g.op("reduce_sum", x, axes=(1,)))
+    hist, changed = rewrite_and_check(g, ["split-long-reductions"], rtol=1e-12)
+    assert changed and hist["reshape"] >= 1 and hist["reduce_sum"] >= 2
+    for n in g.nodes:
+        if n.op == "reduce_sum":
+            assert n.inputs[0].shape[n.attrs["axes"][0]] <= numerics.BLOCK
+
+
+def test_split_long_reduction_not_fired_for_short_integer_or_prime_length_sums():
+    g = Graph()
+    x = g.add_input("x", f32(1, 64, 64, 2))  # 8192 terms: short enough
+    i = g.add_input("i", i32(1, 128, 128))
+    p = g.add_input("p", f32(2, 8209))  # prime length: nothing to split on
+    finish(g, g.op("reduce_sum", x, axes=(1, 2, 3)), g.op("reduce_sum", i, axes=(1, 2)),
+           g.op("reduce_sum", p, axes=(1,)))
+    assert_no_rewrite(g, ["split-long-reductions"], inputs=[randn(1, 64, 64, 2), np.ones((1, 128, 128), np.int32),
+                                                            randn(2, 8209)])
