@@ -1,5 +1,5 @@
 # Two entry points (see README.md):
-#   make artifacts  -- create .venv if missing, release FacePhys (every target, verified, benchmarked) into artifacts/
+#   make artifacts  -- create .venv if missing, release every model (every target, verified, benchmarked) into artifacts/
 #   make test       -- create .venv if missing, run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -20,8 +20,11 @@ $(STAMP): requirements.txt pyproject.toml
 	rm -f $(VENV)/.graphopt-installed*
 	touch $(STAMP)
 
+MODELS := facephys physnet
+
 artifacts: venv
-	$(VENV)/bin/graphopt release --model facephys --out artifacts/facephys-$$($(PY) -c "import graphopt; print(graphopt.__version__)")
+	set -e; version=$$($(PY) -c "import graphopt; print(graphopt.__version__)"); \
+	for m in $(MODELS); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version; done
 
 test: venv
 	$(PY) -m pytest

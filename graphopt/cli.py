@@ -13,7 +13,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build a model into a verified artifact")
-    b.add_argument("--model", help="model name (facephys)")
+    b.add_argument("--model", help="model name: facephys or physnet")
     b.add_argument("--target", required=True,
                    help="target runtime: onnx, xla, tflite, tf, torch, torch-compile or tensorrt")
     b.add_argument("--out", help="artifact folder to write (replaced atomically)")
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="FPS table: graphopt targets fused/unfused, the authors' JAX JIT step, "
                                       "baselines")
-    be.add_argument("--model", default="facephys", help="model name (facephys)")
+    be.add_argument("--model", default="facephys", help="model name: facephys or physnet")
     be.add_argument("--targets", help="comma-separated targets (default: all available)")
     be.add_argument("--baseline", action="append", default=[], help="an .onnx/.tflite step model to add as a row")
     be.add_argument("--state", help="initial state for the baselines (npz or gzip-JSON)")
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--json", help="also write the results as JSON to this file")
 
     r = sub.add_parser("release", help="build, verify and benchmark every available target into one folder")
-    r.add_argument("--model", required=True, help="model name (facephys)")
+    r.add_argument("--model", required=True, help="model name: facephys or physnet")
     r.add_argument("--out", help="release folder (default: artifacts/MODEL-GRAPHOPT_VERSION)")
     r.add_argument("--variants", help="comma-separated subset of: " + "onnx, xla, tflite, tflite-io, tflite-fp16, "
                                       "tflite-int8, tf, torch, torch-compile, tensorrt (default: all)")
