@@ -2,10 +2,15 @@
 
 The IR's convolutions are channels-first; TensorFlow's CPU kernels and TFLite's (and XNNPACK's)
 are channels-last. Every lowered value therefore carries a permutation: the TF tensor holds
-transpose(ir_value, perm). A conv produces its result channels-last (perm (0,2,3,1)), elementwise
-ops and reductions keep whatever layout their inputs have, an IR transpose composes with it, and
-only ops that need the IR layout get a real tf.transpose. Traced NHWC models thus lower to
-NHWC convs with no transposes around them.
+transpose(ir_value, perm). A conv produces its result channels-last (perm (0,2,3,1), or (0,2,3,4,1)
+in 3-D), elementwise ops, reductions, pools and reverses keep whatever layout their inputs have, an
+IR transpose composes with it, and only ops that need the IR layout get a real tf.transpose. Traced
+NHWC (NDHWC) models thus lower to NHWC (NDHWC) convs and pools with no transposes around them.
+
+Lowered for XLA (the `tf` target's jit_compile), float sums accumulate in float64: XLA merges a
+chain of reduce_sums (what split-long-reductions makes of a long sum) back into one reduction, and
+its CPU backend (YNNPACK fusion in TF 2.21) adds PhysNet's 131072-term sums with 3.5e-6 relative
+error (TF's kernels add the chain with 5e-8), which moves the waveform 12x the float32 noise floor.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import OPS, Graph, Node, Value
+from ..ir.ops import lhs_dilations
 
 
 class UnsupportedOpError(ValueError):
@@ -40,16 +46,23 @@ class Lowered:
 
 
 class TfLowering:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, xla: bool = False):
         import tensorflow as tf
         self.tf = tf
         self.graph = graph
+        self.xla = xla
         missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS and n.op not in LAYOUT_OPS})
         if missing:
             raise UnsupportedOpError(f"ops {missing} have no TensorFlow lowering (graphopt/targets/tf_lowering.py)")
         self.env: dict[int, Lowered] = {}
 
     # ---- layout helpers ----------------------------------------------------------------
+    def lowered(self, v: Value) -> Lowered:
+        """v as stored (a parameter as a constant in the IR's layout)."""
+        if v.is_param:
+            return Lowered(self.tf.constant(v.const), _identity(len(v.shape)))
+        return self.env[id(v)]
+
     def plain(self, v: Value):
         """The TF tensor in the IR's own layout."""
         if v.is_param:
@@ -123,57 +136,157 @@ def _transpose(low: TfLowering, node: Node) -> Lowered:
 
 def _reduce(low: TfLowering, node: Node) -> Lowered:
     x = node.inputs[0]
-    lv = low.env[id(x)] if not x.is_param else Lowered(low.tf.constant(x.const), _identity(len(x.shape)))
+    lv = low.lowered(x)
     axes = node.attrs["axes"]
     stored_axes = sorted(lv.perm.index(a) for a in axes)
     fn = {"reduce_sum": low.tf.reduce_sum, "reduce_max": low.tf.reduce_max, "reduce_min": low.tf.reduce_min}
-    t = fn[node.op](lv.t, axis=stored_axes)
+    if node.op == "reduce_sum" and low.xla and node.outputs[0].dtype in ("float16", "float32"):  # see the docstring
+        t = low.tf.cast(low.tf.reduce_sum(low.tf.cast(lv.t, "float64"), axis=stored_axes), lv.t.dtype)
+    else:
+        t = fn[node.op](lv.t, axis=stored_axes)
     kept = [q for q in lv.perm if q not in axes]  # IR axes in stored order
     renum = {a: i for i, a in enumerate(sorted(kept))}
     return Lowered(t, tuple(renum[q] for q in kept))
+
+
+def _reverse(low: TfLowering, node: Node) -> Lowered:
+    """np.flip in the input's own layout, one reverse per run of neighbouring stored axes (TFLite's
+    REVERSE_V2 takes contiguous axes only)."""
+    lv = low.lowered(node.inputs[0])
+    t = lv.t
+    for run in _runs(sorted(lv.perm.index(a) for a in node.attrs["axes"])):
+        t = low.tf.reverse(t, run)
+    return Lowered(t, lv.perm)
+
+
+def _runs(axes) -> list[list[int]]:
+    """Sorted axes split into runs of neighbours: [0, 1, 3] -> [[0, 1], [3]]."""
+    runs: list[list[int]] = []
+    for i in axes:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+# ---- pool: separable window reductions as 2-D pools, in the input's own layout -----------------------
+#
+# A window reduction is separable: the max over a box is the max over its axes one after another,
+# and the mean over a box (padding counted) the mean of means. So a pool of any rank runs as a chain
+# of 2-D pools (the only pools TFLite and XNNPACK have), each over one or two neighbouring stored
+# axes of a [before, h, w, after] reshape: no transposes, whatever the layout, and 3-D windows on
+# channels-last tensors need no TFLite Flex ops. Sum pools are average pools times the window size.
+
+
+def _pool(low: TfLowering, node: Node) -> Lowered:
+    lv = low.lowered(node.inputs[0])
+    a = node.attrs
+    window, strides, pads = ([attr[q] for q in lv.perm] for attr in (a["window"], a["strides"], a["pads"]))
+    t = lv.t
+    for axes in _pool_groups(window, strides, pads):
+        t = _pool2d(low.tf, t, axes, a["mode"], window, strides, pads)
+    if a["mode"] == "sum":
+        t = t * float(np.prod(a["window"]))
+    return Lowered(t, lv.perm)
+
+
+def _pool_groups(window, strides, pads) -> list[list[int]]:
+    """The windowed stored axes cut into groups of one or two neighbours, trailing pairs first."""
+    active = [i for i, (k, s, p) in enumerate(zip(window, strides, pads)) if (k, s, tuple(p)) != (1, 1, (0, 0))]
+    groups = []
+    for run in reversed(_runs(active)):
+        while run:
+            groups.append(run[-2:])
+            run = run[:-2]
+    return groups
+
+
+def _pool2d(tf, t, axes, mode, window, strides, pads):
+    """Pool the stored axes `axes` (one, or two neighbours) of t: a 2-D max/avg pool on a
+    [before, h, w, after] reshape, VALID after explicit padding (window, strides, pads: per stored axis)."""
+    shape = t.shape.as_list()
+    first, last = axes[0], axes[-1]
+    unit = [1] * (2 - len(axes))  # a single axis pools as h, with w = 1
+    t = tf.reshape(t, [int(np.prod(shape[:first])), *(shape[i] for i in axes), *unit, int(np.prod(shape[last + 1:]))])
+    hw_pads = [list(pads[i]) for i in axes] + [[0, 0]] * len(unit)
+    if any(p != [0, 0] for p in hw_pads):
+        fill = float("-inf") if mode == "max" else 0.0  # what the IR pads with
+        t = tf.pad(t, [[0, 0], *hw_pads, [0, 0]], constant_values=fill)
+    pool = tf.nn.max_pool2d if mode == "max" else tf.nn.avg_pool2d
+    y = pool(t, [window[i] for i in axes] + unit, [strides[i] for i in axes] + unit, "VALID")
+    return tf.reshape(y, shape[:first] + y.shape.as_list()[1:1 + len(axes)] + shape[last + 1:])
+
+
+# ---- conv: channels-last 2-D and 3-D convolutions -----------------------------------------------------
 
 
 def _conv(low: TfLowering, node: Node) -> Lowered:
     tf = low.tf
     x, w = node.inputs[0], node.inputs[1]
     a = node.attrs
-    if len(x.shape) != 4:
-        raise UnsupportedOpError(f"conv with {len(x.shape) - 2} spatial dims has no TensorFlow lowering yet")
-    nhwc = (0, 2, 3, 1)
-    xt = low.in_layout(x, nhwc)
-    groups, cin, cout = a["groups"], x.shape[1], w.shape[0]
+    nsp = len(x.shape) - 2
+    _check_conv(node, nsp)
+    channels_last = (0, *range(2, nsp + 2), 1)
+    spatial = tuple(range(2, nsp + 2))
+    xt = low.in_layout(x, channels_last)
 
-    def kernel(perm):  # the kernel (O, I/groups, kh, kw) in TF's order; folded by the converters
+    def kernel(perm):  # the kernel (O, I/groups, *k) in TF's order; folded by the converters
         if w.is_param:
             return tf.constant(np.ascontiguousarray(w.const.transpose(perm)))
         return tf.transpose(low.plain(w), perm)
-    pads = [tuple(p) for p in a["pads"]]
-    if all(p == (0, 0) for p in pads):
-        padding = "VALID"
-    elif all(s == 1 for s in a["strides"]) and all(
-            p == (((k - 1) * d) // 2, (k - 1) * d - ((k - 1) * d) // 2)
-            for p, k, d in zip(pads, w.shape[2:], a["dilations"])):
-        padding = "SAME"
-    else:
-        padding = [[0, 0]] + [list(p) for p in pads] + [[0, 0]]
+    padding = _conv_padding(a, w.shape[2:])
     strides = [1, *a["strides"], 1]
-    dil = list(a["dilations"])
-    if groups == 1:
-        y = tf.nn.conv2d(xt, kernel((2, 3, 1, 0)), strides, padding, dilations=dil)
-    elif groups == cin == cout:
+    if a["groups"] == 1 and nsp == 2:
+        y = tf.nn.conv2d(xt, kernel(spatial + (1, 0)), strides, padding, dilations=list(a["dilations"]))
+    else:  # conv3d and depthwise_conv2d take no explicit padding
         if isinstance(padding, list):
-            xt = tf.pad(xt, padding)
-            padding = "VALID"
-        y = tf.nn.depthwise_conv2d(xt, kernel((2, 3, 0, 1)), strides, padding, dilations=dil)
-    else:
-        raise UnsupportedOpError(f"grouped conv with {groups} groups of {cin} channels has no TensorFlow lowering")
+            xt, padding = tf.pad(xt, padding), "VALID"
+        if a["groups"] == 1:
+            y = tf.nn.conv3d(xt, kernel(spatial + (1, 0)), strides, padding, dilations=[1, *a["dilations"], 1])
+        else:
+            y = tf.nn.depthwise_conv2d(xt, kernel(spatial + (0, 1)), strides, padding,
+                                       dilations=list(a["dilations"]))
     if len(node.inputs) == 3:
         y = tf.nn.bias_add(y, low.plain(node.inputs[2]))
-    return Lowered(y, nhwc)
+    return Lowered(y, channels_last)
+
+
+def _check_conv(node: Node, nsp: int) -> None:
+    a, x, w = node.attrs, node.inputs[0], node.inputs[1]
+    conv = f"conv %{node.outputs[0].name}"
+    if nsp not in (2, 3):
+        raise UnsupportedOpError(f"{conv} has {nsp} spatial dims; the TensorFlow lowering has 2-D and 3-D "
+                                 "convolutions only")
+    if lhs_dilations(a, nsp) != (1,) * nsp:
+        raise UnsupportedOpError(f"{conv} has lhs_dilations {a['lhs_dilations']}, which TensorFlow's convolutions "
+                                 "lack; run the expand-lhs-dilation lowering pass first (graphopt build runs it for "
+                                 "the tf and tflite targets)")
+    if nsp == 3 and a["dilations"][1] != a["dilations"][2]:
+        raise UnsupportedOpError(f"{conv} has dilations {a['dilations']}: TensorFlow's Conv3D shape inference swaps "
+                                 "the H and W dilations, so they must be equal; use the xla, onnx or torch target")
+    groups, cin, cout = a["groups"], x.shape[1], w.shape[0]
+    if groups != 1 and not (nsp == 2 and groups == cin == cout):
+        raise UnsupportedOpError(f"{conv} is a {nsp}-D conv with {groups} groups ({cin} -> {cout} channels); "
+                                 "TensorFlow has depthwise 2-D convs only (groups == input channels == output "
+                                 "channels); use the xla, onnx or torch target")
+
+
+def _conv_padding(a: dict, kernel_shape) -> str | list:
+    """TF's padding for the conv: "VALID", "SAME" where it matches, else explicit [[lo, hi]...] in NDHWC order."""
+    pads = [tuple(p) for p in a["pads"]]
+    if all(p == (0, 0) for p in pads):
+        return "VALID"
+    if all(s == 1 for s in a["strides"]) and all(
+            p == (((k - 1) * d) // 2, (k - 1) * d - ((k - 1) * d) // 2)
+            for p, k, d in zip(pads, kernel_shape, a["dilations"])):
+        return "SAME"
+    return [[0, 0]] + [list(p) for p in pads] + [[0, 0]]
 
 
 LAYOUT_OPS: dict[str, Callable[[TfLowering, Node], Lowered]] = {
     "transpose": _transpose, "reduce_sum": _reduce, "reduce_max": _reduce, "reduce_min": _reduce, "conv": _conv,
+    "pool": _pool, "reverse": _reverse,
 }
 
 # ---- plain ops: fn(tf, node, *tensors) -> tensor -----------------------------------------------
@@ -280,7 +393,17 @@ def _concat(tf, n, *xs):
 
 @_lower("pad")
 def _pad(tf, n, x, v):
-    return tf.pad(x, [list(p) for p in n.attrs["pads"]], constant_values=v)
+    """tf.pad with neighbouring unpadded axes merged (TFLite's PAD takes at most 5 dims; the zero
+    insertion of expand-lhs-dilation pads 6-D values). A constant zero value makes it a plain PAD."""
+    shape, pads = [], []
+    for d, p in zip(n.inputs[0].shape, n.attrs["pads"]):
+        if tuple(p) == (0, 0) and pads and pads[-1] == [0, 0]:
+            shape[-1] *= d
+        else:
+            shape.append(d)
+            pads.append(list(p))
+    value = n.inputs[1].const.item() if n.inputs[1].is_param else v
+    return tf.reshape(tf.pad(tf.reshape(x, shape), pads, constant_values=value), n.outputs[0].shape)
 
 
 @_lower("take")
@@ -309,6 +432,7 @@ def _dot(tf, n, x, y):
     return tf.einsum(einsum_equation(len(lhs.shape), len(rhs.shape), a), x, y)
 
 
-def lower_graph(graph: Graph, inputs: list, state: list) -> tuple[list, list]:
-    """Evaluate the graph with TF ops on the given TF tensors (inside a tf.function or eagerly)."""
-    return TfLowering(graph).run(list(inputs), list(state))
+def lower_graph(graph: Graph, inputs: list, state: list, xla: bool = False) -> tuple[list, list]:
+    """Evaluate the graph with TF ops on the given TF tensors (inside a tf.function or eagerly);
+    xla: for a tf.function compiled by XLA (sums accumulate in float64, see the module docstring)."""
+    return TfLowering(graph, xla).run(list(inputs), list(state))

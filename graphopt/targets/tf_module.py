@@ -29,7 +29,10 @@ def input_specs(graph: Graph, manifest: dict, with_state: bool):
 
 
 def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: bool = False):
-    """(tf.Module, {signature name: concrete function})."""
+    """(tf.Module, {signature name: concrete function}).
+
+    The step functions trace the lowering as plain Python (autograph off): it has no tensor-dependent
+    control flow, and its UnsupportedOpError then reaches the caller as itself, not as a StagingError."""
     import tensorflow as tf
     if state_mode not in STATE_MODES:
         raise ValueError(f"state mode {state_mode!r}: choose one of {', '.join(STATE_MODES)}")
@@ -38,9 +41,9 @@ def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: boo
     n_in = len(graph.inputs)
     module = tf.Module()
     if state_mode == "io":
-        @tf.function(input_signature=input_specs(graph, manifest, True), jit_compile=jit_compile)
+        @tf.function(input_signature=input_specs(graph, manifest, True), jit_compile=jit_compile, autograph=False)
         def step(*args):
-            outs, new = lower_graph(graph, list(args[:n_in]), list(args[n_in:]))
+            outs, new = lower_graph(graph, list(args[:n_in]), list(args[n_in:]), xla=jit_compile)
             return dict(zip(out_names + state_out, outs + new))
         module.step = step
         return module, {"step": step.get_concrete_function()}
@@ -48,9 +51,9 @@ def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: boo
     module.state = [tf.Variable(s.init, name=spec["input"]) for s, spec in zip(graph.state, manifest["state"])]
     inits = [s.init for s in graph.state]
 
-    @tf.function(input_signature=input_specs(graph, manifest, False), jit_compile=jit_compile)
+    @tf.function(input_signature=input_specs(graph, manifest, False), jit_compile=jit_compile, autograph=False)
     def step(*args):
-        outs, new = lower_graph(graph, list(args), [v.read_value() for v in module.state])
+        outs, new = lower_graph(graph, list(args), [v.read_value() for v in module.state], xla=jit_compile)
         for v, n in zip(module.state, new):
             v.assign(n)
         return dict(zip(out_names, outs))

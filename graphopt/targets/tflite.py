@@ -7,6 +7,8 @@ State modes (option `state_mode`, CLI `--state-mode`):
   only the frame each step.
 - "io": `step(frame, dt, state_in_i...) -> {bvp, state_out_i...}`, for runtimes without
   resource variables; the caller carries the state.
+A graph without state (a chunk model) has nothing to keep in variables: it is always emitted in
+io mode (`step(inputs) -> outputs`), and the manifest says so when variables mode was asked for.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     state_mode = options.get("state_mode", "variables")
     if state_mode not in STATE_MODES:
         raise art.ArtifactError(f"tflite state mode {state_mode!r} is not one of {', '.join(STATE_MODES)}")
+    requested = state_mode
+    if not graph.state:
+        state_mode = "io"  # the converter drops a read_state signature with no outputs
     out_dir = Path(out_dir)
     stem = options.get("stem", graph.name)
     model_file = out_dir / f"{stem}{SUFFIX}"
@@ -59,8 +64,10 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
                           "VAR_HANDLE/READ_VARIABLE/ASSIGN_VARIABLE around it, which run outside XNNPACK)")
         twin.unlink()
     manifest["sha256"] = art.sha256(model_file)
-    manifest["tflite"] = {"state_mode": state_mode, "signatures": sorted(signatures),
-                          **delegation}
+    manifest["tflite"] = {"state_mode": state_mode, "signatures": sorted(signatures), **delegation}
+    if requested != state_mode:
+        manifest["tflite"]["state_mode_note"] = (f"state mode {requested!r} was asked for, but the graph has no "
+                                                 "state: emitted in io mode (step alone)")
     manifest["tools"] = art.tool_versions("tensorflow-cpu", "ai-edge-litert")
     return art.finish(graph, model_file, manifest)
 
