@@ -96,7 +96,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         log(f"[3/4] emitting {target} artifact")
         try:
             artifact = tmod.emit(graph, tmp, {"stem": model, "precision": precision, **(target_options or {})})
-        except (art.ArtifactError, ValueError) as e:
+        except (art.ArtifactError, ValueError, NotImplementedError) as e:  # NotImplementedError: an unlowerable op
             raise BuildError(f"the {target} target cannot emit this graph: {e}") from e
         manifest = artifact.manifest
         if manifest.get("precision_tier") and metrics.TIERS.index(manifest["precision_tier"]) > metrics.TIERS.index(tier):

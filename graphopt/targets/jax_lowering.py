@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import Graph
+from ..ir.ops import lhs_dilations
 
 JaxLowering = Callable[..., list]
 LOWERINGS: dict[str, JaxLowering] = {}
@@ -126,12 +127,27 @@ def _table():
         dn = lax.conv_dimension_numbers(xl.shape, wl.shape, ("N" + sp + "C", sp + "IO", "N" + sp + "C"))
         acc = jnp.float32 if x.dtype == jnp.float16 else None
         out = lax.conv_general_dilated(xl, wl, a["strides"], [tuple(p) for p in a["pads"]],
-                                       rhs_dilation=a["dilations"], dimension_numbers=dn,
-                                       feature_group_count=a["groups"], precision=lax.Precision.HIGHEST,
-                                       preferred_element_type=acc)
+                                       lhs_dilation=lhs_dilations(a, nsp), rhs_dilation=a["dilations"],
+                                       dimension_numbers=dn, feature_group_count=a["groups"],
+                                       precision=lax.Precision.HIGHEST, preferred_element_type=acc)
         if b is not None:
             out = out + b.astype(out.dtype)
         return [jnp.transpose(out, first).astype(x.dtype)]
+
+    @lowering("reverse")
+    def _reverse(n, x):
+        return [lax.rev(x, n.attrs["axes"])]
+
+    @lowering("pool")
+    def _pool(n, x):
+        a = n.attrs
+        acc = jnp.float32 if x.dtype == jnp.float16 else x.dtype  # as the IR: f16 windows sum in f32
+        init, combine = (-jnp.inf, lax.max) if a["mode"] == "max" else (0, lax.add)
+        out = lax.reduce_window(x.astype(acc), np.array(init, acc), combine, a["window"], a["strides"],
+                                [tuple(p) for p in a["pads"]])
+        if a["mode"] == "avg":
+            out = out / np.array(np.prod(a["window"]), acc)
+        return [out.astype(x.dtype)]
 
 
 def to_jax_function(graph: Graph) -> Callable:

@@ -4,6 +4,7 @@ Lowering is a table: one function per IR op that emits ONNX nodes through an Onn
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from .. import artifact as art
 from ..ir import Graph, Node, Value
+from ..ir.ops import lhs_dilations
 from ..stream import Stream
 
 OPSET = 18
@@ -206,7 +208,11 @@ def _take(b, n, ins, out):
 
 
 def _reduce(op_type: str) -> Lowering:
-    return lambda b, n, ins, out: b.node(op_type, [ins[0], b.ints(n.attrs["axes"])], out, keepdims=0)
+    def lower(b, n, ins, out):
+        if not n.attrs["axes"]:  # ONNX reduces every axis when given none; the IR reduces none
+            return b.node("Identity", [ins[0]], out)
+        return b.node(op_type, [ins[0], b.ints(n.attrs["axes"])], out, keepdims=0)
+    return lower
 
 
 LOWERINGS["reduce_sum"] = _reduce("ReduceSum")
@@ -253,9 +259,105 @@ def einsum_equation(lhs_rank: int, rhs_rank: int, a: dict) -> str:
 @lowering("conv")
 def _conv(b, n, ins, out):
     a = n.attrs
+    if any(d != 1 for d in lhs_dilations(a, len(n.inputs[0].shape) - 2)):
+        raise UnsupportedOpError(f"conv %{n.outputs[0].name} has lhs_dilations {a['lhs_dilations']}, which ONNX "
+                                 "Conv lacks; run the expand-lhs-dilation lowering pass first (graphopt build "
+                                 "does for this target)")
     pads = [lo for lo, _ in a["pads"]] + [hi for _, hi in a["pads"]]
     b.node("Conv", ins, out, strides=list(a["strides"]), pads=pads, dilations=list(a["dilations"]),
            group=a["groups"], kernel_shape=list(n.inputs[1].shape[2:]))
+
+
+@lowering("reverse")
+def _reverse(b, n, ins, out):
+    axes = n.attrs["axes"]
+    if not axes:
+        b.node("Identity", ins, out)
+        return
+    shape = n.inputs[0].shape
+    # step -1 from the last element; an end of -(d+1) is one before the first (0 itself would stop short)
+    ends = [-(shape[ax] + 1) for ax in axes]
+    b.node("Slice", [ins[0], b.ints([-1] * len(axes)), b.ints(ends), b.ints(axes), b.ints([-1] * len(axes))], out)
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """An IR pool as an [N, C, *spatial] pool: the axes with a trivial window (size 1, stride 1, no
+    padding) moved to the front and folded into N and C, the windowed axes (in order) spatial."""
+    perm: tuple[int, ...]  # trivial axes, then windowed axes
+    folded: tuple[int, ...] | None  # [N, C, *windowed dims] to reshape to; None where already so
+    unfolded: tuple[int, ...]  # the pool's output in perm order
+    window: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+
+    @property
+    def inverse(self) -> tuple[int, ...] | None:
+        """The permutation back to the IR's axis order; None where perm is the identity."""
+        if self.perm == tuple(range(len(self.perm))):
+            return None
+        return tuple(int(i) for i in np.argsort(self.perm))
+
+
+def pool_plan(in_shape: tuple[int, ...], out_shape: tuple[int, ...], a: dict) -> PoolPlan:
+    """Plan an IR pool (attributes a) of in_shape -> out_shape as an [N, C, *spatial] pool."""
+    rank = len(in_shape)
+    trivial = [i for i in range(rank) if (a["window"][i], a["strides"][i], tuple(a["pads"][i])) == (1, 1, (0, 0))]
+    axes = [i for i in range(rank) if i not in trivial]
+    folded = None
+    if len(trivial) != 2:  # N = product of all trivial axes but the last, C = the last (1 if none)
+        outer = [in_shape[i] for i in trivial]
+        folded = (int(np.prod(outer[:-1], dtype=np.int64)), outer[-1] if outer else 1) + tuple(in_shape[i] for i in axes)
+    return PoolPlan(perm=tuple(trivial + axes), folded=folded, unfolded=tuple(out_shape[i] for i in trivial + axes),
+                    window=tuple(a["window"][i] for i in axes), strides=tuple(a["strides"][i] for i in axes),
+                    pads=tuple(tuple(a["pads"][i]) for i in axes))
+
+
+def _chain(b: OnnxBuilder, x: str, steps: list, out: str) -> None:
+    """Emit steps (op_type, extra inputs, attributes) one after another from x, the last into out."""
+    steps = steps or [("Identity", [], {})]
+    for i, (op_type, extra, attrs) in enumerate(steps):
+        x = b.node(op_type, [x] + extra, out if i == len(steps) - 1 else None, **attrs)
+
+
+def _pool_steps(b: OnnxBuilder, n: Node, plan: PoolPlan) -> list:
+    """MaxPool, or AveragePool with the padding counted (sum: times the window size), over [N, C, *spatial]."""
+    mode, pads, steps = n.attrs["mode"], plan.pads, []
+    if any(lo >= k or hi >= k for (lo, hi), k in zip(pads, plan.window)):
+        # onnxruntime's pools take pads smaller than the window only: pad first. The axes input keeps
+        # onnxruntime's PadFusion from folding a zero Pad back into the pool's pads.
+        flat = [lo for lo, _ in pads] + [hi for _, hi in pads]
+        fill = _scalar(b, n, -np.inf if mode == "max" else 0)
+        steps.append(("Pad", [b.ints(flat), fill, b.ints(range(2, 2 + len(pads)))], {"mode": "constant"}))
+        pads = ((0, 0),) * len(pads)
+    attrs = {"kernel_shape": list(plan.window), "strides": list(plan.strides),
+             "pads": [lo for lo, _ in pads] + [hi for _, hi in pads]}
+    if mode == "max":
+        return steps + [("MaxPool", [], attrs)]
+    steps.append(("AveragePool", [], {**attrs, "count_include_pad": 1}))
+    if mode == "sum":
+        steps.append(("Mul", [_scalar(b, n, np.prod(plan.window))], {}))
+    return steps
+
+
+@lowering("pool")
+def _pool(b, n, ins, out):
+    plan = pool_plan(n.inputs[0].shape, n.outputs[0].shape, n.attrs)
+    if len(plan.window) > 3:
+        raise UnsupportedOpError(f"pool %{n.outputs[0].name} has a window on {len(plan.window)} axes; ONNX "
+                                 "MaxPool/AveragePool pool at most 3 (split it into two pools: a box window is separable)")
+    steps = []
+    if plan.window:
+        if plan.inverse:
+            steps.append(("Transpose", [], {"perm": list(plan.perm)}))
+        if plan.folded:
+            steps.append(("Reshape", [b.ints(plan.folded)], {}))
+        steps += _pool_steps(b, n, plan)
+        if plan.folded:
+            steps.append(("Reshape", [b.ints(plan.unfolded)], {}))
+        if plan.inverse:
+            steps.append(("Transpose", [], {"perm": list(plan.inverse)}))
+    _chain(b, ins[0], steps, out)
 
 
 def to_onnx(graph: Graph):

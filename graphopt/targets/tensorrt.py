@@ -27,7 +27,8 @@ LEGAL_OPS = frozenset({
     "neg", "exp", "log", "sqrt", "rsqrt", "floor", "ceil", "abs", "sign", "sin", "cos", "tanh", "sigmoid", "erf",
     "log1p", "expm1", "not", "add", "sub", "mul", "div", "max", "min", "pow", "and", "or", "lt", "le", "gt",
     "ge", "eq", "ne", "is_finite", "select", "cast", "clamp", "round", "reshape", "transpose", "broadcast",
-    "slice", "concat", "pad", "take", "reduce_sum", "reduce_max", "reduce_min", "cumsum", "dot", "conv",
+    "slice", "concat", "pad", "take", "reduce_sum", "reduce_max", "reduce_min", "cumsum", "dot", "conv", "pool",
+    "reverse",
 })
 LEGAL_DTYPES = frozenset({"float32", "float16", "int32", "bool"})
 
@@ -114,6 +115,8 @@ def build_engine(model_file: Path, manifest: dict) -> Path:
     config = builder.create_builder_config()
     if opts["fp16"]:
         config.set_flag(trt.BuilderFlag.FP16)
+    else:  # float32 means float32: no TF32 convolutions/matmuls (on by default on Ampere and later)
+        config.clear_flag(trt.BuilderFlag.TF32)
     config.builder_optimization_level = opts["optimization_level"]
     profile = builder.create_optimization_profile()  # static: min = opt = max
     for i in range(network.num_inputs):

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import Graph, Node
+from ..ir.ops import lhs_dilations
 
 
 class UnsupportedOpError(ValueError):
@@ -91,6 +92,34 @@ def _conv(x, w, b, strides, pads, dilations, groups):
     return fn(x, w, b, tuple(strides), padding, tuple(dilations), groups)
 
 
+def _window_pool(x, mode, window, strides, pads):
+    """torch pooling of [N, C, *spatial] (1 to 3 axes); 1-D pools as 2-D, for avg_pool2d's divisor_override."""
+    import torch
+    F = torch.nn.functional
+    if len(window) == 1:
+        return _window_pool(x.unsqueeze(2), mode, (1,) + window, (1,) + strides, ((0, 0),) + pads).squeeze(2)
+    if any(lo != hi or lo > k // 2 for (lo, hi), k in zip(pads, window)):  # torch pads evenly, at most k // 2
+        x = _pad(x, float("-inf") if mode == "max" else 0.0, [(0, 0), (0, 0)] + list(pads))
+        pads = ((0, 0),) * len(pads)
+    padding = tuple(lo for lo, _ in pads)
+    if mode == "max":  # pads with -inf
+        return {2: F.max_pool2d, 3: F.max_pool3d}[len(window)](x, window, strides, padding)
+    return {2: F.avg_pool2d, 3: F.avg_pool3d}[len(window)](x, window, strides, padding, count_include_pad=True,
+                                                           divisor_override=1 if mode == "sum" else None)
+
+
+def _pool(x, mode, perm, folded, unfolded, window, strides, pads, inverse):
+    """An IR pool: trivially windowed axes moved first (perm) and folded into N and C (see onnx.pool_plan)."""
+    if perm:
+        x = x.permute(perm)
+    if folded:
+        x = x.reshape(folded)
+    y = _window_pool(x, mode, window, strides, pads)
+    if folded:
+        y = y.reshape(unfolded)
+    return y.permute(inverse) if inverse else y
+
+
 def _table() -> dict[str, Callable]:
     import torch
     t = {
@@ -148,10 +177,32 @@ def _call(node: Node, args: list) -> tuple[Callable, tuple, dict]:
         matmul = (not a["lhs_batch"] and a["lhs_contract"] == (len(lhs.shape) - 1,) and len(rhs.shape) == 2
                   and a["rhs_contract"] == (0,))
         return _dot, (x, args[1], einsum_equation(len(lhs.shape), len(rhs.shape), a), matmul), {}
+    if op == "reverse":
+        return torch.flip, (x, tuple(a["axes"])), {}
+    if op == "pool":
+        return _pool_call(node, x)
     if op == "conv":
+        if any(d != 1 for d in lhs_dilations(a, len(node.inputs[0].shape) - 2)):
+            raise UnsupportedOpError(f"conv %{node.outputs[0].name} has lhs_dilations {a['lhs_dilations']}, which "
+                                     "torch's conv lacks; run the expand-lhs-dilation lowering pass first (graphopt "
+                                     "build does for this target)")
         b = args[2] if len(args) == 3 else None
         return _conv, (x, args[1], b, a["strides"], [tuple(p) for p in a["pads"]], a["dilations"], a["groups"]), {}
     raise UnsupportedOpError(f"op '{op}' has no torch lowering (graphopt/targets/torch_lowering.py)")
+
+
+def _pool_call(node: Node, x) -> tuple[Callable, tuple, dict]:
+    import torch
+
+    from .onnx import pool_plan
+    plan = pool_plan(node.inputs[0].shape, node.outputs[0].shape, node.attrs)
+    if not plan.window:
+        return torch.clone, (x,), {}
+    if len(plan.window) > 3:
+        raise UnsupportedOpError(f"pool %{node.outputs[0].name} has a window on {len(plan.window)} axes; torch "
+                                 "pools at most 3 (split it into two pools: a box window is separable)")
+    return _pool, (x, node.attrs["mode"], plan.perm if plan.inverse else None, plan.folded, plan.unfolded,
+                   plan.window, plan.strides, plan.pads, plan.inverse), {}
 
 
 def to_graph_module(graph: Graph):
