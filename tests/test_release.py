@@ -94,12 +94,11 @@ def _files(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("target", DETERMINISTIC)
-def test_builds_are_byte_identical(facephys, tmp_path, target):
+def _assert_builds_identical(model: str, target: str, tmp_path):
     outs = []
     for i in range(2):
         try:
-            build("facephys", target, tmp_path / f"b{i}", verify=False, log=lambda m: None)
+            build(model, target, tmp_path / f"b{i}", verify=False, log=lambda m: None)
         except EngineNeedsGpu:
             pass
         outs.append(tmp_path / f"b{i}")
@@ -109,7 +108,18 @@ def test_builds_are_byte_identical(facephys, tmp_path, target):
         if name.endswith(".manifest.json"):
             assert _strip_timings(json.loads(a[name])) == _strip_timings(json.loads(b[name])), name
         else:
-            assert a[name] == b[name], f"{target}: {name} differs between two builds"
+            assert a[name] == b[name], f"{model} {target}: {name} differs between two builds"
+
+
+@pytest.mark.parametrize("target", DETERMINISTIC)
+def test_builds_are_byte_identical(facephys, tmp_path, target):
+    _assert_builds_identical("facephys", target, tmp_path)
+
+
+@pytest.mark.parametrize("target", ["onnx", "xla", "tflite"])
+def test_physnet_builds_are_byte_identical(tmp_path, target):
+    """The chunk model too (its pools, 3-D convs and lowerings are emitted deterministically)."""
+    _assert_builds_identical("physnet", target, tmp_path)
 
 
 @pytest.mark.parametrize("target", sorted(NOT_DETERMINISTIC))
