@@ -121,8 +121,9 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
             name += "'"
         steps[name] = stream.step
         meta[name] = {"backend": BACKENDS[kind], "target": kind, "artifact": str(path)}
-    log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {steps_per_round} steps, 1 thread ...")
-    rows = measure(steps, frames, rounds=rounds, frames_per_step=per, **plan(per, steps_per_round))
+    timing = plan(per, steps_per_round)
+    log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {timing['steps_per_round']} steps, 1 thread ...")
+    rows = measure(steps, frames, rounds=rounds, frames_per_step=per, **timing)
     gflops = sgemm_gflops()
     flops = ref_model.trace().flops() / per
     bound_fps = gflops * 1e9 / flops if flops else None

@@ -64,12 +64,27 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
                           "VAR_HANDLE/READ_VARIABLE/ASSIGN_VARIABLE around it, which run outside XNNPACK)")
         twin.unlink()
     manifest["sha256"] = art.sha256(model_file)
-    manifest["tflite"] = {"state_mode": state_mode, "signatures": sorted(signatures), **delegation}
+    manifest["tflite"] = {"state_mode": state_mode, "signatures": sorted(signatures),
+                          "tensor_dtypes": tensor_dtypes(model_file), **delegation}
+    stored = {"fp16": "float16", "int8": "int8"}.get(weights)
+    if stored and not manifest["tflite"]["tensor_dtypes"].get(stored):
+        # e.g. dynamic-range quantisation skips CONV_3D: nothing was stored narrower, so claim nothing looser
+        manifest["precision"] = f"float32 ({weights} asked for; the converter stored no {stored} weights)"
+        manifest.pop("precision_tier", None)
     if requested != state_mode:
         manifest["tflite"]["state_mode_note"] = (f"state mode {requested!r} was asked for, but the graph has no "
                                                  "state: emitted in io mode (step alone)")
     manifest["tools"] = art.tool_versions("tensorflow-cpu", "ai-edge-litert")
     return art.finish(graph, model_file, manifest)
+
+
+def tensor_dtypes(model_file: Path) -> dict[str, int]:
+    """How many tensors of the model (weights included) have each dtype."""
+    counts: dict[str, int] = {}
+    for t in interpreter(model_file).get_tensor_details():
+        name = np.dtype(t["dtype"]).name
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def interpreter(model_file: Path, threads: int = 1, resolver=None):

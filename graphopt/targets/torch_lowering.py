@@ -1,8 +1,9 @@
 """Lower an IR graph to a torch.fx GraphModule: placeholders for the inputs and state, one
 call_function node per IR op (a table of torch functions), parameters as buffers.
 
-forward(*inputs, *state) -> (*outputs, *new_state). Convolutions stay channels-first (torch's own
-layout), so no layout work is needed here.
+forward(*inputs, *state) -> (*outputs, *new_state). Convolutions keep the IR's channels-first shapes;
+their inputs are laid out channels-last in memory (torch's memory_format), which torch's CPU
+convolutions run faster, and the conv outputs stay so for the ops that follow.
 """
 from __future__ import annotations
 
@@ -89,7 +90,13 @@ def _conv(x, w, b, strides, pads, dilations, groups):
     else:
         padding = tuple(lo for lo, _ in pads)
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nsp]
+    if nsp in CHANNELS_LAST:  # torch's CPU convs are faster channels-last; a no-op when x already is
+        x = x.contiguous(memory_format=getattr(torch, CHANNELS_LAST[nsp]))
     return fn(x, w, b, tuple(strides), padding, tuple(dilations), groups)
+
+
+# the IR's convs are channels-first; torch runs them on channels-last memory (same shapes, other strides)
+CHANNELS_LAST = {2: "channels_last", 3: "channels_last_3d"}
 
 
 def _window_pool(x, mode, window, strides, pads):
