@@ -51,6 +51,8 @@ def test_precision_variants_claim_and_reach_their_tiers(small_release):
     fp16, int8, fp32 = r["tflite-fp16"], r["tflite-int8"], r["tflite"]
     assert fp16["precision"] == "float16 weights" and fp16["tier_claimed"] == "signal"
     assert int8["precision"] == "int8 dynamic-range weights" and int8["tier_claimed"] == "quantised"
+    dtypes = json.loads((out / "tflite-int8" / "facephys.manifest.json").read_text())["tflite"]["tensor_dtypes"]
+    assert dtypes["int8"] > 0 and dtypes["float32"] > 0  # every subgraph counted, the weights among them
     for e in (fp16, int8):
         assert e["tier"] in ("rounding", "signal", "quantised") and e["hr_bpm"] == fp32["hr_bpm"]
     assert fp32["precision"] == "float32" and fp32["tier_claimed"] == "signal"

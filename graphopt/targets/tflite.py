@@ -79,11 +79,17 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
 
 
 def tensor_dtypes(model_file: Path) -> dict[str, int]:
-    """How many tensors of the model (weights included) have each dtype."""
+    """How many tensors of every subgraph (weights included) have each dtype, read from the flatbuffer
+    (LiteRT's Python API lists the first subgraph's tensors only)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(Path(model_file).read_bytes(), 0)
     counts: dict[str, int] = {}
-    for t in interpreter(model_file).get_tensor_details():
-        name = np.dtype(t["dtype"]).name
-        counts[name] = counts.get(name, 0) + 1
+    for i in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(i)
+        for j in range(sub.TensorsLength()):
+            name = names.get(sub.Tensors(j).Type(), "unknown")
+            counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
 
 
