@@ -197,31 +197,37 @@ def _io_lines(r: dict) -> list[str]:
 
 
 def _run_snippets(r: dict) -> list[str]:
-    """A few lines per runtime, with this model's own input names (and dt and state where it has them)."""
+    """Runnable lines per runtime (run from the release folder), with this model's own input names,
+    shapes, dt and state where it has them. Sections are separated by blank lines."""
+    model = r["model"]
     names = [i["name"] for i in r["inputs"]]
     has_dt, stateful = "dt" in names, bool(r["state_tensors"])
-    x = next(n for n in names if n != "dt")
-    feed = f"'{x}': {x}" + (", 'dt': np.float32(1/30)" if has_dt else "")
-    args = x + (", np.float32(1/30)" if has_dt else "")
-    targs = f"torch.from_numpy({x})" + (", torch.tensor(1/30)" if has_dt else "")
-    tail = ", *state.values()" if stateful else ""
-    lines = ["```python", "import numpy as np"]
+    x_spec = next(i for i in r["inputs"] if i["name"] != "dt")
+    x = x_spec["name"]
+    inputs = [x] + (["dt"] if has_dt else [])
+    lines = ["```python", "import numpy as np",
+             f"{x} = np.zeros({tuple(x_spec['shape'])}, np.{x_spec['dtype']})  # your input: RGB in 0..1"]
+    if has_dt:
+        lines.append("dt = np.array(1/30, np.float32)  # seconds since the previous frame")
     if stateful:
-        lines.append("state = dict(np.load('onnx/<model>.state.npz'))  # state_in_i arrays")
-    lines += ["", "# onnxruntime", "import onnxruntime as ort", "s = ort.InferenceSession('onnx/<model>.onnx')",
-              f"outs = s.run(None, {{{feed}{', **state' if stateful else ''}}})"]
+        lines.append(f"state = dict(np.load('onnx/{model}.state.npz'))  # state_in_i arrays, in order")
+    feed = ", ".join(f"'{n}': {n}" for n in inputs) + (", **state" if stateful else "")
+    lines += ["", "# onnxruntime", "import onnxruntime as ort", f"s = ort.InferenceSession('onnx/{model}.onnx')",
+              f"outs = s.run(None, {{{feed}}})"]
     if stateful:
         lines.append("bvp, state = outs[0], {f'state_in_{i}': o for i, o in enumerate(outs[1:])}")
     lines += ["", "# LiteRT" + (" (state inside the model)" if stateful else ""),
               "from ai_edge_litert.interpreter import Interpreter",
-              "it = Interpreter('tflite/<model>.tflite', num_threads=1); step = it.get_signature_runner('step')",
-              f"bvp = step({', '.join(f'{k}={v}' for k, v in [(x, x)] + ([('dt', 'np.float32(1/30)')] if has_dt else []))})"
-              f"['bvp']" + ("   # reset with it.get_signature_runner('reset')()" if stateful else ""),
-              "", "# XLA (jax.export)", "from jax import export",
-              "exp = export.deserialize(bytearray(open('xla/<model>.jaxexport', 'rb').read()))",
-              f"bvp, *new_state = exp.call({args}{tail})",
-              "", "# PyTorch", "import torch", "m = torch.export.load('torch/<model>.pt2').module()",
-              f"bvp, *new_state = m({targs}{', *map(torch.from_numpy, state.values())' if stateful else ''})",
-              "", "# or, with graphopt installed, any of them:", "import graphopt",
+              f"it = Interpreter('tflite/{model}.tflite', num_threads=1); step = it.get_signature_runner('step')",
+              f"bvp = step({', '.join(f'{n}={n}' for n in inputs)})['bvp']"
+              + ("  # reset: it.get_signature_runner('reset')()" if stateful else "")]
+    tail = ", *state.values()" if stateful else ""
+    lines += ["", "# XLA (jax.export)", "from jax import export",
+              f"exp = export.deserialize(bytearray(open('xla/{model}.jaxexport', 'rb').read()))",
+              f"bvp, *new_state = exp.call({', '.join(inputs)}{tail})"]
+    targs = ", ".join(f"torch.from_numpy({n})" for n in inputs)
+    lines += ["", "# PyTorch", "import torch", f"m = torch.export.load('torch/{model}.pt2').module()",
+              f"bvp, *new_state = m({targs}{', *map(torch.from_numpy, state.values())' if stateful else ''})"]
+    lines += ["", "# or, with graphopt installed, any of them:", "import graphopt",
               f"stream = graphopt.load('onnx'); bvp = stream.step({x})", "```"]
     return lines

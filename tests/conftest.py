@@ -53,3 +53,27 @@ def onnx_exact(tmp_path_factory, facephys):
     from graphopt.build import build
     out = tmp_path_factory.mktemp("artifacts") / "facephys-onnx-exact"
     return build("facephys", "onnx", out, exact=True, log=lambda m: None)
+
+
+def _run_model_card(folder):
+    """Run the python block of a release's README in a fresh interpreter from the release folder,
+    section by section (blank-line separated), leaving out sections whose artifact folder is absent.
+    Returns the last bvp's shape as printed; fails with the interpreter's stderr."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    folder = Path(folder)
+    code = (folder / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    prelude, *sections = code.strip().split("\n\n")
+    uses = lambda s: re.findall(r"'([\w-]+)/", s) + re.findall(r"load\('([\w-]+)'\)", s)
+    kept = [s for s in sections if all((folder / d).is_dir() for d in uses(s))]
+    src = "\n\n".join([prelude] + kept) + "\nprint('bvp shape', tuple(np.asarray(bvp).shape))\n"
+    r = subprocess.run([sys.executable, "-c", src], cwd=folder, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"the model card's code failed:\n{src}\n{r.stderr[-3000:]}"
+    return [s.splitlines()[0] for s in kept], r.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def run_model_card():
+    return _run_model_card

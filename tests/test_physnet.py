@@ -165,3 +165,11 @@ def test_release_builds_every_cpu_target_at_its_tier(physnet_release):
     card = (out / "README.md").read_text()
     assert "a chunk of 128 RGB face crops" in card and "no state" in card
     assert "'dt'" not in card and "state.npz" not in card and "| `onnx/physnet.onnx` |" in card
+
+
+def test_release_model_card_code_runs_on_every_runtime(physnet_release, run_model_card):
+    _, out = physnet_release
+    sections, last = run_model_card(out)
+    assert sections == ["# onnxruntime", "# LiteRT", "# XLA (jax.export)", "# PyTorch",
+                        "# or, with graphopt installed, any of them:"]
+    assert last == "bvp shape (1, 128)"

@@ -45,6 +45,14 @@ def test_release_folder_is_complete(small_release):
     assert "## Running each artifact" in card and "get_signature_runner('step')" in card
 
 
+def test_model_card_code_runs(small_release, run_model_card):
+    """The card's snippets run as printed (with this release's folders: onnx, tflite, graphopt)."""
+    _, out = small_release
+    sections, last = run_model_card(out)
+    assert sections == ["# onnxruntime", "# LiteRT (state inside the model)", "# or, with graphopt installed, any of them:"]
+    assert last == "bvp shape (1, 1)"
+
+
 def test_precision_variants_claim_and_reach_their_tiers(small_release):
     _, out = small_release
     r = json.loads((out / "release.json").read_text())["artifacts"]
