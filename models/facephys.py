@@ -11,7 +11,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from .source import (ModelSourceError, StepModel, check_weights_file, load_module, require_keras_jax,  # noqa: E402
+from .source import (StepModel, check_weights_file, load_weights, load_module, require_keras_jax,  # noqa: E402
                      locate_package_file, sha256_file)
 
 PACKAGE, VERSION = "open-rppg", "0.1.1"
@@ -37,12 +37,7 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
     module = load_module("graphopt_facephys_code", code_path)
     model = module.FacePhys([2] * 4, [32] * 4)
     model.build(FRAME_SHAPE)
-    try:
-        model.load_weights(weights_path)
-    except Exception as e:  # h5py raises OSError/ValueError/KeyError for bad files
-        raise ModelSourceError(f"weights file {weights_path} could not be loaded as FacePhys weights "
-                               f"({type(e).__name__}: {e}); pass --weights PATH to a valid FacePhys "
-                               f".weights.h5 file, or reinstall {PACKAGE}=={VERSION}") from None
+    load_weights(model, weights_path, "FacePhys", PACKAGE, VERSION)
     mixed = [layer for layer in model._flatten_layers() if layer.dtype_policy.name == "mixed_float16"]
     if not as_published:
         for layer in mixed:

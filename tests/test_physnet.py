@@ -51,6 +51,10 @@ def test_missing_or_corrupt_weights_name_the_file(tmp_path):
     bad.write_bytes(b"not hdf5")
     with pytest.raises(models.ModelSourceError, match="not an HDF5 file"):
         models.adapter("physnet").load(weights=str(bad))
+    from graphopt.models.source import locate_package_file
+    other = locate_package_file("open-rppg", "0.1.1", "rppg/weights/FacePhys.rlap.weights.h5")
+    with pytest.raises(models.ModelSourceError, match="could not be loaded as PhysNet weights .*pass --weights"):
+        models.adapter("physnet").load(weights=other)  # valid HDF5, another model's weights
 
 
 def test_trace_is_a_chunk_graph_matching_the_authors_model(physnet, physnet_graph, chunk):
