@@ -12,6 +12,7 @@ import numpy as np
 from graphopt.ir import OPS, Graph, Value
 
 from .algebra import _aligned, _single_use
+from .cleanup import dce
 from .rewrite import C, P, Rule, X
 
 ELEMENTWISE = tuple(sorted(n for n, op in OPS.items() if op.elementwise))
@@ -273,7 +274,6 @@ def sink_transpose_regions(graph: Graph) -> bool:
         for v in exits:
             graph.replace_all_uses(v, graph.op("transpose", new[id(v)], perm=perm))
         graph.toposort()
-        from .cleanup import dce
         dce(graph)
         changed = True
     return changed
