@@ -277,3 +277,104 @@ def sink_transpose_regions(graph: Graph) -> bool:
         dce(graph)
         changed = True
     return changed
+
+
+# ---- reshape hoisting ---------------------------------------------------------------------------------------
+
+
+def _unit_reshape(src, dst) -> bool:
+    """A reshape that only inserts or removes unit dimensions."""
+    return src != dst and [d for d in src if d != 1] == [d for d in dst if d != 1]
+
+
+def _const_in_shape(c: np.ndarray, src: tuple, dst: tuple) -> np.ndarray | None:
+    """A constant broadcast against shape src, re-laid so it broadcasts the same way against dst (a
+    unit reshape of src): the non-unit axes keep their sizes and order, the unit ones become 1."""
+    ca = _aligned(c, len(src))
+    if ca.ndim != len(src):
+        return None
+    sizes = [ca.shape[i] for i, d in enumerate(src) if d != 1]
+    if any(ca.shape[i] != 1 for i, d in enumerate(src) if d == 1):
+        return None
+    it = iter(sizes)
+    return ca.reshape(tuple(next(it) if d != 1 else 1 for d in dst))
+
+
+def _component(v: Value, users) -> list:
+    """The elementwise nodes of v's shape connected to v's producer through values of that shape."""
+    shape, seen, todo, nodes = v.shape, set(), [v.producer], []
+    while todo:
+        n = todo.pop()
+        if n is None or id(n) in seen or n.op not in ELEMENTWISE or n.outputs[0].shape != shape:
+            continue
+        seen.add(id(n))
+        nodes.append(n)
+        todo += [x.producer for x in n.inputs if x.shape == shape]
+        todo += users.get(id(n.outputs[0]), [])
+    return nodes
+
+
+def hoist_unit_reshapes(graph: Graph) -> bool:
+    """Compute a region of elementwise ops in the shape its readers reshape it to.
+
+    A per-channel vector [1, C] computed by a chain of elementwise ops and read, at several points
+    of the chain, through reshapes to [1, C, 1, 1] (to broadcast against a [1, C, H, W] tensor)
+    costs one reshape per reader. Computing the whole region in [1, C, 1, 1] instead needs one
+    reshape per value entering it. Fires when fewer reshapes result; only unit-dimension reshapes
+    (same element order) are considered, so constants are re-laid, never reordered.
+    """
+    changed = False
+    for r in [n for n in graph.nodes if n.op == "reshape"]:
+        users = graph.users()
+        sinks = {id(v) for v in graph.sinks()}
+        if r not in graph.nodes or not _unit_reshape(r.inputs[0].shape, r.outputs[0].shape):
+            continue
+        src, dst = r.inputs[0].shape, r.outputs[0].shape
+        order = {id(n): i for i, n in enumerate(graph.nodes)}
+        nodes = sorted(_component(r.inputs[0], users), key=lambda n: order[id(n)])
+        inside = {id(n) for n in nodes}
+        produced = {id(n.outputs[0]) for n in nodes}
+        if not nodes:
+            continue
+        removed, exits, sources, consts = [], [], {}, {}
+        for n in nodes:
+            out = n.outputs[0]
+            for u in users.get(id(out), []):
+                if u.op == "reshape" and u.outputs[0].shape == dst:
+                    removed.append(u)
+                elif id(u) not in inside:
+                    exits.append(out)
+            if id(out) in sinks:
+                exits.append(out)
+            for x in n.inputs:
+                if id(x) in produced or (x.type.size == 1 and len(x.shape) <= len(dst)):
+                    continue
+                if x.is_param:
+                    c = _const_in_shape(x.const, src, dst)
+                    if c is None:
+                        break
+                    consts[id(x)] = c
+                elif x.shape == src:
+                    sources[id(x)] = x
+                else:
+                    break
+            else:
+                continue
+            break  # an operand that cannot be re-laid
+        else:
+            exits = list({id(v): v for v in exits}.values())
+            if len(sources) + len(exits) >= len(removed):
+                continue
+            new: dict[int, Value] = {id(x): graph.op("reshape", x, shape=dst) for x in sources.values()}
+            for n in nodes:
+                ins = [new[id(x)] if id(x) in new else graph.add_param(consts[id(x)]) if id(x) in consts else x
+                       for x in n.inputs]
+                new[id(n.outputs[0])] = graph.add_node(n.op, ins, **n.attrs).outputs[0]
+            for u in removed:
+                graph.replace_all_uses(u.outputs[0], new[id(u.inputs[0])])
+            for v in exits:
+                graph.replace_all_uses(v, graph.op("reshape", new[id(v)], shape=src))
+            graph.toposort()
+            dce(graph)
+            changed = True
+    return changed

@@ -62,9 +62,9 @@ register(Pass("algebra", rule_pass("algebra"),
 register(Pass("drop-cast-roundtrips", rule_pass("roundtrip"), exact=False,
               doc="float casts to a narrower type and straight back removed (value-changing)"))
 def _layout(graph: Graph) -> bool:
-    from .layout import sink_transpose_regions
+    from .layout import hoist_unit_reshapes, sink_transpose_regions
     changed = rule_pass("layout")(graph)
-    while sink_transpose_regions(graph):
+    while sink_transpose_regions(graph) | hoist_unit_reshapes(graph):
         changed = True
         rule_pass("layout")(graph)
     return changed

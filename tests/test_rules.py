@@ -1297,3 +1297,44 @@ def test_split_long_reduction_not_fired_for_short_integer_or_prime_length_sums()
            g.op("reduce_sum", p, axes=(1,)))
     assert_no_rewrite(g, ["split-long-reductions"], inputs=[randn(1, 64, 64, 2), np.ones((1, 128, 128), np.int32),
                                                             randn(2, 8209)])
+
+
+# ---- reshape hoisting (part of the layout pass) ---------------------------------------------------------
+
+
+def _per_channel_chain(g, v):
+    """v[1, C] -> exp(v + b) -> (e*2, e*3) read as [1, C, 1, 1] three times, like an SSM head's rates."""
+    e = g.op("exp", g.op("add", v, g.add_param(dyadic(1, 4, seed=3))))
+    a, b = g.op("mul", e, g.add_param(np.float32(2))), g.op("mul", e, g.add_param(dyadic(4, seed=4)))
+    return [g.op("reshape", x, shape=(1, 4, 1, 1)) for x in (e, a, b)]
+
+
+def test_reshape_hoisting_computes_the_region_in_the_shape_its_readers_want():
+    g = Graph()
+    v = g.add_input("v", f32(1, 4))
+    big = g.add_input("big", f32(1, 4, 3, 5))
+    finish(g, *[g.op("mul", big, r) for r in _per_channel_chain(g, v)])
+    hist, changed = rewrite_and_check(g, ["layout"])
+    assert changed and hist["reshape"] == 1  # one, on the way in, instead of three on the way out
+    assert next(n for n in g.nodes if n.op == "reshape").inputs[0] is v
+
+
+def test_reshape_hoisting_keeps_a_value_that_is_also_read_in_its_own_shape():
+    g = Graph()
+    v = g.add_input("v", f32(1, 4))
+    big = g.add_input("big", f32(1, 4, 3, 5))
+    rs = _per_channel_chain(g, v)
+    e = rs[0].producer.inputs[0]
+    finish(g, *[g.op("mul", big, r) for r in rs], e)  # e is also an output in [1, 4]
+    hist, changed = rewrite_and_check(g, ["layout"])
+    assert changed and hist["reshape"] == 2  # one in, one back out for the output
+
+
+def test_reshape_hoisting_not_fired_for_a_single_reader_or_a_reordering_reshape():
+    g = Graph()
+    v = g.add_input("v", f32(1, 4))
+    w = g.add_input("w", f32(2, 3))
+    x = g.op("reshape", g.op("exp", v), shape=(1, 4, 1))  # one reshape out for one in: no gain
+    y = g.op("exp", w)
+    finish(g, x, g.op("reshape", y, shape=(3, 2)), g.op("reshape", y, shape=(6,)), g.op("neg", y))
+    assert_no_rewrite(g, ["layout"])
