@@ -44,8 +44,11 @@ def inspect(path) -> dict:
     if "tflite" in manifest:
         t = manifest["tflite"]
         summary.update(state_mode=t["state_mode"], xnnpack_partitions=t["xnnpack_partitions"],
-                       tflite_ops=t["ops"], ops=t["op_histogram"], nodes=t["ops"])
+                       tflite_ops=t["ops"], ops=t["op_histogram"], nodes=t["ops"],
+                       tensor_dtypes=t.get("tensor_dtypes"))
     g = manifest["graph"]
+    summary.setdefault("params", g["params"])  # the IR's, where the model file is not ONNX
+    summary.setdefault("param_bytes", g["param_bytes"])
     summary.update(flops_per_step=g["flops_per_step"], ir_nodes=g["nodes"],
                    state_tensors=len(manifest["state"]), state_bytes=g["state_bytes"],
                    size_bytes=file_size(model_file),
@@ -58,7 +61,7 @@ def format_summary(s: dict) -> str:
              f"  target      {s['target']} ({s['precision']}), model {s['model']}",
              f"  pipeline    {', '.join(s['pipeline']) or 'none (unfused)'}",
              f"  nodes       {s.get('nodes', s['ir_nodes'])} (IR: {s['ir_nodes']})",
-             f"  params      {s.get('params', '?')} tensors, {s.get('param_bytes', 0) / 1e6:.2f} MB",
+             f"  params      {s['params']} tensors, {s['param_bytes'] / 1e6:.2f} MB",
              f"  state       {s['state_tensors']} tensors, {s['state_bytes'] / 1e6:.2f} MB",
              f"  FLOPs/step  {s['flops_per_step'] / 1e6:.1f} M",
              f"  file size   {s['size_bytes'] / 1e6:.2f} MB",
@@ -66,6 +69,8 @@ def format_summary(s: dict) -> str:
     if "xnnpack_partitions" in s:
         lines.append(f"  XNNPACK     {s['tflite_ops']} TFLite ops cut into {s['xnnpack_partitions']} delegate "
                      f"partitions (state mode {s['state_mode']})")
+    if s.get("tensor_dtypes"):
+        lines.append("  tensors     " + ", ".join(f"{k} {v}" for k, v in s["tensor_dtypes"].items()))
     if "ops" in s:
         lines.append("  ops         " + ", ".join(f"{k} {v}" for k, v in s["ops"].items()))
     return "\n".join(lines)

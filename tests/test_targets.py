@@ -134,6 +134,8 @@ def test_tflite_manifest_and_inspect(exact_artifacts, name, signatures, capsys):
     assert cli.main(["inspect", str(a.path)]) == 0
     out = capsys.readouterr().out
     assert f"{t['xnnpack_partitions']} delegate partitions" in out
+    assert f"params      {a.manifest['graph']['params']} tensors" in out  # the IR's count for a non-ONNX file
+    assert "tensors     float32 " in out and f"float32 {t['tensor_dtypes']['float32']}" in out
 
 
 def test_fused_graph_is_fewer_xnnpack_partitions(exact_artifacts):
