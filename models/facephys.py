@@ -11,8 +11,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from .source import (StepModel, check_weights_file, load_weights, load_module, require_keras_jax,  # noqa: E402
-                     locate_package_file, sha256_file)
+from .source import (StepModel, check_weights_file, keras_source, load_module, load_weights,  # noqa: E402
+                     locate_package_file, require_keras_jax)
 
 PACKAGE, VERSION = "open-rppg", "0.1.1"
 CODE = "rppg/models_code/FacePhys.py"
@@ -50,6 +50,8 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
         bvp, new_state = model.step(frame, jax.tree_util.tree_unflatten(treedef, state_leaves), dt=dt)
         return bvp, jax.tree_util.tree_leaves(new_state)
 
+    fields = keras_source(model, PACKAGE, VERSION, CODE, weights_path, as_published)
+    fields["source"]["mixed_float16_layers"] = len(mixed)
     return StepModel(
         name="facephys",
         step=step,
@@ -57,9 +59,5 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
         frame_shape=FRAME_SHAPE,
         fps=FPS,
         output_name="bvp",
-        param_names={id(v.value): v.path for v in model.variables},
-        source={"package": PACKAGE, "version": VERSION, "code": CODE,
-                "weights": os.path.abspath(weights_path), "weights_sha256": sha256_file(weights_path),
-                "precision": "mixed_float16" if as_published else "float32",
-                "mixed_float16_layers": len(mixed)},
+        **fields,
     )

@@ -15,8 +15,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from .source import (StepModel, check_weights_file, load_weights, load_package_module,  # noqa: E402
-                     locate_package_file, require_keras_jax, sha256_file)
+from .source import (StepModel, check_weights_file, keras_source, load_package_module, load_weights,  # noqa: E402
+                     locate_package_file, require_keras_jax)
 
 PACKAGE, VERSION = "open-rppg", "0.1.1"
 CODE = "rppg/models.py"
@@ -65,10 +65,7 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
         frame_shape=FRAME_SHAPE,
         fps=FPS,
         output_name="bvp",
-        param_names={id(v.value): v.path for v in model.variables},
-        source={"package": PACKAGE, "version": VERSION, "code": CODE,
-                "weights": os.path.abspath(weights_path), "weights_sha256": sha256_file(weights_path),
-                "precision": "mixed_float16" if as_published else "float32"},
+        **keras_source(model, PACKAGE, VERSION, CODE, weights_path, as_published),
         takes_dt=False,
         frames_per_step=CHUNK,
     )

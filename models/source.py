@@ -106,6 +106,14 @@ def load_weights(model, path: str, model_name: str, package: str, version: str) 
                                f".weights.h5 file, or reinstall {package}=={version}") from None
 
 
+def keras_source(model, package: str, version: str, code: str, weights_path: str, as_published: bool) -> dict:
+    """The StepModel fields every Keras adapter fills alike: readable parameter names and the source record."""
+    return {"param_names": {id(v.value): v.path for v in model.variables},
+            "source": {"package": package, "version": version, "code": code,
+                       "weights": os.path.abspath(weights_path), "weights_sha256": sha256_file(weights_path),
+                       "precision": "mixed_float16" if as_published else "float32"}}
+
+
 def sha256_file(path: str) -> str:
     from graphopt.artifact import sha256
     return sha256(path)
