@@ -197,6 +197,16 @@ RULES = [
 ]
 
 
+def _clone_region(graph: Graph, nodes: list, operand) -> dict[int, Value]:
+    """Copy region nodes (in topological order) reading each other's copies; an input from outside the
+    region becomes operand(input). Returns id(old output) -> new output."""
+    new: dict[int, Value] = {}
+    for n in nodes:
+        ins = [new[id(x)] if id(x) in new else operand(x) for x in n.inputs]
+        new[id(n.outputs[0])] = graph.add_node(n.op, ins, **n.attrs).outputs[0]
+    return new
+
+
 # ---- whole-region sinking ----------------------------------------------------------------------------------
 
 
@@ -258,19 +268,14 @@ def sink_transpose_regions(graph: Graph) -> bool:
         if len(dying) < len(feeds) or len(exits) > len(dying):
             continue  # a transposed operand is still read elsewhere, or more transposes would come out
         inv = _inverse(perm)
-        new: dict[int, Value] = {}
-        for n in nodes:
-            ins = []
-            for x in n.inputs:
-                if id(x) in new:
-                    ins.append(new[id(x)])
-                elif id(x) in feeds:
-                    ins.append(x.producer.inputs[0])
-                elif x.is_param and len(x.shape) > 0 and x.type.size > 1:
-                    ins.append(graph.add_param(np.ascontiguousarray(np.transpose(_aligned(x.const, len(perm)), inv))))
-                else:
-                    ins.append(x)
-            new[id(n.outputs[0])] = graph.add_node(n.op, ins, **n.attrs).outputs[0]
+
+        def operand(x: Value) -> Value:
+            if id(x) in feeds:
+                return x.producer.inputs[0]
+            if x.is_param and len(x.shape) > 0 and x.type.size > 1:
+                return graph.add_param(np.ascontiguousarray(np.transpose(_aligned(x.const, len(perm)), inv)))
+            return x
+        new = _clone_region(graph, nodes, operand)
         for v in exits:
             graph.replace_all_uses(v, graph.op("transpose", new[id(v)], perm=perm))
         graph.toposort()
@@ -365,11 +370,9 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
             exits = list({id(v): v for v in exits}.values())
             if len(sources) + len(exits) >= len(removed):
                 continue
-            new: dict[int, Value] = {id(x): graph.op("reshape", x, shape=dst) for x in sources.values()}
-            for n in nodes:
-                ins = [new[id(x)] if id(x) in new else graph.add_param(consts[id(x)]) if id(x) in consts else x
-                       for x in n.inputs]
-                new[id(n.outputs[0])] = graph.add_node(n.op, ins, **n.attrs).outputs[0]
+            entering = {id(x): graph.op("reshape", x, shape=dst) for x in sources.values()}
+            new = _clone_region(graph, nodes, lambda x: entering[id(x)] if id(x) in entering else
+                                graph.add_param(consts[id(x)]) if id(x) in consts else x)
             for u in removed:
                 graph.replace_all_uses(u.outputs[0], new[id(u.inputs[0])])
             for v in exits:
