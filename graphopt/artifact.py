@@ -179,6 +179,15 @@ def state_io_names(n: int) -> tuple[list[str], list[str]]:
     return [f"state_in_{i}" for i in range(n)], [f"state_out_{i}" for i in range(n)]
 
 
+def _view_fields(pair) -> dict:
+    """Manifest fields of a state stored in another layout than the model's: the view back to it."""
+    if not pair.view:
+        return {}
+    from . import state_views
+    return {"view": state_views.to_manifest(pair.view),
+            "model_shape": list(state_views.model_shape(pair.input.shape, pair.view))}
+
+
 def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
     """The manifest fields every target shares, derived from the IR graph it emitted."""
     spec = lambda name, v, **kw: {"name": name, "shape": list(v.shape), "dtype": v.dtype, **kw}
@@ -194,7 +203,7 @@ def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
         "frames_per_step": int(graph.meta.get("frames_per_step") or 1),
         "inputs": [spec(v.name, v, role=role(v)) for v in graph.inputs],
         "outputs": [spec(n, v) for n, v in zip(graph.output_names, graph.outputs)],
-        "state": [spec(s.name, s.input, input=i, output=o) for s, i, o in zip(graph.state, ins, outs)],
+        "state": [spec(s.name, s.input, input=i, output=o, **_view_fields(s)) for s, i, o in zip(graph.state, ins, outs)],
         "initial_state": {"file": file_name.rsplit(".", 1)[0] + STATE_SUFFIX,
                           "format": "npz, one array per state input name"},
         "graph": {"nodes": len(graph.nodes), "ops": graph.op_histogram(), "flops_per_step": graph.flops(),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import state_views
+
 
 class FrameError(ValueError):
     """A frame the model cannot take (wrong shape, NaN/Inf values); the state is left unchanged."""
@@ -31,6 +33,8 @@ class Stream:
         self.fixed_dt = (manifest.get("fixed_inputs") or {}).get("dt")
         self.default_dt = self.fixed_dt or 1.0 / float(manifest.get("fps") or 30.0)
         self._initial_state = [np.array(s) for s in initial_state]
+        views = [s.get("view") or [] for s in manifest.get("state", [])]
+        self._views = views if any(views) else None
         self._state = [s.copy() for s in self._initial_state]
 
     # ---- user API ------------------------------------------------------------------------
@@ -77,6 +81,15 @@ class Stream:
 
     @property
     def state(self) -> list[np.ndarray]:
+        """The state as the model holds it (the manifest's views applied to the stored tensors)."""
+        native = self.native_state
+        if not self._views:
+            return native
+        return [state_views.apply(s, v) for s, v in zip(native, self._views)]
+
+    @property
+    def native_state(self) -> list[np.ndarray]:
+        """The state tensors as the artifact stores them (manifest "state" order and shapes)."""
         return [np.asarray(s) for s in self._state]
 
     # ---- helpers -----------------------------------------------------------------------

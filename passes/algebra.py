@@ -123,6 +123,37 @@ def _dot_of_dot(g: Graph, b):
     return y if y.shape == out.shape else g.op("reshape", y, shape=out.shape)
 
 
+def _is_pointwise_conv(node) -> bool:
+    """A 1x1 convolution (stride 1, no padding, no dilation of any kind, one group): a matmul over channels."""
+    a, w = node.attrs, node.inputs[1]
+    nsp = len(w.shape) - 2
+    return (w.is_param and all(k == 1 for k in w.shape[2:]) and a["groups"] == 1 and a["strides"] == (1,) * nsp
+            and all(tuple(p) == (0, 0) for p in a["pads"]) and not any(d != 1 for d in a["lhs_dilations"]))
+
+
+def _conv_of_conv(g: Graph, b):
+    """conv1x1(conv(x, W1, b1), W2, b2) -> conv(x, W2 W1, W2 b1 + b2) when it does not add FLOPs (a
+    pointwise projection after a downsampling conv)."""
+    outer, inner_out = b["_node"], b["inner"]
+    inner = inner_out.producer
+    if not _is_pointwise_conv(outer) or not _single_use(b, inner_out) or inner.attrs["groups"] != 1 \
+            or not all(v.is_param for v in inner.inputs[1:]) or (len(outer.inputs) == 3 and not outer.inputs[2].is_param):
+        return None
+    W1, W2 = inner.inputs[1].const.astype(np.float64), outer.inputs[1].const.astype(np.float64)
+    o1, c, kernel = W1.shape[0], W1.shape[1], int(np.prod(W1.shape[2:]))
+    o2 = W2.shape[0]
+    if o2 * c * kernel > o1 * c * kernel + o2 * o1:
+        return None
+    M = W2.reshape(o2, o1)
+    W = np.tensordot(M, W1, axes=(1, 0))
+    bias = np.zeros(o2) if len(inner.inputs) < 3 else M @ inner.inputs[2].const.astype(np.float64)
+    if len(outer.inputs) == 3:
+        bias = bias + outer.inputs[2].const
+    dtype = outer.outputs[0].dtype
+    return g.add_node("conv", [inner.inputs[0], g.add_param(W.astype(dtype)), g.add_param(bias.astype(dtype))],
+                      **inner.attrs).outputs[0]
+
+
 def _slice_of_dot(g: Graph, b):
     """slice(dot(x, W)) on the output's last axis only -> dot(x, W[:, a:b]), when only slices read the dot."""
     node, d = b["_node"], b["d"]
@@ -185,6 +216,8 @@ RULES = [
     Rule("scale-into-dot", P("dot", P("mul", X("x"), C("c"), commute=True, name="scaled"), C()), _scale_into_dot),
     Rule("scale-into-dot", P("dot", P("div", X("x"), C("c"), name="scaled"), C()), _scale_into_dot),
     Rule("dot-of-dot", P("dot", X(), C()), _dot_of_dot),
+    Rule("conv-of-conv", P("conv", P("conv", name="inner"), C()), _conv_of_conv),
+    Rule("conv-of-conv", P("conv", P("conv", name="inner"), C(), C()), _conv_of_conv),
     Rule("slice-of-dot", P("slice", P("dot", X(), C(), name="d")), _slice_of_dot),
     Rule("avg-pool", P("div", P("pool", name="pool"), C("n", where=_scalar)), _avg_pool),
     Rule("mul-reduce-to-dot", P("reduce_sum", P("mul", X("p"), X("q"), name="prod")), _mul_reduce_to_dot),

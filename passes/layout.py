@@ -11,7 +11,8 @@ import numpy as np
 
 from graphopt.ir import OPS, Graph, Value
 
-from .algebra import _aligned, _single_use
+from . import algebra
+from .algebra import _aligned, _single_use, _unit_reshape_keeps_last
 from .cleanup import dce
 from .rewrite import C, P, Rule, X
 
@@ -116,6 +117,19 @@ def _dot_as_conv1x1(g: Graph, b):
     return g.op("transpose", y, perm=perm)
 
 
+def _dot_of_unit_reshape(g: Graph, b):
+    """dot(reshape(x), W) -> reshape(dot(x, W)) when the reshape only inserts or removes unit dimensions
+    before x's contracted last axis: the reshape moves past the dot, next to the layout ops around it."""
+    node, r = b["_node"], b["r"]
+    x = r.producer.inputs[0]
+    a = node.attrs
+    if not _single_use(b, r) or not _unit_reshape_keeps_last(r, x) or a["lhs_batch"] \
+            or a["lhs_contract"] != (len(r.shape) - 1,) or len(x.shape) < 1:
+        return None
+    y = g.op("dot", x, node.inputs[1], **dict(a, lhs_contract=(len(x.shape) - 1,)))
+    return g.op("reshape", y, shape=node.outputs[0].shape)
+
+
 def _absorb_into_reduce(g: Graph, b):
     """reduce(transpose(a, p), axes) -> reduce(a, p[axes]) when the kept dimensions stay in order."""
     node, t = b["_node"], b["t"]
@@ -187,11 +201,13 @@ RULES = [
     Rule("transpose-as-reshape", P("transpose", X("x")), _transpose_as_reshape),
     Rule("sink-transpose", P(ELEMENTWISE), _sink_transpose),
     Rule("transpose-of-concat", P("transpose", P("concat", name="cat")), _transpose_of_concat),
+    Rule("dot-of-unit-reshape", P("dot", P("reshape", X(), name="r"), C()), _dot_of_unit_reshape),
     Rule("dot-as-conv1x1", P("dot", P("transpose", X(), name="t"), C()), _dot_as_conv1x1),
     Rule("transpose-into-dot", P("dot", P("transpose", X(), name="t"), X()), _absorb_into_dot),
     Rule("transpose-into-reduce", P(("reduce_sum", "reduce_max", "reduce_min"), P("transpose", X(), name="t")),
          _absorb_into_reduce),
     Rule("conv-bias", P("add", P("conv", name="conv"), C("b"), commute=True), _conv_bias),
+    *[r for r in algebra.RULES if r.name == "conv-of-conv"],  # a projection the layout rules made a conv
     Rule("conv-scale", P("mul", P("conv", name="conv"), C("s"), commute=True), _conv_scale),
     Rule("pool-of-transpose", P("pool", P("transpose", X(), name="t")), _pool_of_transpose),
 ]
@@ -210,32 +226,66 @@ def _clone_region(graph: Graph, nodes: list, operand) -> dict[int, Value]:
 # ---- whole-region sinking ----------------------------------------------------------------------------------
 
 
+def _needs_relaying(x: Value) -> bool:
+    """A region operand that is computed (not a constant, not size 1, not a transpose that dies)."""
+    return not x.is_param and x.type.size > 1 and (x.producer is None or x.producer.op != "transpose")
+
+
 def _region_operand_ok(v: Value, perm, region: set[int]) -> bool:
     t = v.producer
     return (id(v) in region or v.is_param or v.type.size == 1
-            or (t is not None and t.op == "transpose" and t.attrs["perm"] == perm))
+            or (t is not None and t.op == "transpose" and t.attrs["perm"] == perm)
+            or _relaid_broadcast(v.shape, perm) is not None)
 
 
-def _grow_region(graph: Graph, t_out: Value, users) -> list | None:
-    """The elementwise nodes of t_out's shape reachable from t_out's readers whose every operand is in the
-    region, a transpose with t_out's perm, a constant or a size-1 value (topological order), or None."""
-    perm = t_out.producer.attrs["perm"]
-    region: set[int] = set()  # ids of values produced inside
-    nodes = []
-    pending = list(users.get(id(t_out), []))
-    order = {id(n): i for i, n in enumerate(graph.nodes)}
-    while pending:
-        pending.sort(key=lambda n: order[id(n)])
-        node = pending.pop(0)
-        if id(node.outputs[0]) in region:
+def _relaid_broadcast(shape: tuple, perm) -> tuple | None:
+    """For a computed operand that broadcasts against a value transposed by perm (a per-channel vector):
+    its shape against the untransposed value, where that only moves its unit dimensions (a reshape)."""
+    rank = len(perm)
+    if len(shape) > rank:
+        return None
+    aligned = (1,) * (rank - len(shape)) + tuple(shape)
+    inv = _inverse(perm)
+    if not _moves_unit_dims_only(aligned, inv):
+        return None
+    return tuple(aligned[i] for i in inv)
+
+
+def _grow_region(graph: Graph, t_out: Value, users) -> list:
+    """The elementwise nodes of t_out's shape connected to t_out's readers (through readers and producers)
+    whose every operand is in the region, a transpose with t_out's perm, a constant, a size-1 value or
+    a per-channel value a reshape re-lays (topological order).
+
+    The connected set is grown both ways first, then nodes with an operand that cannot be moved are
+    dropped until none is left, so a region fed by several transposes (a running mean whose state and
+    input are both transposed) is found from any one of them."""
+    perm, shape = t_out.producer.attrs["perm"], t_out.shape
+    candidates: dict[int, object] = {}
+    todo = list(users.get(id(t_out), []))
+    while todo:
+        n = todo.pop()
+        if id(n) in candidates or n.op not in ELEMENTWISE or n.outputs[0].shape != shape:
             continue
-        if node.op not in ELEMENTWISE or node.outputs[0].shape != t_out.shape \
-                or not all(_region_operand_ok(x, perm, region) for x in node.inputs):
+        candidates[id(n)] = n
+        todo += users.get(id(n.outputs[0]), [])
+        todo += [x.producer for x in n.inputs if x.producer is not None and x.shape == shape]
+    while True:
+        region = {id(n.outputs[0]) for n in candidates.values()}
+        bad = [k for k, n in candidates.items() if not all(_region_operand_ok(x, perm, region) for x in n.inputs)]
+        if not bad:
+            break
+        for k in bad:
+            del candidates[k]
+    # keep the part connected to t_out's readers
+    keep, todo = set(), [n for n in users.get(id(t_out), []) if id(n) in candidates]
+    while todo:
+        n = todo.pop()
+        if id(n) in keep:
             continue
-        region.add(id(node.outputs[0]))
-        nodes.append(node)
-        pending += users.get(id(node.outputs[0]), [])
-    return nodes
+        keep.add(id(n))
+        todo += [u for u in users.get(id(n.outputs[0]), []) if id(u) in candidates]
+        todo += [x.producer for x in n.inputs if x.producer is not None and id(x.producer) in candidates]
+    return [n for n in graph.nodes if id(n) in keep]
 
 
 def sink_transpose_regions(graph: Graph) -> bool:
@@ -262,11 +312,18 @@ def sink_transpose_regions(graph: Graph) -> bool:
             continue
         feeds = {id(x): x for n in nodes for x in n.inputs
                  if id(x) not in produced and x.producer is not None and x.producer.op == "transpose"}
-        dying = [x for x in feeds.values() if id(x) not in sinks and all(id(u) in inside for u in users[id(x)])]
+        # a feed dies when the region was its only reader, but for transposes (which compose with it)
+        dying = [x for x in feeds.values() if id(x) not in sinks
+                 and all(id(u) in inside or u.op == "transpose" for u in users[id(x)])]
         exits = [n.outputs[0] for n in nodes if id(n.outputs[0]) in sinks
                  or any(id(u) not in inside for u in users.get(id(n.outputs[0]), []))]
-        if len(dying) < len(feeds) or len(exits) > len(dying):
-            continue  # a transposed operand is still read elsewhere, or more transposes would come out
+        # an exit read outside only by transposes costs nothing: the two transposes compose into one
+        costly = [v for v in exits if id(v) in sinks
+                  or any(id(u) not in inside and u.op != "transpose" for u in users.get(id(v), []))]
+        relaid = any(_needs_relaying(x) for n in nodes for x in n.inputs if id(x) not in produced)
+        if len(dying) < len(feeds) or len(costly) > len(dying) - relaid:
+            continue  # a transposed operand is still read elsewhere, or more transposes would come out (or as
+            # many, but a computed operand would need a reshape: no gain)
         inv = _inverse(perm)
 
         def operand(x: Value) -> Value:
@@ -274,6 +331,8 @@ def sink_transpose_regions(graph: Graph) -> bool:
                 return x.producer.inputs[0]
             if x.is_param and len(x.shape) > 0 and x.type.size > 1:
                 return graph.add_param(np.ascontiguousarray(np.transpose(_aligned(x.const, len(perm)), inv)))
+            if _needs_relaying(x):  # a computed per-channel operand: one reshape
+                return graph.op("reshape", x, shape=_relaid_broadcast(x.shape, perm))
             return x
         new = _clone_region(graph, nodes, operand)
         for v in exits:
@@ -303,6 +362,12 @@ def _const_in_shape(c: np.ndarray, src: tuple, dst: tuple) -> np.ndarray | None:
         return None
     it = iter(sizes)
     return ca.reshape(tuple(next(it) if d != 1 else 1 for d in dst))
+
+
+def _shape_in(shape: tuple, src: tuple, dst: tuple) -> tuple | None:
+    """The shape a value of `shape` broadcast against src takes to broadcast the same way against dst."""
+    relaid = _const_in_shape(np.broadcast_to(np.zeros((), np.bool_), shape), src, dst)
+    return None if relaid is None else relaid.shape
 
 
 def _component(v: Value, users) -> list:
@@ -341,7 +406,7 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
         produced = {id(n.outputs[0]) for n in nodes}
         if not nodes:
             continue
-        removed, exits, sources, consts = [], [], {}, {}
+        removed, exits, sources, consts, free = [], [], {}, {}, {}
         for n in nodes:
             out = n.outputs[0]
             for u in users.get(id(out), []):
@@ -359,10 +424,14 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
                     if c is None:
                         break
                     consts[id(x)] = c
-                elif x.shape == src:
-                    sources[id(x)] = x
-                else:
-                    break
+                else:  # a computed operand: where it broadcasts against src, re-laid for dst
+                    relaid = _shape_in(x.shape, src, dst)
+                    if relaid is None:
+                        break
+                    if x.producer is not None and x.producer.op == "reshape" and x.producer.inputs[0].shape == relaid:
+                        free[id(x)] = x.producer.inputs[0]  # a reshape out of that shape: read what it reshapes
+                    elif (1,) * (len(dst) - len(x.shape)) + tuple(x.shape) != relaid:
+                        sources[id(x)] = (x, relaid)  # needs a reshape (none where it already broadcasts right)
             else:
                 continue
             break  # an operand that cannot be re-laid
@@ -370,9 +439,9 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
             exits = list({id(v): v for v in exits}.values())
             if len(sources) + len(exits) >= len(removed):
                 continue
-            entering = {id(x): graph.op("reshape", x, shape=dst) for x in sources.values()}
+            entering = {id(x): graph.op("reshape", x, shape=shape) for x, shape in sources.values()}
             new = _clone_region(graph, nodes, lambda x: entering[id(x)] if id(x) in entering else
-                                graph.add_param(consts[id(x)]) if id(x) in consts else x)
+                                graph.add_param(consts[id(x)]) if id(x) in consts else free.get(id(x), x))
             for u in removed:
                 graph.replace_all_uses(u.outputs[0], new[id(u.inputs[0])])
             for v in exits:

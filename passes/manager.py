@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from graphopt import state_views
 from graphopt.ir import Graph, Interpreter, verify
 
 from . import cleanup
@@ -75,6 +76,19 @@ register(Pass("layout", _layout,
                   "dots/reductions; per-channel scale and bias folded into convs"))
 
 
+def _state_layout(graph: Graph) -> bool:
+    from .state_layout import state_layout
+    return state_layout(graph)
+
+
+# targets whose convolutions run channels-first (the IR's conv layout); the xla and tf/tflite lowerings
+# run convolutions channels-last themselves
+CHANNELS_FIRST_TARGETS = frozenset({"onnx", "tensorrt", "torch", "torch-compile"})
+register(Pass("state-layout", _state_layout, targets=CHANNELS_FIRST_TARGETS,
+              doc="recurrent state stored in the layout its neighbourhood computes in (fewer transposes); "
+                  "the state's view maps it back to the model's layout"))
+
+
 def _specialize(graph: Graph) -> bool:
     from .specialize import specialize_inputs
     return specialize_inputs(graph)
@@ -115,7 +129,8 @@ def _sample_run(graph: Graph, samples: list[list[np.ndarray]]) -> np.ndarray:
     for inputs in samples:
         with np.errstate(all="ignore"):  # a broken pass may produce NaN; the comparison reports it
             y, state = it.run(inputs, state)
-        outs.append(np.concatenate([np.ravel(v).astype(np.float64) for v in y + state]))
+        model_state = [state_views.apply(x, s.view) for x, s in zip(state, graph.state)]  # the model's layout
+        outs.append(np.concatenate([np.ravel(v).astype(np.float64) for v in y + model_state]))
     return np.stack(outs)
 
 

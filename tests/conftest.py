@@ -6,6 +6,10 @@ import os
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# every runtime runs on one thread, as graphopt's Streams and benchmarks do; TensorFlow sizes its pools
+# when its runtime starts, which another library (tf2onnx) may do before any graphopt Stream
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

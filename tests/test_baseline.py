@@ -382,7 +382,7 @@ def facephys_authors_onnx(tmp_path_factory, facephys):
     from graphopt import passes
     from graphopt.targets.tf_module import build_module
     graph = facephys.trace()  # a fresh graph: the passes rewrite it in place
-    graph, report = passes.run_pipeline(graph, passes.pipeline_for("onnx", exact_only=True))
+    graph, report = passes.run_pipeline(graph, passes.pipeline_for("tf", exact_only=True))
     assert report["exact"]
     manifest = art.describe_graph(graph, "x", "onnx", "float32")
     manifest["inputs"][0]["name"], manifest["inputs"][1]["name"] = "input", "dt"

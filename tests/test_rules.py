@@ -103,10 +103,11 @@ def rule_names(rules) -> set[str]:
 def test_every_rule_is_covered():
     """This file has tests for each rule name; a new rule should get tests too."""
     assert rule_names(algebra.RULES) == {"clamp", "sub-of-sub", "scale-chain", "scalar-regroup", "scale-into-dot",
-                                         "dot-of-dot", "slice-of-dot", "mul-reduce-to-dot", "avg-pool"}
+                                         "dot-of-dot", "slice-of-dot", "mul-reduce-to-dot", "avg-pool", "conv-of-conv"}
     assert rule_names(layout.RULES) == {"transpose-as-reshape", "sink-transpose", "transpose-of-concat",
                                         "dot-as-conv1x1", "transpose-into-dot", "transpose-into-reduce",
-                                        "conv-bias", "conv-scale", "pool-of-transpose"}
+                                        "conv-bias", "conv-scale", "pool-of-transpose", "dot-of-unit-reshape",
+                                        "conv-of-conv"}
     assert rule_names(lowering.RULES) == {"expand-lhs-dilation"}
     assert rule_names(numerics.RULES) == {"split-long-reduction"}
 
@@ -1338,3 +1339,116 @@ def test_reshape_hoisting_not_fired_for_a_single_reader_or_a_reordering_reshape(
     y = g.op("exp", w)
     finish(g, x, g.op("reshape", y, shape=(3, 2)), g.op("reshape", y, shape=(6,)), g.op("neg", y))
     assert_no_rewrite(g, ["layout"])
+
+
+# ---- conv-of-conv ----------------------------------------------------------------------------------------
+
+
+def _strided_conv(g, x, w, bias=None):
+    ins = [x, g.add_param(w)] + ([g.add_param(bias)] if bias is not None else [])
+    return g.add_node("conv", ins, strides=(2, 2), pads=((0, 0), (0, 0)), dilations=(1, 1), groups=1).outputs[0]
+
+
+@pytest.mark.parametrize("outer_bias", [False, True])
+def test_conv_of_conv_folds_a_pointwise_projection_into_the_conv_before(outer_bias):
+    """A 2x2 stride-2 downsampling conv followed by a 1x1 projection: one conv, fewer FLOPs."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 6, 6))
+    W1, b1, W2 = dyadic(4, 4, 2, 2, seed=1), dyadic(4, seed=2), dyadic(4, 4, 1, 1, seed=3)
+    b2 = g.add_param(dyadic(4, seed=4)) if outer_bias else None
+    finish(g, conv2d(g, _strided_conv(g, x, W1, b1), g.add_param(W2), b2))
+    f0 = g.flops()
+    hist, changed = rewrite_and_check(g)
+    assert changed and hist == {"conv": 1}
+    (node,) = g.nodes
+    assert node.attrs["strides"] == (2, 2) and node.inputs[0] is x
+    np.testing.assert_array_equal(node.inputs[1].const, np.tensordot(W2[:, :, 0, 0], W1, axes=(1, 0)))
+    assert g.flops() < f0
+
+
+def test_conv_of_conv_not_fired_when_flops_grow_or_the_inner_conv_has_another_reader():
+    # 3x3 conv 4 -> 4 then 1x1 4 -> 16: the folded 3x3 conv 4 -> 16 costs more than both
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 5, 5))
+    inner = g.add_node("conv", [x, g.add_param(dyadic(4, 4, 3, 3, seed=1))], strides=(1, 1), pads=((1, 1), (1, 1)),
+                       dilations=(1, 1), groups=1).outputs[0]
+    finish(g, conv2d(g, inner, g.add_param(dyadic(16, 4, 1, 1, seed=2))))
+    assert_no_rewrite(g)
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 6, 6))
+    inner = _strided_conv(g, x, dyadic(4, 4, 2, 2, seed=1))
+    finish(g, conv2d(g, inner, g.add_param(dyadic(4, 4, 1, 1, seed=2))), g.op("neg", inner))
+    assert_no_rewrite(g)
+
+
+def test_conv_of_conv_not_fired_for_a_non_pointwise_outer_conv():
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 6, 6))
+    inner = _strided_conv(g, x, dyadic(4, 4, 2, 2, seed=1))
+    finish(g, _strided_conv(g, inner, dyadic(4, 4, 1, 1, seed=2)))  # a 1x1 kernel, but stride 2
+    assert_no_rewrite(g)
+
+
+# ---- dot-of-unit-reshape ----------------------------------------------------------------------------------
+
+
+def test_dot_of_unit_reshape_moves_the_reshape_after_the_dot():
+    """dot(reshape(transpose(x))) -> reshape(dot(transpose(x))): the transpose then meets the dot and the
+    channels-last projection of a channels-first conv output becomes a 1x1 conv."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 4, 5))
+    t = g.op("transpose", x, perm=(0, 2, 3, 1))  # [1, 4, 5, 3]
+    r = g.op("reshape", t, shape=(1, 1, 4, 5, 3))
+    finish(g, matmul(g, r, g.add_param(dyadic(3, 6, seed=1))))
+    hist, changed = rewrite_and_check(g, ["layout"])
+    assert changed and hist == {"conv": 1, "transpose": 1, "reshape": 1}
+
+
+def test_dot_of_unit_reshape_not_fired_when_the_reshape_regroups_the_contracted_axis():
+    g = Graph()
+    x = g.add_input("x", f32(2, 6))
+    r = g.op("reshape", x, shape=(4, 3))
+    finish(g, matmul(g, r, g.add_param(dyadic(3, 2, seed=1))))
+    assert_no_rewrite(g, ["layout"])
+
+
+# ---- layout regions with computed per-channel operands -----------------------------------------------------
+
+
+def test_region_sinking_relays_a_computed_per_channel_operand_with_one_reshape():
+    """x_nhwc * s[C] + state-like operands: s is computed (not a constant), so it is re-laid by a reshape."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 4, 5))
+    s = g.op("exp", g.add_input("s", f32(3)))
+    t = g.op("transpose", x, perm=(0, 2, 3, 1))
+    y = g.op("mul", g.op("add", t, s), t)
+    finish(g, g.op("transpose", y, perm=(0, 3, 1, 2)))
+    hist, changed = rewrite_and_check(g, ["layout", "simplify"])
+    assert changed and "transpose" not in hist and hist["reshape"] == 1
+
+
+def test_region_sinking_counts_an_exit_read_by_transposes_as_free():
+    """A region value read by a transpose back to the untransposed layout costs nothing to move."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 4, 5))
+    m = g.add_input("m", f32(1, 3, 4, 5))
+    tx, tm = g.op("transpose", x, perm=(0, 2, 3, 1)), g.op("transpose", m, perm=(0, 2, 3, 1))
+    d = g.op("sub", tx, tm)
+    y = g.op("mul", d, d)
+    finish(g, g.op("transpose", d, perm=(0, 3, 1, 2)), g.op("transpose", y, perm=(0, 3, 1, 2)))
+    hist, changed = rewrite_and_check(g, ["layout", "simplify"])
+    assert changed and "transpose" not in hist
+
+
+def test_reshape_hoisting_reads_an_operand_already_in_the_wanted_shape():
+    """A region in [1,1,H,W,C] that mixes in a [1,H,W,C] value and reshapes of [1,H,W,C] values is
+    computed in [1,H,W,C]: no reshape is left."""
+    g = Graph()
+    a = g.add_input("a", f32(1, 4, 5, 3))
+    b = g.add_input("b", f32(1, 4, 5, 3))
+    b5 = g.op("reshape", b, shape=(1, 1, 4, 5, 3))
+    y = g.op("sub", a, g.op("mul", b5, g.add_param(dyadic(3, seed=1))))
+    z = g.op("mul", y, y)
+    finish(g, g.op("reshape", y, shape=(1, 4, 5, 3)), g.op("reshape", z, shape=(1, 4, 5, 3)))
+    hist, changed = rewrite_and_check(g, ["layout", "simplify"])
+    assert changed and "reshape" not in hist

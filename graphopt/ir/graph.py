@@ -104,11 +104,16 @@ def _hashable(v: Any) -> Any:
 
 @dataclass
 class StatePair:
-    """A recurrent state tensor: read as `input` at the start of a step, written as `output` at its end."""
+    """A recurrent state tensor: read as `input` at the start of a step, written as `output` at its end.
+
+    `view` maps the stored tensor to the model's own state tensor (graphopt.state_views): empty where
+    the graph stores the state as the model holds it; passes that store it in another layout (or pack
+    several model states into one) record here how to get the model's state back."""
     name: str
     input: Value
     output: Value
     init: np.ndarray  # initial value, used by reset()
+    view: tuple = ()  # steps from the stored tensor to the model's state (see graphopt.state_views)
 
 
 @dataclass
@@ -196,6 +201,36 @@ class Graph:
                     if p is not None and id(p) not in done:
                         stack.append((p, False))
         self.nodes = order
+
+    def clone(self) -> "Graph":
+        """A copy whose nodes and values can be rewritten without touching this graph (parameters,
+        whose data never changes, are shared)."""
+        import copy
+        new = Graph(self.name, output_names=list(self.output_names), meta=copy.deepcopy(self.meta))
+        new._names = set(self._names)
+        new._counter = itertools.count(next(copy.copy(self._counter)))
+        vmap: dict[int, Value] = {}
+
+        def get(v: Value) -> Value:
+            if v.is_param:
+                return v
+            return vmap[id(v)]
+
+        for v in self.inputs:
+            vmap[id(v)] = Value(v.name, v.type)
+            new.inputs.append(vmap[id(v)])
+        for s in self.state:
+            vmap[id(s.input)] = Value(s.input.name, s.input.type)
+        for node in self.nodes:
+            n = Node(node.op, [get(v) for v in node.inputs], node.attrs, [])
+            for v in node.outputs:
+                vmap[id(v)] = Value(v.name, v.type, producer=n)
+                n.outputs.append(vmap[id(v)])
+            new.nodes.append(n)
+        new.outputs = [get(v) for v in self.outputs]
+        new.state = [StatePair(s.name, vmap[id(s.input)], get(s.output) if s.output is not None else None,
+                               s.init, s.view) for s in self.state]
+        return new
 
     # ---- queries ----------------------------------------------------------------------
     def params(self) -> list[Value]:

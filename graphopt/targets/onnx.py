@@ -426,6 +426,11 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
 
 
 class OnnxStream(Stream):
+    """Runs the model in onnxruntime with every input and output bound once (IOBinding) to NumPy
+    buffers the Stream owns: two sets of state buffers (ping-pong), the step reads one and writes the
+    other, so the 46 state tensors are never copied or converted per step; only the frame (and dt) are
+    copied in and the output copied out."""
+
     def __init__(self, model_file: Path, manifest: dict, initial_state, threads: int = 1):
         import onnxruntime as ort
         super().__init__(manifest, initial_state)
@@ -437,15 +442,37 @@ class OnnxStream(Stream):
             self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise art.ArtifactError(f"onnxruntime cannot load {model_file}: {e}") from None
-        self._state_in = [s["input"] for s in manifest["state"]]
-        self._outputs = [o["name"] for o in manifest["outputs"]] + [s["output"] for s in manifest["state"]]
-        self._n_out = len(manifest["outputs"])
+        value = ort.OrtValue.ortvalue_from_numpy  # wraps the array's memory (CPU), no copy
+        self._in = [np.zeros(i["shape"], np.dtype(i["dtype"])) for i in manifest["inputs"]]
+        self._out = np.zeros(manifest["outputs"][0]["shape"], np.dtype(manifest["outputs"][0]["dtype"]))
+        self._bufs = [[np.array(s) for s in self._initial_state], [np.empty_like(s) for s in self._initial_state]]
+        self._bindings = []
+        for src, dst in ((self._bufs[0], self._bufs[1]), (self._bufs[1], self._bufs[0])):
+            b = self.session.io_binding()
+            for spec, buf in zip(manifest["inputs"], self._in):
+                b.bind_ortvalue_input(spec["name"], value(buf))
+            b.bind_ortvalue_output(manifest["outputs"][0]["name"], value(self._out))
+            for spec, s_in, s_out in zip(manifest["state"], src, dst):
+                b.bind_ortvalue_input(spec["input"], value(s_in))
+                b.bind_ortvalue_output(spec["output"], value(s_out))
+            self._bindings.append(b)
+        self._state = self._bufs[0]
 
     def _run(self, frame, dt, state):
-        feed = dict(zip(self.input_names, self.feeds(frame, dt)))
-        feed.update(zip(self._state_in, state))
-        results = self.session.run(self._outputs, feed)
-        return results[0], results[self._n_out:]
+        side = 0 if state is self._bufs[0] else 1
+        for buf, x in zip(self._in, self.feeds(frame, dt)):
+            np.copyto(buf, np.asarray(x).reshape(buf.shape))
+        self.session.run_with_iobinding(self._bindings[side])
+        return self._out.copy(), self._bufs[1 - side]
+
+    def reset(self) -> None:
+        for b, s in zip(self._bufs[0], self._initial_state):
+            np.copyto(b, s)
+        self._state = self._bufs[0]
+
+    @property
+    def native_state(self) -> list[np.ndarray]:
+        return [s.copy() for s in self._state]
 
 
 def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> OnnxStream:

@@ -201,7 +201,7 @@ class TensorRTStream(Stream):
         self._state = self._bufs[0]
 
     @property
-    def state(self) -> list[np.ndarray]:
+    def native_state(self) -> list[np.ndarray]:
         return [b.cpu().numpy() for b in self._state]
 
 

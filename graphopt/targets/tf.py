@@ -14,6 +14,7 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
+from .tf_lowering import import_tensorflow
 from .tf_module import build_module, save
 
 NAME = "tf"
@@ -42,20 +43,10 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     return art.finish(graph, model_dir, manifest)
 
 
-def set_threads(threads: int) -> None:
-    import tensorflow as tf
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # the runtime is already initialised in this process: keep its setting
-        pass
-
-
 class TfStream(Stream):
     def __init__(self, model_dir: Path, manifest: dict, initial_state, threads: int = 1):
-        import tensorflow as tf
+        tf = import_tensorflow(threads)
         super().__init__(manifest, initial_state)
-        set_threads(threads)
         try:
             self._loaded = tf.saved_model.load(str(model_dir))
         except Exception as e:
@@ -76,7 +67,7 @@ class TfStream(Stream):
         self._state = [self._tf.constant(s) for s in self._initial_state]
 
     @property
-    def state(self) -> list[np.ndarray]:
+    def native_state(self) -> list[np.ndarray]:
         return [np.asarray(s) for s in self._state]
 
 

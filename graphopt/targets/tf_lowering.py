@@ -37,6 +37,20 @@ def _identity(rank):
     return tuple(range(rank))
 
 
+def import_tensorflow(threads: int = 1):
+    """TensorFlow, with its thread pools sized before its runtime starts (one thread, as every graphopt
+    runtime runs; TF XLA's float results depend on how many threads split a reduction, so an artifact
+    built, verified and reloaded in different processes must see the same count). Where the runtime
+    already started in this process (another library ran TF first), its setting stays."""
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass
+    return tf
+
+
 class Lowered:
     """A TF tensor t with t = transpose(ir_value, perm)."""
     __slots__ = ("t", "perm")
@@ -47,8 +61,7 @@ class Lowered:
 
 class TfLowering:
     def __init__(self, graph: Graph, xla: bool = False):
-        import tensorflow as tf
-        self.tf = tf
+        self.tf = import_tensorflow()
         self.graph = graph
         self.xla = xla
         missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS and n.op not in LAYOUT_OPS})

@@ -14,13 +14,13 @@ import numpy as np
 
 from .. import artifact as art
 from ..ir import Graph
-from .tf_lowering import lower_graph
+from .tf_lowering import import_tensorflow, lower_graph
 
 STATE_MODES = ("variables", "io")
 
 
 def input_specs(graph: Graph, manifest: dict, with_state: bool):
-    import tensorflow as tf
+    tf = import_tensorflow()
     specs = [tf.TensorSpec(v.shape, v.dtype, name=spec["name"]) for v, spec in zip(graph.inputs, manifest["inputs"])]
     if with_state:
         specs += [tf.TensorSpec(s.input.shape, s.input.dtype, name=spec["input"])
@@ -33,7 +33,7 @@ def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: boo
 
     The step functions trace the lowering as plain Python (autograph off): it has no tensor-dependent
     control flow, and its UnsupportedOpError then reaches the caller as itself, not as a StagingError."""
-    import tensorflow as tf
+    tf = import_tensorflow()
     if state_mode not in STATE_MODES:
         raise ValueError(f"state mode {state_mode!r}: choose one of {', '.join(STATE_MODES)}")
     out_names = [o["name"] for o in manifest["outputs"]]
@@ -74,7 +74,7 @@ def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: boo
 
 
 def save(module, signatures: dict, path: Path) -> None:
-    import tensorflow as tf
+    tf = import_tensorflow()
     tf.saved_model.save(module, str(path), signatures=signatures)
 
 
@@ -88,7 +88,7 @@ def to_tflite(module, signatures: dict, state_mode: str, weights: str | None = N
 
     weights: None (float32), "fp16" (float16 weights, dequantised at load) or "int8" (dynamic-range
     quantised weights, the kind of artifact the FacePhys authors published)."""
-    import tensorflow as tf
+    tf = import_tensorflow()
     with tempfile.TemporaryDirectory() as d:
         save(module, signatures, Path(d))
         conv = tf.lite.TFLiteConverter.from_saved_model(d, signature_keys=list(signatures))

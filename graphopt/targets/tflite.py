@@ -148,11 +148,11 @@ class TfliteStream(Stream):
             super().reset()
 
     @property
-    def state(self) -> list[np.ndarray]:
+    def native_state(self) -> list[np.ndarray]:
         if self.state_mode == "variables":
             got = self._read()
             return [np.asarray(got[n]) for n in self._state_out]
-        return super().state
+        return super().native_state
 
 
 def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> TfliteStream:

@@ -1,0 +1,220 @@
+"""state-layout: store a recurrent state in the layout its neighbourhood computes in.
+
+A state is read and written by elementwise ops (a running mean and variance). The model holds it in
+its own layout (FacePhys: channels-last [1,1,H,W,C]), but the values it is combined with may live in
+another (channels-first [1,C,H,W] next to the convolutions), so a transpose sits between the
+state's neighbourhood and the convolutions on every step. Storing the state in that other layout
+lets the layout pass move the whole neighbourhood there and cancel those transposes.
+
+For each group of states that share a neighbourhood (the elementwise ops of the state's shape
+connected to the state input and output), the candidate layouts are the layout chains
+(reshape/transpose) through which the neighbourhood meets the rest of the graph. A candidate is
+tried on a clone: the state input becomes the chain's inverse applied to a new input in the
+candidate layout, the state output the chain applied to the old output, then the layout cleanup
+passes run. The trial is kept if it lowers the cost (elements moved by transposes, then nodes).
+The state's view (graphopt.state_views) records how to get the model's tensor back, so Streams
+still report the authors' state. Exact: only data movement changes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.ir import OPS, Graph, Value
+
+from .layout import _inverse
+
+ELEMENTWISE = frozenset(n for n, op in OPS.items() if op.elementwise)
+LAYOUT_OPS = ("reshape", "transpose")
+CLEANUP = ("layout", "simplify", "cse", "dce")
+
+
+def _neighbourhood(graph: Graph, pair, users) -> list:
+    """Elementwise nodes of the state's shape connected to its input's readers and its output."""
+    shape = pair.input.shape
+    seen, nodes = set(), []
+    todo = list(users.get(id(pair.input), [])) + [pair.output.producer]
+    while todo:
+        n = todo.pop()
+        if n is None or id(n) in seen or n.op not in ELEMENTWISE or n.outputs[0].shape != shape:
+            continue
+        seen.add(id(n))
+        nodes.append(n)
+        todo += [x.producer for x in n.inputs if x.shape == shape]
+        todo += users.get(id(n.outputs[0]), [])
+    return nodes
+
+
+def _chain_out(v: Value, users) -> tuple | None:
+    """(reshape shape or None, perm) of a chain v -> [reshape] -> transpose read by v's only reader."""
+    readers = users.get(id(v), [])
+    if len(readers) != 1:
+        return None
+    n = readers[0]
+    shape = None
+    if n.op == "reshape":
+        shape = n.outputs[0].shape
+        nxt = users.get(id(n.outputs[0]), [])
+        if not nxt:
+            return None
+        n = nxt[0]
+    if n.op != "transpose":
+        return None
+    return shape, n.attrs["perm"]
+
+
+def _chain_in(v: Value) -> tuple | None:
+    """(reshape shape or None, perm) of the layout that v comes from: v = [reshape](transpose(a, q))
+    with the candidate layout being a's, i.e. v reshaped to the transpose's output, transposed by q^-1."""
+    n = v.producer
+    if n is None:
+        return None
+    shape = None
+    if n.op == "reshape":
+        shape = n.inputs[0].shape
+        n = n.inputs[0].producer
+        if n is None:
+            return None
+    if n.op != "transpose":
+        return None
+    return shape, _inverse(n.attrs["perm"])
+
+
+def candidates(graph: Graph, pair, users) -> list[tuple]:
+    """Layouts (reshape shape or None, perm) the state's neighbourhood meets the graph through."""
+    found = []
+    nodes = _neighbourhood(graph, pair, users)
+    for n in nodes:
+        for cand in [_chain_out(n.outputs[0], users)] + [_chain_in(x) for x in n.inputs]:
+            if cand is not None and cand not in found and _fits(pair.input.shape, cand):
+                found.append(cand)
+    return found
+
+
+def _fits(shape, cand) -> bool:
+    reshape, perm = cand
+    rank = len(reshape) if reshape is not None else len(shape)
+    return (reshape is None or int(np.prod(reshape)) == int(np.prod(shape))) and rank == len(perm)
+
+
+def _relayout(graph: Graph, pair, cand) -> None:
+    """Store pair's state in layout cand: stored = transpose(reshape(model, R), p)."""
+    reshape, perm = cand
+    model_type = pair.input.type
+    inner = reshape if reshape is not None else model_type.shape
+    stored_shape = tuple(inner[p] for p in perm)
+    old_in = pair.input
+    new_in = Value(graph.fresh_name(old_in.name + "_"), type(model_type)(stored_shape, model_type.dtype))
+    # the model's tensor from the stored one, for the readers of the old input
+    back = graph.op("transpose", new_in, perm=_inverse(perm))
+    if reshape is not None:
+        back = graph.op("reshape", back, shape=model_type.shape)
+    graph.replace_all_uses(old_in, back)
+    out = pair.output
+    if reshape is not None:
+        out = graph.op("reshape", out, shape=tuple(reshape))
+    out = graph.op("transpose", out, perm=tuple(perm))
+    init = pair.init if reshape is None else pair.init.reshape(reshape)
+    pair.init = np.ascontiguousarray(np.transpose(init, perm))
+    pair.view = (("transpose", _inverse(perm)),) + ((("reshape", model_type.shape),) if reshape is not None
+                                                     else ()) + tuple(pair.view)
+    pair.input, pair.output = new_in, out
+    graph.toposort()
+
+
+def _relayout_projections(graph: Graph, nodes: list, model_shape: tuple, cand) -> None:
+    """Compute the channels-last projections feeding a re-laid neighbourhood in the candidate layout.
+
+    A neighbourhood moved channels-first still reads a value x[..., K] @ W[K, C] computed channels-last
+    (the model's input projection of the frame). If the candidate layout moves the last axis to
+    position 1, that projection is a 1x1 conv of the input moved there: transposing the K-channel input
+    costs less than transposing the C-channel result whenever K < C. The trial's cost decides."""
+    reshape, perm = cand
+    rank = len(perm)
+    if tuple(perm) != (0, rank - 1) + tuple(range(1, rank - 1)):
+        return
+    inner = tuple(reshape) if reshape is not None else model_shape
+    for v in {id(x): x for n in nodes for x in n.inputs if x.shape == model_shape}.values():
+        d = v.producer
+        if d is None or d.op != "dot" or not d.inputs[1].is_param or d.inputs[1].const.ndim != 2 \
+                or d.attrs["lhs_batch"] or d.attrs["lhs_contract"] != (len(v.shape) - 1,) \
+                or d.attrs["rhs_contract"] != (0,):
+            continue
+        x, W = d.inputs
+        if x.type.size >= v.type.size or inner[-1] != v.shape[-1]:
+            continue
+        xs = inner[:-1] + (x.shape[-1],)
+        if int(np.prod(xs)) != x.type.size:
+            continue
+        xt = graph.op("transpose", graph.op("reshape", x, shape=xs) if xs != x.shape else x, perm=tuple(perm))
+        kernel = np.ascontiguousarray(W.const.T.reshape(W.shape[1], W.shape[0], *([1] * (rank - 2))))
+        y = graph.op("conv", xt, graph.add_param(kernel), strides=(1,) * (rank - 2), pads=((0, 0),) * (rank - 2),
+                     dilations=(1,) * (rank - 2), groups=1)
+        back = graph.op("transpose", y, perm=_inverse(perm))
+        graph.replace_all_uses(v, graph.op("reshape", back, shape=v.shape) if back.shape != v.shape else back)
+    graph.toposort()
+
+
+def cost(graph: Graph) -> tuple[int, int]:
+    """Elements moved by transposes per step, then node count."""
+    moved = sum(n.outputs[0].type.size for n in graph.nodes if n.op == "transpose")
+    return moved, len(graph.nodes)
+
+
+def _cleanup(graph: Graph) -> None:
+    from .manager import get_pass
+    for name in CLEANUP:
+        get_pass(name).run(graph)
+
+
+def _groups(graph: Graph, users) -> list[list[int]]:
+    """Indices of states whose neighbourhoods share nodes, grouped (a mean and a variance updated together)."""
+    owner: dict[int, int] = {}
+    parent = list(range(len(graph.state)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+    for i, pair in enumerate(graph.state):
+        for n in _neighbourhood(graph, pair, users):
+            j = owner.setdefault(id(n), i)
+            parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(graph.state)):
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+def state_layout(graph: Graph) -> bool:
+    """Re-lay every group of states whose neighbourhood then needs fewer transposes. Returns whether any was."""
+    changed = False
+    users = graph.users()
+    for group in _groups(graph, users):
+        users = graph.users()
+        pair = graph.state[group[0]]
+        cands = [c for c in candidates(graph, pair, users)
+                 if all(_fits(graph.state[i].input.shape, c) and graph.state[i].input.shape == pair.input.shape
+                        for i in group)]
+        best, best_cost = None, cost(graph)
+        for cand in cands:
+            trial = graph.clone()
+            t_users = trial.users()
+            hood = [n for i in group for n in _neighbourhood(trial, trial.state[i], t_users)]
+            for i in group:
+                _relayout(trial, trial.state[i], cand)
+            _relayout_projections(trial, hood, pair.input.shape, cand)
+            _cleanup(trial)
+            c = cost(trial)
+            if c < best_cost:
+                best, best_cost = trial, c
+        if best is not None:
+            _adopt(graph, best)
+            changed = True
+    return changed
+
+
+def _adopt(graph: Graph, other: Graph) -> None:
+    """Make graph the trial graph (in place: callers hold the Graph object)."""
+    graph.inputs, graph.outputs, graph.state, graph.nodes = other.inputs, other.outputs, other.state, other.nodes
+    graph.output_names, graph.meta = other.output_names, other.meta
+    graph._names, graph._counter = other._names, other._counter
