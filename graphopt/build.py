@@ -95,7 +95,9 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     with art.atomic_dir(Path(out)) as tmp:
         log(f"[3/4] emitting {target} artifact")
         try:
-            artifact = tmod.emit(graph, tmp, {"stem": model, "precision": precision, **(target_options or {})})
+            # fuse: the emitter may lower groups of nodes as one (--no-fuse: every node on its own)
+            artifact = tmod.emit(graph, tmp, {"stem": model, "precision": precision, "fuse": fuse,
+                                              **(target_options or {})})
         except (art.ArtifactError, ValueError, NotImplementedError) as e:  # NotImplementedError: an unlowerable op
             raise BuildError(f"the {target} target cannot emit this graph: {e}") from e
         manifest = artifact.manifest

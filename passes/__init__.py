@@ -5,7 +5,7 @@ from .manager import LOWERINGS, PASSES, Pass, PassError, format_report, get_pass
 
 # the passes every fusing pipeline runs, in order; value-changing ones only for targets they suit
 DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "drop-cast-roundtrips", "algebra", "layout",
-                    "state-layout", "simplify", "cse", "fold-constants", "dce"]
+                    "state-layout", "onnx-forms", "simplify", "cse", "fold-constants", "dce"]
 PIPELINES: dict[str, list[str]] = {"onnx": DEFAULT_PIPELINE}
 
 

@@ -78,7 +78,7 @@ def _scale_into_dot(g: Graph, b):
     """dot(x * c, W) -> dot(x, W * c) when c is constant along every axis but the contracting one."""
     node, scaled, c = b["_node"], b["scaled"], b["c"]
     k = _matmul_like(node)
-    if k is None or not _single_use(b, scaled) or b["x"].shape != scaled.shape:
+    if k is None or b["x"].shape != scaled.shape:  # another reader keeps the product; this dot reads x
         return None
     if scaled.producer.op == "div" and not is_float(scaled.dtype):
         return None  # integer division truncates: (x / c) . W is not x . (W / c)
@@ -89,6 +89,63 @@ def _scale_into_dot(g: Graph, b):
     W = node.inputs[1].const.astype(np.float64)
     W = W * col if scaled.producer.op == "mul" else W / col
     return g.op("dot", b["x"], g.add_param(W.astype(node.inputs[1].dtype)), **node.attrs)
+
+
+def _lerp(g: Graph, b):
+    """a*x + (1-a)*y -> y + a*(x - y) (a running mean's update): the same big ops, without 1 - a (and exact where
+    a is 0 or 1)."""
+    one, a1, a2, x, y = b["one"], b["a1"], b["a2"], b["x"], b["y"]
+    out = b["_node"].outputs[0]
+    if a1 is not a2 or not bool(np.all(one.const == 1)) or not is_float(out.dtype) or x.shape != out.shape \
+            or y.shape != out.shape:
+        return None
+    new = g.op("add", y, g.op("mul", a1, g.op("sub", x, y)))
+    return new if new.type == out.type else None
+
+
+def _scalar_scale_into_dot(g: Graph, b):
+    """dot(x * (s * c), W) -> dot(x * s, W * c) for a size-1 value s and a scalar constant c (a normalisation's
+    1/sqrt(n) next to its computed 1/rms)."""
+    node, scaled, q, s, c = b["_node"], b["scaled"], b["q"], b["s"], b["c"]
+    if _matmul_like(node) is None or s.is_param or s.type.size != 1 or b["x"].type.size == 1 \
+            or not _single_use(b, scaled) or not _single_use(b, q) or b["x"].shape != scaled.shape:
+        return None
+    W = (node.inputs[1].const.astype(np.float64) * float(c.const.reshape(()))).astype(node.inputs[1].dtype)
+    return g.op("dot", g.op("mul", b["x"], s), g.add_param(W), **node.attrs)
+
+
+def _mean_eps_regroup(g: Graph, b):
+    """rsqrt(s / n + eps) -> rsqrt(s + n*eps) * sqrt(n) (n > 0): the mean's 1/n leaves the square root as a
+    constant factor that the next dot absorbs (RMS and layer norms)."""
+    n, eps, s = b["n"], b["eps"], b["s"]
+    nv = float(n.const.reshape(()))
+    if b["q"].producer.op == "mul":  # s * (1/n)
+        nv = 1.0 / nv if nv != 0 else 0.0
+    if not nv > 0 or not is_float(s.dtype) or not _single_use(b, b["q"]) or not _single_use(b, b["a"]):
+        return None
+    dt = s.dtype
+    r = g.op("rsqrt", g.op("add", s, g.add_param(np.asarray(nv * float(eps.const.reshape(())), dt))))
+    out = g.op("mul", r, g.add_param(np.asarray(np.sqrt(nv), dt)))
+    return out if out.type == b["_node"].outputs[0].type else None
+
+
+def _window_conv_to_reduce(g: Graph, b):
+    """A depthwise conv whose kernel covers its whole (unpadded) input -> reduce_sum(x * k) over the window (an
+    SSM's short causal conv over its state window): no layout change, no im2col for a 1x1 output."""
+    node = b["_node"]
+    x, w = node.inputs[0], node.inputs[1]
+    a = node.attrs
+    n, ch = x.shape[:2]
+    spatial = tuple(range(2, len(x.shape)))
+    if not w.is_param or a["groups"] != ch or w.shape[0] != ch or w.shape[1] != 1 or tuple(w.shape[2:]) != x.shape[2:] \
+            or any(tuple(p) != (0, 0) for p in a["pads"]) or any(d != 1 for d in a["lhs_dilations"]) \
+            or (len(node.inputs) == 3 and not node.inputs[2].is_param):
+        return None
+    k = g.add_param(np.ascontiguousarray(w.const.reshape((1,) + (ch,) + tuple(w.shape[2:]))))
+    y = g.op("reduce_sum", g.op("mul", x, k), axes=spatial)
+    if len(node.inputs) == 3:
+        y = g.op("add", y, g.add_param(node.inputs[2].const.reshape(1, ch)))
+    return g.op("reshape", y, shape=node.outputs[0].shape)
 
 
 def _unit_reshape_keeps_last(v: Value, x: Value) -> bool:
@@ -208,6 +265,8 @@ RULES = [
          _clamp),
     Rule("clamp", P("max", P("min", X("x"), _scalar_pat("hi"), commute=True), _scalar_pat("lo"), commute=True),
          _clamp),
+    Rule("lerp", P("add", P("mul", X("a1"), X("x"), commute=True),
+                   P("mul", P("sub", C("one", where=_scalar), X("a2")), X("y"), commute=True), commute=True), _lerp),
     Rule("sub-of-sub", P("sub", X("a1"), P("sub", X("a2"), X("x"))), _sub_of_sub),
     Rule("scale-chain", P("mul", P("mul", X("x"), C("c1"), commute=True, name="inner"), C("c2"), commute=True),
          _scale_chain),
@@ -215,6 +274,13 @@ RULES = [
                              commute=True), _scalar_regroup),
     Rule("scale-into-dot", P("dot", P("mul", X("x"), C("c"), commute=True, name="scaled"), C()), _scale_into_dot),
     Rule("scale-into-dot", P("dot", P("div", X("x"), C("c"), name="scaled"), C()), _scale_into_dot),
+    Rule("scalar-scale-into-dot", P("dot", P("mul", X("x"), P("mul", X("s"), C("c", where=_scalar), commute=True,
+                                                             name="q"), commute=True, name="scaled"), C()),
+         _scalar_scale_into_dot),
+    Rule("mean-eps-regroup", P("rsqrt", P("add", P(("div", "mul"), X("s"), C("n", where=_scalar), name="q"),
+                                           C("eps", where=_scalar), commute=True, name="a")), _mean_eps_regroup),
+    Rule("window-conv-to-reduce", P("conv", X(), C()), _window_conv_to_reduce),
+    Rule("window-conv-to-reduce", P("conv", X(), C(), C()), _window_conv_to_reduce),
     Rule("dot-of-dot", P("dot", X(), C()), _dot_of_dot),
     Rule("conv-of-conv", P("conv", P("conv", name="inner"), C()), _conv_of_conv),
     Rule("conv-of-conv", P("conv", P("conv", name="inner"), C(), C()), _conv_of_conv),

@@ -450,3 +450,126 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
             dce(graph)
             changed = True
     return changed
+
+
+# ---- reshape sinking -------------------------------------------------------------------------------------------
+
+
+def _axis_groups(a: tuple, b: tuple) -> list[tuple[list[int], list[int]]] | None:
+    """Consecutive axis groups of two shapes of one size whose products match ([1,64,4] vs [1,32,2,4]:
+    [0]-[0], [1]-[1,2], [2]-[3]); None where the sizes differ."""
+    if int(np.prod(a, dtype=np.int64)) != int(np.prod(b, dtype=np.int64)):
+        return None
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        ga, gb = [], []
+        pa = pb = 1
+        if i < len(a):
+            ga.append(i)
+            pa = a[i]
+            i += 1
+        if j < len(b):
+            gb.append(j)
+            pb = b[j]
+            j += 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                pa *= a[i]
+                ga.append(i)
+                i += 1
+            elif j < len(b):
+                pb *= b[j]
+                gb.append(j)
+                j += 1
+            else:
+                return None
+        groups.append((ga, gb))
+    return groups
+
+
+def _regrouped(shape: tuple, a: tuple, b: tuple) -> tuple | None:
+    """The shape that broadcasts against b as `shape` broadcasts against a (a and b one tensor's two
+    shapes): every axis group is either whole or all ones in `shape`; None where one is cut."""
+    groups = _axis_groups(a, b)
+    if groups is None or len(shape) > len(a):
+        return None
+    s = (1,) * (len(a) - len(shape)) + tuple(shape)
+    out = [1] * len(b)
+    for ga, gb in groups:
+        if all(s[k] == 1 for k in ga):
+            continue
+        if any(s[k] != a[k] for k in ga):
+            return None
+        for k in gb:
+            out[k] = b[k]
+    return tuple(out)
+
+
+def sink_reshapes(graph: Graph) -> bool:
+    """Compute an elementwise region in the shape its operands are reshaped from.
+
+    A region of elementwise ops in shape A whose operands are reshapes of values of shape B (an SSM
+    output [1, 32, 2, 4] viewed as [1, 64, 4] to add a per-(head, part) skip term) needs those
+    reshapes only because the region is written in A. Computing it in B removes them; constants are
+    re-laid where every group of axes that the reshape splits or merges is whole or all ones in them,
+    and each value leaving the region is reshaped back to A (free where it is read by a reshape).
+    Fires when fewer reshapes result."""
+    changed = False
+    for r in [n for n in graph.nodes if n.op == "reshape"]:
+        if r not in graph.nodes:
+            continue
+        users = graph.users()
+        sinks = {id(v) for v in graph.sinks()}
+        b_shape, a_shape = r.inputs[0].shape, r.outputs[0].shape
+        if b_shape == a_shape or _unit_reshape(b_shape, a_shape):
+            continue  # unit reshapes are hoist_unit_reshapes' job
+        region, todo = set(), list(users.get(id(r.outputs[0]), []))
+        while todo:  # the elementwise ops of shape A connected to the reshape's readers
+            n = todo.pop()
+            if n is None or id(n) in region or n.op not in ELEMENTWISE or n.outputs[0].shape != a_shape:
+                continue
+            region.add(id(n))
+            todo += users.get(id(n.outputs[0]), []) + [x.producer for x in n.inputs if x.shape == a_shape]
+        nodes = [n for n in graph.nodes if id(n) in region]
+        if not nodes:
+            continue
+        inside = {id(n) for n in nodes}
+        produced = {id(n.outputs[0]) for n in nodes}
+        free, consts, entering, ok = {}, {}, {}, True
+        for n in nodes:
+            for x in n.inputs:
+                if id(x) in produced or (x.type.size == 1 and len(x.shape) <= len(b_shape)) or id(x) in free \
+                        or id(x) in consts or id(x) in entering:
+                    continue
+                p = x.producer
+                if p is not None and p.op == "reshape" and p.inputs[0].shape == b_shape and x.shape == a_shape:
+                    free[id(x)] = p.inputs[0]
+                    continue
+                shape = _regrouped(x.shape, a_shape, b_shape)
+                if shape is None:
+                    ok = False
+                    break
+                if x.is_param:
+                    consts[id(x)] = _aligned(x.const, len(a_shape)).reshape(shape)
+                elif (1,) * (len(b_shape) - len(x.shape)) + tuple(x.shape) != shape:
+                    entering[id(x)] = (x, shape)
+            if not ok:
+                break
+        if not ok:
+            continue
+        dying = {id(x.producer) for n in nodes for x in n.inputs if id(x) in free
+                 and id(x) not in sinks and all(id(u) in inside for u in users.get(id(x), []))}
+        exits = [n.outputs[0] for n in nodes if id(n.outputs[0]) in sinks
+                 or any(id(u) not in inside and u.op != "reshape" for u in users.get(id(n.outputs[0]), []))]
+        if len(entering) + len(exits) >= len(dying):
+            continue
+        moved = {k: graph.op("reshape", x, shape=shape) for k, (x, shape) in entering.items()}
+        new = _clone_region(graph, nodes, lambda x: free.get(id(x)) or moved.get(id(x)) or
+                            (graph.add_param(consts[id(x)]) if id(x) in consts else x))
+        for n in nodes:
+            v = n.outputs[0]
+            graph.replace_all_uses(v, graph.op("reshape", new[id(v)], shape=a_shape))
+        graph.toposort()
+        dce(graph)
+        changed = True
+    return changed

@@ -63,9 +63,9 @@ register(Pass("algebra", rule_pass("algebra"),
 register(Pass("drop-cast-roundtrips", rule_pass("roundtrip"), exact=False,
               doc="float casts to a narrower type and straight back removed (value-changing)"))
 def _layout(graph: Graph) -> bool:
-    from .layout import hoist_unit_reshapes, sink_transpose_regions
+    from .layout import hoist_unit_reshapes, sink_reshapes, sink_transpose_regions
     changed = rule_pass("layout")(graph)
-    while sink_transpose_regions(graph) | hoist_unit_reshapes(graph):
+    while sink_transpose_regions(graph) | hoist_unit_reshapes(graph) | sink_reshapes(graph):
         changed = True
         rule_pass("layout")(graph)
     return changed
@@ -87,6 +87,10 @@ CHANNELS_FIRST_TARGETS = frozenset({"onnx", "tensorrt", "torch", "torch-compile"
 register(Pass("state-layout", _state_layout, targets=CHANNELS_FIRST_TARGETS,
               doc="recurrent state stored in the layout its neighbourhood computes in (fewer transposes); "
                   "the state's view maps it back to the model's layout"))
+
+
+register(Pass("onnx-forms", rule_pass("forms"), targets=frozenset({"onnx", "tensorrt"}),
+              doc="forms that lower to fewer ONNX ops: a dot with a vector as a matrix product"))
 
 
 def _specialize(graph: Graph) -> bool:

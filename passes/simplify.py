@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphopt.ir import OPS, Graph, Value
+from graphopt.ir import OPS, Graph, Value, is_float
 
 from .rewrite import C, P, Rule, X
 
@@ -120,6 +120,81 @@ def _keep_if_same_type(x_key: str):
     return fn
 
 
+def _is_identity(v: Value, op: str, right: bool) -> bool:
+    """v is a constant that op leaves the other operand alone with (x+0, 0+x, x-0, x*1, 1*x, x/1)."""
+    if not v.is_param:
+        return False
+    if op in ("add",) or (op == "sub" and right):
+        return bool(np.all(v.const == 0))
+    if op == "mul" or (op == "div" and right):
+        return bool(np.all(v.const == 1))
+    return False
+
+
+def _distribute_over_concat(g, b):
+    """op(concat(a1, a2), concat(b1, b2)) -> concat(op(a1, b1), op(a2, b2)), and op(concat(a1, a2), c) with c
+    constant or broadcast along the concat axis, where a piece then folds away (a skip term D * [x, 0]
+    added to an [real, imag] pair only touches the real part)."""
+    node = b["_node"]
+    out = node.outputs[0]
+    if len(node.inputs) != 2 or not is_float(out.dtype):
+        return None
+    cat = next((v for v in node.inputs if v.producer is not None and v.producer.op == "concat" and v.shape == out.shape),
+               None)
+    if cat is None:
+        return None
+    axis = cat.producer.attrs["axis"]
+    sizes = [p.shape[axis] for p in cat.producer.inputs]
+    bounds = np.cumsum([0] + sizes)
+    rank = len(out.shape)
+    per_operand = []
+    for v in node.inputs:
+        p = v.producer
+        if p is not None and p.op == "concat" and v.shape == out.shape and p.attrs["axis"] == axis \
+                and [x.shape[axis] for x in p.inputs] == sizes:
+            if b["_uses"].get(id(v), 0) != 1:
+                return None
+            per_operand.append(list(p.inputs))
+        elif v.is_param and (len(v.shape) <= rank):
+            c = _aligned(v.const, rank)
+            if c.shape[axis] == 1:
+                per_operand.append([v] * len(sizes))
+            else:
+                per_operand.append([g.add_param(np.ascontiguousarray(np.take(c, range(lo, hi), axis=axis)))
+                                    for lo, hi in zip(bounds[:-1], bounds[1:])])
+        elif len(v.shape) <= rank and _aligned_shape(v.shape, rank)[axis] == 1:
+            per_operand.append([v] * len(sizes))
+        else:
+            return None
+    plan = []  # per piece: ("const", array) | ("keep", value) | ("op", x, y); decided before any node is made
+    for i, (x, y) in enumerate(zip(*per_operand)):
+        want = tuple(sizes[i] if k == axis else d for k, d in enumerate(out.shape))
+        if x.is_param and y.is_param:
+            r = OPS[node.op].compute(x.const, y.const, node.attrs)[0]
+            plan.append(("const", np.ascontiguousarray(np.broadcast_to(np.asarray(r, out.dtype), want))))
+        elif _is_identity(y, node.op, right=True) and x.shape == want:
+            plan.append(("keep", x))
+        elif _is_identity(x, node.op, right=False) and y.shape == want:
+            plan.append(("keep", y))
+        elif np.broadcast_shapes(x.shape, y.shape) == want:
+            plan.append(("op", x, y))
+        else:
+            return None
+    if all(p[0] == "op" for p in plan):
+        return None  # nothing folds: splitting the op only adds nodes
+    pieces = [g.add_param(p[1]) if p[0] == "const" else p[1] if p[0] == "keep" else g.op(node.op, p[1], p[2])
+              for p in plan]
+    return g.op("concat", *pieces, axis=axis)
+
+
+def _aligned_shape(shape, rank):
+    return (1,) * (rank - len(shape)) + tuple(shape)
+
+
+def _aligned(c: np.ndarray, rank: int) -> np.ndarray:
+    return c.reshape(_aligned_shape(c.shape, rank))
+
+
 RULES = [
     Rule("reshape-of-reshape", P("reshape", P("reshape", X("x"))), _reshape_chain),
     Rule("identity-reshape", P("reshape", X("x")), _identity),
@@ -137,4 +212,5 @@ RULES = [
     Rule("select-constant", P("select", C("c", where=_const_equals(True)), X("x"), X()), _keep_if_same_type("x")),
     Rule("select-constant", P("select", C("c", where=_const_equals(False)), X(), X("x")), _keep_if_same_type("x")),
     Rule("div-by-one", P("div", X("x"), C(where=_const_equals(1))), _keep_if_same_type("x")),
+    Rule("distribute-over-concat", P(("add", "sub", "mul", "div")), _distribute_over_concat),
 ]

@@ -160,10 +160,13 @@ def cost(graph: Graph) -> tuple[int, int]:
     return moved, len(graph.nodes)
 
 
-def _cleanup(graph: Graph) -> None:
+def _cleanup(graph: Graph, rounds: int = 4) -> None:
+    """The layout cleanup passes, repeated while they still change the graph (a cancelled transpose
+    can let a reshape region move, and the reverse)."""
     from .manager import get_pass
-    for name in CLEANUP:
-        get_pass(name).run(graph)
+    for _ in range(rounds):
+        if not any([get_pass(name).run(graph) for name in CLEANUP]):
+            break
 
 
 def _groups(graph: Graph, users) -> list[list[int]]:
@@ -185,32 +188,51 @@ def _groups(graph: Graph, users) -> list[list[int]]:
     return list(groups.values())
 
 
+def _trial(graph: Graph, choices: list[tuple[list[int], tuple]]) -> Graph:
+    """A clone with each group of states re-laid to its candidate layout, cleaned up."""
+    trial = graph.clone()
+    users = trial.users()
+    hoods = [[n for i in group for n in _neighbourhood(trial, trial.state[i], users)] for group, _ in choices]
+    for (group, cand), hood in zip(choices, hoods):
+        model_shape = trial.state[group[0]].input.shape
+        for i in group:
+            _relayout(trial, trial.state[i], cand)
+        _relayout_projections(trial, hood, model_shape, cand)
+    _cleanup(trial)
+    return trial
+
+
 def state_layout(graph: Graph) -> bool:
-    """Re-lay every group of states whose neighbourhood then needs fewer transposes. Returns whether any was."""
-    changed = False
+    """Re-lay every group of states whose neighbourhood then needs fewer transposes. Returns whether any was.
+
+    All groups are first tried at once with their first candidate (one cleanup for the whole model);
+    where that does not lower the cost, each group and candidate is tried on its own."""
     users = graph.users()
+    options = []
     for group in _groups(graph, users):
-        users = graph.users()
-        pair = graph.state[group[0]]
-        cands = [c for c in candidates(graph, pair, users)
-                 if all(_fits(graph.state[i].input.shape, c) and graph.state[i].input.shape == pair.input.shape
-                        for i in group)]
-        best, best_cost = None, cost(graph)
-        for cand in cands:
-            trial = graph.clone()
-            t_users = trial.users()
-            hood = [n for i in group for n in _neighbourhood(trial, trial.state[i], t_users)]
-            for i in group:
-                _relayout(trial, trial.state[i], cand)
-            _relayout_projections(trial, hood, pair.input.shape, cand)
-            _cleanup(trial)
-            c = cost(trial)
-            if c < best_cost:
-                best, best_cost = trial, c
-        if best is not None:
-            _adopt(graph, best)
-            changed = True
-    return changed
+        shape = graph.state[group[0]].input.shape
+        cands = [c for c in candidates(graph, graph.state[group[0]], users)
+                 if all(graph.state[i].input.shape == shape for i in group)]
+        if cands:
+            options.append((group, cands))
+    if not options:
+        return False
+    base = graph.clone()
+    _cleanup(base)  # trials are cleaned up: compare them with the graph cleaned up alike
+    best, best_cost = None, cost(base)
+    trial = _trial(graph, [(group, cands[0]) for group, cands in options])
+    if cost(trial) < best_cost:
+        best = trial
+    else:
+        for group, cands in options:
+            for cand in cands:
+                trial = _trial(best or graph, [(group, cand)])
+                if cost(trial) < best_cost:
+                    best, best_cost = trial, cost(trial)
+    if best is None:
+        return False
+    _adopt(graph, best)
+    return True
 
 
 def _adopt(graph: Graph, other: Graph) -> None:

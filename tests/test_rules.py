@@ -15,7 +15,8 @@ import pytest
 
 from graphopt.ir import Graph, Interpreter, TensorType, verify
 from graphopt.passes import run_pipeline
-from graphopt.passes import algebra, layout, lowering, numerics
+from graphopt.passes import algebra, forms, layout, lowering, numerics
+from graphopt.passes.layout import _regrouped
 
 # ---- helpers ----------------------------------------------------------------------------------
 
@@ -103,12 +104,15 @@ def rule_names(rules) -> set[str]:
 def test_every_rule_is_covered():
     """This file has tests for each rule name; a new rule should get tests too."""
     assert rule_names(algebra.RULES) == {"clamp", "sub-of-sub", "scale-chain", "scalar-regroup", "scale-into-dot",
-                                         "dot-of-dot", "slice-of-dot", "mul-reduce-to-dot", "avg-pool", "conv-of-conv"}
+                                         "dot-of-dot", "slice-of-dot", "mul-reduce-to-dot", "avg-pool", "conv-of-conv",
+                                         "scalar-scale-into-dot", "mean-eps-regroup", "window-conv-to-reduce",
+                                         "lerp"}
     assert rule_names(layout.RULES) == {"transpose-as-reshape", "sink-transpose", "transpose-of-concat",
                                         "dot-as-conv1x1", "transpose-into-dot", "transpose-into-reduce",
                                         "conv-bias", "conv-scale", "pool-of-transpose", "dot-of-unit-reshape",
                                         "conv-of-conv"}
     assert rule_names(lowering.RULES) == {"expand-lhs-dilation"}
+    assert rule_names(forms.RULES) == {"vector-dot-as-matmul", "global-mean", "scale-into-dot"}
     assert rule_names(numerics.RULES) == {"split-long-reduction"}
 
 
@@ -424,12 +428,17 @@ def test_scale_into_dot_not_fired_when_scale_broadcasts_x_up():
     assert_no_rewrite(g)
 
 
-def test_scale_into_dot_not_fired_when_scaled_has_second_reader():
+def test_scale_into_dot_with_a_second_reader_keeps_the_product_for_it():
+    """Folding the scale into the dot duplicates no work: the dot reads x, the other reader the product (a
+    global mean's factor read by several projections folds into each of them)."""
     g = Graph()
     x = g.add_input("x", f32(2, 3))
     scaled = g.op("mul", x, g.add_param(np.float32([0.5, 2.0, 1.5])))
     finish(g, matmul(g, scaled, g.add_param(dyadic(3, 4))), scaled)
-    assert_no_rewrite(g)
+    hist, changed = rewrite_and_check(g)
+    assert changed and hist == {"mul": 1, "dot": 1}
+    dot = producer(g.outputs[0])
+    assert dot.inputs[0] is x and g.outputs[1].producer.op == "mul"
 
 
 def test_scale_into_dot_not_fired_for_non_constant_weight_or_scale():
@@ -1452,3 +1461,206 @@ def test_reshape_hoisting_reads_an_operand_already_in_the_wanted_shape():
     finish(g, g.op("reshape", y, shape=(1, 4, 5, 3)), g.op("reshape", z, shape=(1, 4, 5, 3)))
     hist, changed = rewrite_and_check(g, ["layout", "simplify"])
     assert changed and "reshape" not in hist
+
+
+# ---- RMS norm: mean-eps-regroup and scalar-scale-into-dot ------------------------------------------------
+
+
+def _rms_norm_projection(g, y, n_form="div"):
+    """y * rsqrt(mean(y*y) + eps) @ W, with the mean written as a sum over n (div) or times 1/n (mul)."""
+    n = y.shape[-1]
+    s = g.op("reduce_sum", g.op("mul", y, y), axes=(1,))
+    s = g.op("reshape", s, shape=(1, 1))
+    mean = g.op("div", s, g.add_param(np.float32(n))) if n_form == "div" else \
+        g.op("mul", s, g.add_param(np.float32(1 / n)))
+    r = g.op("rsqrt", g.op("add", mean, g.add_param(np.float32(1e-5))))
+    return matmul(g, g.op("mul", y, r), g.add_param(dyadic(n, 3, seed=2)))
+
+
+@pytest.mark.parametrize("n_form", ["div", "mul"])
+def test_mean_eps_regroup_moves_the_mean_into_the_projection(n_form):
+    g = Graph()
+    y = g.add_input("y", f32(1, 16))
+    finish(g, _rms_norm_projection(g, y, n_form))
+    hist, changed = rewrite_and_check(g, rtol=1e-6)
+    assert changed and "div" not in hist and hist["mul"] == 2  # y*y and y*r: the 1/sqrt(n) went into W
+    add = next(n for n in g.nodes if n.op == "add")
+    assert float(add.inputs[1].const) == pytest.approx(16 * 1e-5)
+    dot = next(n for n in g.nodes if n.op == "dot")
+    np.testing.assert_allclose(dot.inputs[1].const, dyadic(16, 3, seed=2) * 4)  # sqrt(16)
+
+
+def test_mean_eps_regroup_not_fired_for_a_non_positive_count_or_a_vector_eps():
+    for n_value, eps in ((np.float32(-4), np.float32(1e-5)), (np.float32(4), dyadic(1, 4, seed=1) + 2)):
+        g = Graph()
+        s = g.add_input("s", f32(1, 4))
+        finish(g, g.op("rsqrt", g.op("add", g.op("div", s, g.add_param(n_value)), g.add_param(eps))))
+        assert_no_rewrite(g, inputs=[np.full((1, 4), 3 * np.sign(n_value), np.float32)])  # s / n > 0
+
+
+def test_scalar_scale_into_dot_not_fired_for_a_vector_factor():
+    g = Graph()
+    x = g.add_input("x", f32(2, 4))
+    s = g.add_input("s", f32(2, 1))  # one value per row: not a size-1 value
+    q = g.op("mul", s, g.add_param(np.float32(2)))
+    finish(g, matmul(g, g.op("mul", x, q), g.add_param(dyadic(4, 3, seed=1))))
+    assert_no_rewrite(g)
+
+
+# ---- window-conv-to-reduce -------------------------------------------------------------------------------
+
+
+def _depthwise(g, x, w, pads=((0, 0), (0, 0)), bias=None):
+    ins = [x, g.add_param(w)] + ([g.add_param(bias)] if bias is not None else [])
+    return g.add_node("conv", ins, strides=(1, 1), pads=pads, dilations=(1, 1), groups=x.shape[1]).outputs[0]
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_window_conv_to_reduce_for_a_kernel_covering_the_input(with_bias):
+    """An SSM's causal conv over its state window [1, C, 1, 4] with a [C, 1, 1, 4] kernel: a weighted sum."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 6, 1, 4))
+    finish(g, _depthwise(g, x, dyadic(6, 1, 1, 4, seed=1), bias=dyadic(6, seed=2) if with_bias else None))
+    hist, changed = rewrite_and_check(g)
+    assert changed and "conv" not in hist and hist["reduce_sum"] == 1 and hist["mul"] == 1
+    assert hist.get("add", 0) == int(with_bias)
+
+
+def test_window_conv_to_reduce_not_fired_for_a_sliding_or_padded_or_dense_conv():
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 1, 5))
+    finish(g, _depthwise(g, x, dyadic(3, 1, 1, 4, seed=1)))  # slides over 2 positions
+    assert_no_rewrite(g)
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 1, 4))
+    finish(g, _depthwise(g, x, dyadic(3, 1, 1, 4, seed=1), pads=((0, 0), (1, 0))))
+    assert_no_rewrite(g)
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 1, 4))
+    finish(g, conv2d(g, x, g.add_param(dyadic(3, 3, 1, 4, seed=1))))  # dense (groups=1)
+    assert_no_rewrite(g)
+
+
+# ---- vector-dot-as-matmul ---------------------------------------------------------------------------------
+
+
+def test_vector_dot_as_matmul_takes_the_vector_as_a_column():
+    g = Graph()
+    s = g.add_input("s", f32(1, 3, 2, 8))
+    c = g.op("exp", g.add_input("c", f32(8)))
+    finish(g, matmul(g, s, c))
+    hist, changed = rewrite_and_check(g, ["onnx-forms"])
+    assert changed and hist == {"exp": 1, "reshape": 2, "dot": 1}
+    dot = next(n for n in g.nodes if n.op == "dot")
+    assert dot.inputs[1].shape == (8, 1) and dot.outputs[0].shape == (1, 3, 2, 1)
+
+
+def test_vector_dot_as_matmul_not_fired_for_a_matrix_or_a_batched_dot():
+    g = Graph()
+    s = g.add_input("s", f32(2, 8))
+    finish(g, matmul(g, s, g.add_input("w", f32(8, 3))),
+           g.op("dot", s, g.add_input("v", f32(2, 8)), lhs_contract=(1,), rhs_contract=(1,), lhs_batch=(0,),
+                rhs_batch=(0,)))
+    assert_no_rewrite(g, ["onnx-forms"])
+
+
+# ---- lerp --------------------------------------------------------------------------------------------------
+
+
+def test_lerp_drops_one_minus_a():
+    """a*x + (1-a)*m (a running mean) -> m + a*(x - m)."""
+    g = Graph()
+    x, m = g.add_input("x", f32(2, 4)), g.add_input("m", f32(2, 4))
+    a = g.op("exp", g.add_input("a", f32(4)))
+    one_minus = g.op("sub", g.add_param(np.float32(1)), a)
+    finish(g, g.op("add", g.op("mul", a, x), g.op("mul", one_minus, m)))
+    hist, changed = rewrite_and_check(g)
+    assert changed and hist == {"exp": 1, "sub": 1, "mul": 1, "add": 1}
+    sub = next(n for n in g.nodes if n.op == "sub")
+    assert sub.inputs == [x, m]
+
+
+def test_lerp_not_fired_for_two_different_weights_or_another_constant():
+    g = Graph()
+    x, m = g.add_input("x", f32(2, 4)), g.add_input("m", f32(2, 4))
+    a, c = g.add_input("a", f32(4)), g.add_input("c", f32(4))
+    finish(g, g.op("add", g.op("mul", a, x), g.op("mul", g.op("sub", g.add_param(np.float32(1)), c), m)),
+           g.op("add", g.op("mul", a, x), g.op("mul", g.op("sub", g.add_param(np.float32(2)), a), m)))
+    assert_no_rewrite(g)
+
+
+# ---- reshape sinking (part of the layout pass) ----------------------------------------------------------------
+
+
+def test_reshape_sinking_computes_a_region_in_the_shape_its_operands_come_from():
+    """y [1,4,2,3] and x [1,4,2,3] viewed as [1,8,3] for a per-(row) scale D[8,1]: computed in [1,4,2,3]."""
+    g = Graph()
+    y, x = g.add_input("y", f32(1, 4, 2, 3)), g.add_input("x", f32(1, 4, 2, 3))
+    ya, xa = g.op("reshape", y, shape=(1, 8, 3)), g.op("reshape", x, shape=(1, 8, 3))
+    z = g.op("add", ya, g.op("mul", g.add_param(dyadic(8, 1, seed=1)), xa))
+    finish(g, g.op("reshape", z, shape=(1, 24)))
+    hist, changed = rewrite_and_check(g, ["layout", "simplify"])
+    assert changed and hist == {"mul": 1, "add": 1, "reshape": 1}
+    mul = next(n for n in g.nodes if n.op == "mul")
+    assert mul.inputs[0].shape == (1, 4, 2, 1) and mul.inputs[1] is x
+
+
+def test_reshape_sinking_not_fired_for_a_constant_the_reshape_would_cut():
+    """[1,4,6] viewed as [1,8,3] times c[3]: c varies along the 3 that the 6 -> 8 x 3 regrouping cuts."""
+    g = Graph()
+    y = g.add_input("y", f32(1, 4, 6))
+    z = g.op("mul", g.op("reshape", y, shape=(1, 8, 3)), g.add_param(dyadic(3, seed=1)))
+    finish(g, g.op("reshape", z, shape=(1, 24)))
+    assert _regrouped((3,), (1, 8, 3), (1, 4, 6)) is None
+    assert _regrouped((8, 1), (1, 8, 3), (1, 4, 2, 3)) == (1, 4, 2, 1)
+    assert_no_rewrite(g, ["layout"])
+
+
+# ---- distribute-over-concat ----------------------------------------------------------------------------------
+
+
+def test_distribute_over_concat_adds_a_skip_term_to_the_real_part_only():
+    """[yr, yi] + D * [x, 0] -> [yr + D_r x, yi]."""
+    g = Graph()
+    yr, yi, x = (g.add_input(n, f32(1, 3, 1, 4)) for n in ("yr", "yi", "x"))
+    y = g.op("concat", yr, yi, axis=2)
+    dx = g.op("mul", g.add_param(dyadic(1, 3, 2, 1, seed=1)), g.op("concat", x, g.add_param(np.zeros((1, 3, 1, 4),
+                                                                                                   np.float32)), axis=2))
+    finish(g, g.op("add", y, dx))
+    hist, changed = rewrite_and_check(g, ["simplify"])
+    assert changed and hist == {"mul": 1, "add": 1, "concat": 1}
+    cat = producer(g.outputs[0])
+    assert cat.op == "concat" and cat.inputs[1] is yi
+
+
+def test_distribute_over_concat_not_fired_when_nothing_folds_or_the_splits_differ():
+    g = Graph()
+    a, b, c, d = (g.add_input(n, f32(2, 2)) for n in "abcd")
+    e = g.add_input("e", f32(2, 3))
+    finish(g, g.op("add", g.op("concat", a, b, axis=1), g.op("concat", c, d, axis=1)),
+           g.op("mul", g.op("concat", a, b, axis=1), g.add_param(dyadic(2, 4, seed=1))),
+           g.op("add", g.op("concat", a, e, axis=1), g.op("concat", e, a, axis=1)))
+    assert_no_rewrite(g, ["simplify"])
+
+
+# ---- global-mean (onnx-forms) ----------------------------------------------------------------------------------
+
+
+def test_global_mean_pools_a_conv_output_and_folds_the_factor_into_the_dots():
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 4, 5))
+    y = g.op("clamp", conv2d(g, x, g.add_param(dyadic(6, 3, 1, 1, seed=1))), lo=0.0, hi=6.0)
+    u = g.op("reduce_sum", y, axes=(2, 3))
+    finish(g, matmul(g, u, g.add_param(dyadic(6, 2, seed=2))), matmul(g, u, g.add_param(dyadic(6, 3, seed=3))))
+    hist, changed = rewrite_and_check(g, ["onnx-forms"], rtol=1e-6)
+    assert changed and hist == {"conv": 1, "clamp": 1, "pool": 1, "reshape": 1, "dot": 2}
+    pool = next(n for n in g.nodes if n.op == "pool")
+    assert pool.attrs["mode"] == "avg" and pool.attrs["window"] == (1, 1, 4, 5)
+
+
+def test_global_mean_not_fired_for_a_partial_reduction_or_another_producer():
+    g = Graph()
+    x = g.add_input("x", f32(1, 3, 4, 5))
+    y = conv2d(g, x, g.add_param(dyadic(6, 3, 1, 1, seed=1)))
+    finish(g, g.op("reduce_sum", y, axes=(3,)), g.op("reduce_sum", g.op("exp", x), axes=(2, 3)))
+    assert_no_rewrite(g, ["onnx-forms"])

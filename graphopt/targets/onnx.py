@@ -14,6 +14,7 @@ from .. import artifact as art
 from ..ir import Graph, Node, Value
 from ..ir.ops import lhs_dilations
 from ..stream import Stream
+from . import onnx_fusions
 
 OPSET = 18
 IR_VERSION = 10
@@ -332,6 +333,10 @@ def _pool_steps(b: OnnxBuilder, n: Node, plan: PoolPlan) -> list:
         pads = ((0, 0),) * len(pads)
     attrs = {"kernel_shape": list(plan.window), "strides": list(plan.strides),
              "pads": [lo for lo, _ in pads] + [hi for _, hi in pads]}
+    windowed = plan.perm[len(plan.perm) - len(plan.window):]
+    if mode in ("max", "avg") and not steps and tuple(plan.window) == tuple(n.inputs[0].shape[i] for i in windowed) \
+            and all(p == (0, 0) for p in pads):  # the window is the whole image: a global pool
+        return [("GlobalMaxPool" if mode == "max" else "GlobalAveragePool", [], {})]
     if mode == "max":
         return steps + [("MaxPool", [], attrs)]
     steps.append(("AveragePool", [], {**attrs, "count_include_pad": 1}))
@@ -360,8 +365,11 @@ def _pool(b, n, ins, out):
     _chain(b, ins[0], steps, out)
 
 
-def to_onnx(graph: Graph):
-    """Lower an IR graph to an onnx.ModelProto with stable I/O names (see artifact.state_io_names)."""
+def to_onnx(graph: Graph, fuse: bool = True):
+    """Lower an IR graph to an onnx.ModelProto with stable I/O names (see artifact.state_io_names).
+
+    fuse: emit the groups graphopt.targets.onnx_fusions finds as fewer ONNX nodes (exact); without
+    it every IR node is lowered on its own."""
     import onnx
     from onnx import helper
     b = OnnxBuilder()
@@ -383,7 +391,17 @@ def to_onnx(graph: Graph):
             claimed[id(v)] = name
     for p in graph.params():
         b.name_of[id(p)] = b.const(p.const, p.name)
+
+    def out_name(v: Value) -> str:
+        b.name_of[id(v)] = claimed.get(id(v)) or b.fresh(v.name)
+        return b.name_of[id(v)]
+    fusions = onnx_fusions.plan(graph) if fuse else onnx_fusions.Plan()
     for node in graph.nodes:
+        if id(node) in fusions.skip:
+            continue
+        if id(node) in fusions.emit:
+            fusions.emit[id(node)](b, lambda v: b.name_of[id(v)], out_name)
+            continue
         lower = LOWERINGS.get(node.op)
         if lower is None:
             raise UnsupportedOpError(f"op '{node.op}' has no ONNX lowering (graphopt/targets/onnx.py LOWERINGS)")
@@ -398,7 +416,9 @@ def to_onnx(graph: Graph):
         if b.name_of[id(v)] != name:  # inputs, params, or a value that is two sinks
             b.node("Identity", [b.name_of[id(v)]], name)
         outputs.append(info(name, v))
-    g = helper.make_graph(b.nodes, graph.name, inputs, outputs, b.initializers)
+    used = {x for n in b.nodes for x in n.input} | {o.name for o in outputs}
+    g = helper.make_graph(b.nodes, graph.name, inputs, outputs,
+                          [t for t in b.initializers if t.name in used])  # a fused group may not read some
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="graphopt",
                               ir_version=IR_VERSION)
     onnx.checker.check_model(model)
@@ -412,7 +432,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     out_dir = Path(out_dir)
     stem = options.get("stem", graph.name)
     model_file = out_dir / f"{stem}.onnx"
-    model = to_onnx(graph)
+    model = to_onnx(graph, fuse=options.get("fuse", True))
     onnx.save_model(model, str(model_file))
     manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
     manifest["sha256"] = art.sha256(model_file)
@@ -420,6 +440,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     manifest["onnx"] = {"opset": OPSET, "ir_version": IR_VERSION, "nodes": len(model.graph.node),
+                        "fused_lowering": bool(options.get("fuse", True)),
                         "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))}
     manifest["tools"] = art.tool_versions("onnx", "onnxruntime")
     return art.finish(graph, model_file, manifest)

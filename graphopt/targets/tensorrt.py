@@ -80,7 +80,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     stem = options.get("stem", graph.name)
     model_file = out_dir / f"{stem}.onnx"
     import onnx
-    model = onnx_target.to_onnx(graph)
+    model = onnx_target.to_onnx(graph, fuse=options.get("fuse", True))
     onnx.save_model(model, str(model_file))
     manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
     manifest["sha256"] = art.sha256(model_file)
