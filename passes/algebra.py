@@ -103,6 +103,61 @@ def _lerp(g: Graph, b):
     return new if new.type == out.type else None
 
 
+def _scale_out_of_add(g: Graph, b):
+    """(x * s) + z -> (x + z/s) * s for a constant s with no zero (a normalisation's gamma and beta): the scale
+    moves on towards the convs and dots that read the sum, which fold it into their weights. z is a
+    constant (z/s folds) or a small computed value (z/s a small product) where every reader folds the scale."""
+    node, scaled, s, z, x = b["_node"], b["scaled"], b["s"], b["z"], b["x"]
+    out = node.outputs[0]
+    if not is_float(out.dtype) or not np.all(s.const != 0) or x.shape != out.shape or s.type.size * 4 > out.type.size:
+        return None
+    readers = b["_users"].get(id(out), [])
+    absorbing = readers and out not in g.sinks() and all(
+        (u.op == "conv" and u.inputs[0] is out) or (u.op == "dot" and u.inputs[0] is out) for u in readers)
+    if z.is_param:
+        if z.type.size * 4 > out.type.size:
+            return None
+        zs = g.add_param((z.const.astype(np.float64) / s.const).astype(out.dtype))
+    elif absorbing and z.type.size * 4 <= out.type.size:
+        zs = g.op("mul", z, g.add_param((1.0 / s.const.astype(np.float64)).astype(out.dtype)))
+    else:
+        return None
+    if np.broadcast_shapes(x.shape, zs.shape) != out.shape:
+        return None
+    return g.op("mul", g.op("add", x, zs), s)
+
+
+def _dot_output_scale(g: Graph, b):
+    """dot(x, W) * c with c constant along the output's last axis only (through a unit reshape) -> dot(x, W*c)."""
+    d, c = b["d"], b["c"]
+    v = b["v"]
+    strip = lambda shape: [k for k in shape if k != 1]
+    if v is not d and (v.producer is None or v.producer.op != "reshape" or v.producer.inputs[0] is not d
+                       or strip(v.shape) != strip(d.shape)):
+        return None
+    dn = d.producer
+    if _matmul_like(dn) != len(dn.inputs[0].shape) - 1 or not _single_use(b, d) or (v is not d and not _single_use(b, v)):
+        return None
+    out = b["_node"].outputs[0]
+    if out.shape != v.shape:
+        return None
+    from .layout import _const_in_shape  # the scale as it broadcasts against the dot's own output
+    ca = _const_in_shape(c.const, v.shape, d.shape) if v is not d else _aligned(c.const, len(v.shape))
+    if ca is None or ca.ndim != len(d.shape) or any(k != 1 for k in ca.shape[:-1]):
+        return None
+    W = (dn.inputs[1].const.astype(np.float64) * ca.reshape(1, -1)).astype(dn.inputs[1].dtype)
+    y = g.op("dot", dn.inputs[0], g.add_param(W), **dn.attrs)
+    return y if v is d else g.op("reshape", y, shape=v.shape)
+
+
+def _dot_output_scale_bind(g: Graph, b):
+    v = b["v"]
+    d = v.producer.inputs[0] if v.producer is not None and v.producer.op == "reshape" else v
+    if d.producer is None or d.producer.op != "dot":
+        return None
+    return _dot_output_scale(g, dict(b, d=d))
+
+
 def _scalar_scale_into_dot(g: Graph, b):
     """dot(x * (s * c), W) -> dot(x * s, W * c) for a size-1 value s and a scalar constant c (a normalisation's
     1/sqrt(n) next to its computed 1/rms)."""
@@ -267,6 +322,9 @@ RULES = [
          _clamp),
     Rule("lerp", P("add", P("mul", X("a1"), X("x"), commute=True),
                    P("mul", P("sub", C("one", where=_scalar), X("a2")), X("y"), commute=True), commute=True), _lerp),
+    Rule("scale-out-of-add", P("add", P("mul", X("x"), C("s"), commute=True, name="scaled"), X("z"), commute=True),
+         _scale_out_of_add),
+    Rule("dot-output-scale", P("mul", X("v"), C("c"), commute=True), _dot_output_scale_bind),
     Rule("sub-of-sub", P("sub", X("a1"), P("sub", X("a2"), X("x"))), _sub_of_sub),
     Rule("scale-chain", P("mul", P("mul", X("x"), C("c1"), commute=True, name="inner"), C("c2"), commute=True),
          _scale_chain),

@@ -165,6 +165,20 @@ def _conv_scale(g: Graph, b):
     return g.add_node("conv", inputs, **cn.attrs).outputs[0]
 
 
+def _conv_input_scale(g: Graph, b):
+    """conv(x * s, W) with s constant per input channel -> conv(x, W * s): zero padding stays zero. Another
+    reader of x * s keeps the product."""
+    node, scaled, s = b["_node"], b["scaled"], b["s"]
+    x = b["x"]
+    w = node.inputs[1]
+    vec = _channel_vector(s.const, scaled)
+    if vec is None or not w.is_param or node.attrs["groups"] != 1 or x.shape != scaled.shape \
+            or any(d != 1 for d in node.attrs["lhs_dilations"]):
+        return None
+    kernel = (w.const * vec.reshape((1, -1) + (1,) * (w.const.ndim - 2))).astype(w.dtype)
+    return g.add_node("conv", [x, g.add_param(kernel)] + node.inputs[2:], **node.attrs).outputs[0]
+
+
 def _pool_of_transpose(g: Graph, b):
     """pool(transpose(a, p)) -> transpose(pool(a), p): the window moves with the axes, so the transpose
     can sink on to meet its inverse (a channels-last pool between two channels-first convs)."""
@@ -207,8 +221,13 @@ RULES = [
     Rule("transpose-into-reduce", P(("reduce_sum", "reduce_max", "reduce_min"), P("transpose", X(), name="t")),
          _absorb_into_reduce),
     Rule("conv-bias", P("add", P("conv", name="conv"), C("b"), commute=True), _conv_bias),
-    *[r for r in algebra.RULES if r.name == "conv-of-conv"],  # a projection the layout rules made a conv
+    # algebra rules whose chances come once the layout rules have put convs next to their inputs: a projection
+    # made a conv, and a normalisation's scale moved on to the convs that read it
+    *[r for r in algebra.RULES if r.name in ("conv-of-conv", "scale-out-of-add", "dot-output-scale")],
     Rule("conv-scale", P("mul", P("conv", name="conv"), C("s"), commute=True), _conv_scale),
+    Rule("conv-input-scale", P("conv", P("mul", X("x"), C("s"), commute=True, name="scaled"), C()), _conv_input_scale),
+    Rule("conv-input-scale", P("conv", P("mul", X("x"), C("s"), commute=True, name="scaled"), C(), C()),
+         _conv_input_scale),
     Rule("pool-of-transpose", P("pool", P("transpose", X(), name="t")), _pool_of_transpose),
 ]
 

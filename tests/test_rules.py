@@ -106,11 +106,11 @@ def test_every_rule_is_covered():
     assert rule_names(algebra.RULES) == {"clamp", "sub-of-sub", "scale-chain", "scalar-regroup", "scale-into-dot",
                                          "dot-of-dot", "slice-of-dot", "mul-reduce-to-dot", "avg-pool", "conv-of-conv",
                                          "scalar-scale-into-dot", "mean-eps-regroup", "window-conv-to-reduce",
-                                         "lerp"}
+                                         "lerp", "scale-out-of-add", "dot-output-scale"}
     assert rule_names(layout.RULES) == {"transpose-as-reshape", "sink-transpose", "transpose-of-concat",
                                         "dot-as-conv1x1", "transpose-into-dot", "transpose-into-reduce",
                                         "conv-bias", "conv-scale", "pool-of-transpose", "dot-of-unit-reshape",
-                                        "conv-of-conv"}
+                                        "conv-of-conv", "conv-input-scale", "scale-out-of-add", "dot-output-scale"}
     assert rule_names(lowering.RULES) == {"expand-lhs-dilation"}
     assert rule_names(forms.RULES) == {"vector-dot-as-matmul", "global-mean", "scale-into-dot"}
     assert rule_names(numerics.RULES) == {"split-long-reduction"}
@@ -1664,3 +1664,64 @@ def test_global_mean_not_fired_for_a_partial_reduction_or_another_producer():
     y = conv2d(g, x, g.add_param(dyadic(6, 3, 1, 1, seed=1)))
     finish(g, g.op("reduce_sum", y, axes=(3,)), g.op("reduce_sum", g.op("exp", x), axes=(2, 3)))
     assert_no_rewrite(g, ["onnx-forms"])
+
+
+# ---- a normalisation's gamma and beta folded into the convs that read it ------------------------------------
+
+
+def _conv3x3(g, x, w):
+    return g.add_node("conv", [x, g.add_param(w)], strides=(1, 1), pads=((1, 1), (1, 1)), dilations=(1, 1),
+                      groups=1).outputs[0]
+
+
+def test_gamma_and_beta_fold_into_both_convs_reading_the_normalised_value():
+    """y = t*gamma + beta read by conv1(y) and conv2(y + x2), x2 a projection: gamma goes into both kernels,
+    beta/gamma stays an add, x2's 1/gamma goes into the projection; no product with gamma is left."""
+    g = Graph()
+    t = g.add_input("t", f32(1, 4, 5, 5))
+    u = g.add_input("u", f32(1, 6))
+    gamma, beta = np.float32([0.5, 2, -1, 4]).reshape(1, 4, 1, 1), dyadic(1, 4, 1, 1, seed=2)
+    y = g.op("add", g.op("mul", t, g.add_param(gamma)), g.add_param(beta))
+    x2 = g.op("reshape", matmul(g, u, g.add_param(dyadic(6, 4, seed=3))), shape=(1, 4, 1, 1))
+    finish(g, _conv3x3(g, y, dyadic(4, 4, 3, 3, seed=4)), _conv3x3(g, g.op("add", y, x2), dyadic(4, 4, 3, 3, seed=5)))
+    hist, changed = rewrite_and_check(g, ["layout"], rtol=1e-6, atol=1e-6)
+    assert changed and "mul" not in hist and hist == {"add": 2, "conv": 2, "dot": 1, "reshape": 1}
+
+
+def test_scale_out_of_add_not_fired_for_a_scale_with_a_zero_or_a_reader_that_cannot_fold_it():
+    g = Graph()
+    t = g.add_input("t", f32(1, 4, 5, 5))
+    gamma = np.float32([0.5, 0, -1, 4]).reshape(1, 4, 1, 1)  # a zero: beta / gamma does not exist
+    y = g.op("add", g.op("mul", t, g.add_param(gamma)), g.add_param(dyadic(1, 4, 1, 1, seed=2)))
+    finish(g, _conv3x3(g, y, dyadic(4, 4, 3, 3, seed=4)))
+    assert_no_rewrite(g, ["algebra"])
+    g = Graph()
+    t, z = g.add_input("t", f32(1, 4, 5, 5)), g.add_input("z", f32(1, 4, 1, 1))
+    y = g.op("add", g.op("mul", t, g.add_param(np.float32([0.5, 2, -1, 4]).reshape(1, 4, 1, 1))), z)
+    finish(g, g.op("exp", y))  # a computed offset and a reader that cannot take the scale
+    assert_no_rewrite(g, ["algebra"])
+
+
+def test_dot_output_scale_folds_a_per_column_scale_into_the_weights():
+    g = Graph()
+    u = g.add_input("u", f32(2, 6))
+    finish(g, g.op("mul", matmul(g, u, g.add_param(dyadic(6, 4, seed=1))), g.add_param(dyadic(4, seed=2))))
+    hist, changed = rewrite_and_check(g)
+    assert changed and hist == {"dot": 1}
+    g = Graph()  # a scale per row (not per output column) stays
+    u = g.add_input("u", f32(2, 6))
+    finish(g, g.op("mul", matmul(g, u, g.add_param(dyadic(6, 4, seed=1))), g.add_param(dyadic(2, 1, seed=2))))
+    assert_no_rewrite(g)
+
+
+def test_conv_input_scale_not_fired_for_a_spatially_varying_scale_or_a_grouped_conv():
+    g = Graph()
+    t = g.add_input("t", f32(1, 4, 5, 5))
+    finish(g, _conv3x3(g, g.op("mul", t, g.add_param(dyadic(1, 1, 5, 5, seed=1))), dyadic(4, 4, 3, 3, seed=4)))
+    assert_no_rewrite(g, ["layout"])
+    g = Graph()
+    t = g.add_input("t", f32(1, 4, 5, 5))
+    scaled = g.op("mul", t, g.add_param(dyadic(1, 4, 1, 1, seed=1)))
+    finish(g, g.add_node("conv", [scaled, g.add_param(dyadic(4, 1, 3, 3, seed=2))], strides=(1, 1),
+                         pads=((1, 1), (1, 1)), dilations=(1, 1), groups=4).outputs[0])
+    assert_no_rewrite(g, ["layout"])
