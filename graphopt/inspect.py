@@ -51,6 +51,7 @@ def inspect(path) -> dict:
     summary.setdefault("param_bytes", g["param_bytes"])
     summary.update(flops_per_step=g["flops_per_step"], ir_nodes=g["nodes"],
                    state_tensors=len(manifest["state"]), state_bytes=g["state_bytes"],
+                   state_relaid=sum(1 for st in manifest["state"] if st.get("view")),
                    size_bytes=file_size(model_file),
                    tier=manifest.get("equivalence", {}).get("tier"))
     return summary
@@ -62,7 +63,9 @@ def format_summary(s: dict) -> str:
              f"  pipeline    {', '.join(s['pipeline']) or 'none (unfused)'}",
              f"  nodes       {s.get('nodes', s['ir_nodes'])} (IR: {s['ir_nodes']})",
              f"  params      {s['params']} tensors, {s['param_bytes'] / 1e6:.2f} MB",
-             f"  state       {s['state_tensors']} tensors, {s['state_bytes'] / 1e6:.2f} MB",
+             f"  state       {s['state_tensors']} tensors, {s['state_bytes'] / 1e6:.2f} MB"
+             + (f"; {s['state_relaid']} stored in another layout than the model's (views in the manifest)"
+                if s.get("state_relaid") else ""),
              f"  FLOPs/step  {s['flops_per_step'] / 1e6:.1f} M",
              f"  file size   {s['size_bytes'] / 1e6:.2f} MB",
              f"  tier        {s['tier'] or 'not verified'}"]
