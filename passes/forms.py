@@ -10,7 +10,7 @@ import numpy as np
 from graphopt.ir import Graph
 
 from . import algebra
-from .rewrite import P, Rule, X
+from .rewrite import C, P, Rule, X
 
 
 def _vector_dot_as_matmul(g: Graph, b):
@@ -42,8 +42,26 @@ def _global_mean(g: Graph, b):
     return g.op("mul", flat, g.add_param(np.asarray(np.prod(x.shape[2:]), np.float32)))
 
 
+def _bias_before_reshape(g: Graph, b):
+    """add(reshape(x @ W), c) -> reshape(x @ W + c') for a unit reshape and a constant c: the bias next to its
+    dot, where one Gemm takes both."""
+    node, r, c = b["_node"], b["r"], b["c"]
+    d = r.producer.inputs[0]
+    if d.producer is None or d.producer.op != "dot" or b["_uses"].get(id(r), 0) != 1 \
+            or node.outputs[0].shape != r.shape:
+        return None
+    from .layout import _const_in_shape, _unit_reshape
+    if not _unit_reshape(d.shape, r.shape):
+        return None
+    cc = _const_in_shape(c.const, r.shape, d.shape)
+    if cc is None or any(k != 1 for k in cc.shape[:-1]):
+        return None
+    return g.op("reshape", g.op("add", d, g.add_param(cc)), shape=r.shape)
+
+
 RULES = [
     Rule("vector-dot-as-matmul", P("dot", X(), X()), _vector_dot_as_matmul),
     Rule("global-mean", P("reduce_sum", X()), _global_mean),
+    Rule("bias-before-reshape", P("add", P("reshape", X(), name="r"), C("c"), commute=True), _bias_before_reshape),
     *[r for r in algebra.RULES if r.name == "scale-into-dot"],  # the mean's factor into the dots reading it
 ]

@@ -142,3 +142,12 @@ def test_a_pool_over_the_whole_image_is_a_global_pool():
            g.op("pool", x, mode="max", window=w, strides=w, pads=((0, 0),) * 4),
            g.op("pool", x, mode="avg", window=(1, 1, 2, 5), strides=(1, 1, 2, 5), pads=((0, 0),) * 4))
     assert ops_and_check(g) == Counter({"GlobalAveragePool": 1, "GlobalMaxPool": 1, "AveragePool": 1})
+
+
+def test_sibling_dots_with_a_bias_on_one_are_one_gemm_and_a_split():
+    g = Graph()
+    u = g.add_input("u", f32(1, 6))
+    a = matmul(g, u, g.add_param(rand(6, 3, seed=1)))
+    b = g.op("add", matmul(g, u, g.add_param(rand(6, 4, seed=2))), g.add_param(rand(4, seed=3)))
+    finish(g, g.op("exp", a), b)
+    assert ops_and_check(g) == Counter({"Gemm": 1, "Split": 1, "Exp": 1})

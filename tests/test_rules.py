@@ -112,7 +112,7 @@ def test_every_rule_is_covered():
                                         "conv-bias", "conv-scale", "pool-of-transpose", "dot-of-unit-reshape",
                                         "conv-of-conv", "conv-input-scale", "scale-out-of-add", "dot-output-scale"}
     assert rule_names(lowering.RULES) == {"expand-lhs-dilation"}
-    assert rule_names(forms.RULES) == {"vector-dot-as-matmul", "global-mean", "scale-into-dot"}
+    assert rule_names(forms.RULES) == {"vector-dot-as-matmul", "global-mean", "scale-into-dot", "bias-before-reshape"}
     assert rule_names(numerics.RULES) == {"split-long-reduction"}
 
 
@@ -1725,3 +1725,30 @@ def test_conv_input_scale_not_fired_for_a_spatially_varying_scale_or_a_grouped_c
     finish(g, g.add_node("conv", [scaled, g.add_param(dyadic(4, 1, 3, 3, seed=2))], strides=(1, 1),
                          pads=((1, 1), (1, 1)), dilations=(1, 1), groups=4).outputs[0])
     assert_no_rewrite(g, ["layout"])
+
+
+# ---- bias-before-reshape (onnx-forms) ---------------------------------------------------------------------------
+
+
+def test_bias_before_reshape_puts_the_bias_next_to_its_dot():
+    g = Graph()
+    u = g.add_input("u", f32(1, 6))
+    r = g.op("reshape", matmul(g, u, g.add_param(dyadic(6, 4, seed=1))), shape=(1, 4, 1, 1))
+    finish(g, g.op("exp", g.op("add", r, g.add_param(dyadic(1, 4, 1, 1, seed=2)))))
+    hist, changed = rewrite_and_check(g, ["onnx-forms"])
+    assert changed
+    add = next(n for n in g.nodes if n.op == "add")
+    assert add.inputs[0].producer.op == "dot" and add.outputs[0].shape == (1, 4)
+
+
+def test_bias_before_reshape_not_fired_for_a_bias_varying_across_rows_or_a_shared_reshape():
+    g = Graph()
+    u = g.add_input("u", f32(2, 6))
+    r = g.op("reshape", matmul(g, u, g.add_param(dyadic(6, 4, seed=1))), shape=(2, 4, 1))
+    finish(g, g.op("add", r, g.add_param(dyadic(2, 1, 1, seed=2))))  # one bias per row
+    assert_no_rewrite(g, ["onnx-forms"])
+    g = Graph()
+    u = g.add_input("u", f32(1, 6))
+    r = g.op("reshape", matmul(g, u, g.add_param(dyadic(6, 4, seed=1))), shape=(1, 4, 1, 1))
+    finish(g, g.op("add", r, g.add_param(dyadic(1, 4, 1, 1, seed=2))), g.op("neg", r))
+    assert_no_rewrite(g, ["onnx-forms"])

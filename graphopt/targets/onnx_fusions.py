@@ -114,38 +114,51 @@ def _sibling_dots(graph, p: Plan, users, only_reader, order) -> None:
             group = sorted({id(n): n for n in group}.values(), key=lambda n: order[id(n)])
             if len(group) < 2:
                 continue
+            biases = [_column_bias(n, p, only_reader) if len(n.inputs[0].shape) == 2 else None for n in group]
+            biases = biases if any(biases) else [None] * len(group)
 
-            def emit(b, name, out, group=group):
+            def emit(b, name, out, group=group, biases=biases):
                 W = np.concatenate([n.inputs[1].const for n in group], axis=1)
-                y = b.node("MatMul", [name(group[0].inputs[0]), b.const(W, "w")])
                 sizes = [n.inputs[1].shape[1] for n in group]
-                b.nodes.append(b.helper.make_node("Split", [y, _ints(b, sizes)], [out(n.outputs[0]) for n in group],
+                ins = [name(group[0].inputs[0]), b.const(W, "w")]
+                if any(biases):  # x @ [W1 W2 ..] + [b1 0 ..]: one Gemm
+                    vec = np.concatenate([bias[1] if bias else np.zeros(k, W.dtype) for bias, k in zip(biases, sizes)])
+                    y = b.node("Gemm", ins + [b.const(vec, "bias")])
+                else:
+                    y = b.node("MatMul", ins)
+                outs = [out(bias[0].outputs[0] if bias else n.outputs[0]) for n, bias in zip(group, biases)]
+                b.nodes.append(b.helper.make_node("Split", [y, _ints(b, sizes)], outs,
                                                   axis=len(group[0].outputs[0].shape) - 1))
-            p.claim(group[0], group, emit)
+            p.claim(group[0], group + [bias[0] for bias in biases if bias], emit)
 
 
 # ---- gemm ----------------------------------------------------------------------------------------------------
+
+
+def _column_bias(n: Node, p: Plan, only_reader) -> tuple[Node, np.ndarray] | None:
+    """(the add, its bias as a vector over the output's last axis) where x @ W is read only by + bias."""
+    add = only_reader(n.outputs[0])
+    if add is None or add.op != "add" or not p.free(add) or add.outputs[0].shape != n.outputs[0].shape:
+        return None
+    bias = next((v for v in add.inputs if v is not n.outputs[0]), None)
+    N = n.outputs[0].shape[-1]
+    if bias is None or not bias.is_param or not (bias.type.size in (1, N) and all(d == 1 for d in bias.shape[:-1])):
+        return None
+    return add, np.broadcast_to(bias.const.reshape(-1), (N,)).astype(bias.dtype)
 
 
 def _gemm(graph, p: Plan, users, only_reader, order) -> None:
     for n in graph.nodes:
         if not _matmul_like(n) or len(n.inputs[0].shape) != 2 or not p.free(n):
             continue
-        add = only_reader(n.outputs[0])
-        if add is None or add.op != "add" or not p.free(add):
-            continue
-        bias = next((v for v in add.inputs if v is not n.outputs[0]), None)
-        N = n.outputs[0].shape[1]
-        if bias is None or not bias.is_param or add.outputs[0].shape != n.outputs[0].shape \
-                or not (bias.type.size in (1, N) and all(d == 1 for d in bias.shape[:-1])
-                        and (not bias.shape or bias.shape[-1] in (1, N))):
+        bias = _column_bias(n, p, only_reader)
+        if bias is None:
             continue
 
-        def emit(b, name, out, n=n, add=add, bias=bias):
-            vec = np.broadcast_to(bias.const.reshape(-1), (n.outputs[0].shape[1],)).astype(bias.dtype)
+        def emit(b, name, out, n=n, add=bias[0], vec=bias[1]):
             b.nodes.append(b.helper.make_node("Gemm", [name(n.inputs[0]), name(n.inputs[1]), b.const(vec, "bias")],
                                               [out(add.outputs[0])]))
-        p.claim(n, [n, add], emit)
+        p.claim(n, [n, bias[0]], emit)
 
 
 # ---- reductions ------------------------------------------------------------------------------------------------
