@@ -540,8 +540,8 @@ def sink_reshapes(graph: Graph) -> bool:
         users = graph.users()
         sinks = {id(v) for v in graph.sinks()}
         b_shape, a_shape = r.inputs[0].shape, r.outputs[0].shape
-        if b_shape == a_shape or _unit_reshape(b_shape, a_shape):
-            continue  # unit reshapes are hoist_unit_reshapes' job
+        if b_shape == a_shape:
+            continue
         region, todo = set(), list(users.get(id(r.outputs[0]), []))
         while todo:  # the elementwise ops of shape A connected to the reshape's readers
             n = todo.pop()
@@ -571,13 +571,20 @@ def sink_reshapes(graph: Graph) -> bool:
                 if x.is_param:
                     consts[id(x)] = _aligned(x.const, len(a_shape)).reshape(shape)
                 elif (1,) * (len(b_shape) - len(x.shape)) + tuple(x.shape) != shape:
-                    entering[id(x)] = (x, shape)
+                    src = p.inputs[0] if p is not None and p.op == "reshape" else x  # reshapes compose
+                    have = next((u.outputs[0] for u in users.get(id(src), [])
+                                 if u.op == "reshape" and u.outputs[0].shape == shape), None)
+                    if have is not None:
+                        free[id(x)] = have  # that view exists already (read by another op)
+                    else:
+                        entering[id(x)] = (src, shape)
             if not ok:
                 break
         if not ok:
             continue
-        dying = {id(x.producer) for n in nodes for x in n.inputs if id(x) in free
-                 and id(x) not in sinks and all(id(u) in inside for u in users.get(id(x), []))}
+        dying = {id(x.producer) for n in nodes for x in n.inputs if id(x) in free and x.producer is not None
+                 and x.producer.op == "reshape" and id(x) not in sinks
+                 and all(id(u) in inside for u in users.get(id(x), []))}
         exits = [n.outputs[0] for n in nodes if id(n.outputs[0]) in sinks
                  or any(id(u) not in inside and u.op != "reshape" for u in users.get(id(n.outputs[0]), []))]
         if len(entering) + len(exits) >= len(dying):

@@ -89,7 +89,17 @@ register(Pass("state-layout", _state_layout, targets=CHANNELS_FIRST_TARGETS,
                   "the state's view maps it back to the model's layout"))
 
 
-register(Pass("onnx-forms", rule_pass("forms"), targets=frozenset({"onnx", "tensorrt"}),
+def _onnx_forms(graph: Graph) -> bool:
+    from .layout import hoist_unit_reshapes, sink_reshapes
+    changed = rule_pass("forms")(graph)
+    if changed:  # tidy the reshapes the forms add: chains collapsed, then regions moved past them
+        rule_pass("simplify")(graph)
+        while sink_reshapes(graph) | hoist_unit_reshapes(graph):
+            pass
+    return changed
+
+
+register(Pass("onnx-forms", _onnx_forms, targets=frozenset({"onnx", "tensorrt"}),
               doc="forms that lower to fewer ONNX ops: a dot with a vector as a matrix product"))
 
 

@@ -1752,3 +1752,16 @@ def test_bias_before_reshape_not_fired_for_a_bias_varying_across_rows_or_a_share
     r = g.op("reshape", matmul(g, u, g.add_param(dyadic(6, 4, seed=1))), shape=(1, 4, 1, 1))
     finish(g, g.op("add", r, g.add_param(dyadic(1, 4, 1, 1, seed=2))), g.op("neg", r))
     assert_no_rewrite(g, ["onnx-forms"])
+
+
+def test_reshape_sinking_reuses_a_view_that_another_op_reads():
+    """yr[1,32,4,1] + D * x viewed as [1,32,1,4]: x already has a [1,32,4,1] view (read elsewhere), so the sum
+    is computed in [1,32,4,1] and reshaped once, for the concat that reads it."""
+    g = Graph()
+    x, yr, yi = g.add_input("x", f32(1, 128)), g.add_input("yr", f32(1, 32, 4, 1)), g.add_input("yi", f32(1, 32, 1, 4))
+    other = g.op("exp", g.op("reshape", x, shape=(1, 32, 4, 1)))
+    a = g.op("add", g.op("reshape", yr, shape=(1, 32, 1, 4)),
+             g.op("mul", g.add_param(dyadic(1, 32, 1, 1, seed=1)), g.op("reshape", x, shape=(1, 32, 1, 4))))
+    finish(g, g.op("concat", a, yi, axis=2), other)
+    hist, changed = rewrite_and_check(g, ["layout", "simplify", "cse"])
+    assert changed and hist["reshape"] == 2  # x's one view, and the sum's way into the concat
