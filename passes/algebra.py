@@ -109,7 +109,8 @@ def _scale_out_of_add(g: Graph, b):
     constant (z/s folds) or a small computed value (z/s a small product) where every reader folds the scale."""
     node, scaled, s, z, x = b["_node"], b["scaled"], b["s"], b["z"], b["x"]
     out = node.outputs[0]
-    if not is_float(out.dtype) or not np.all(s.const != 0) or x.shape != out.shape or s.type.size * 4 > out.type.size:
+    if not is_float(out.dtype) or not np.all(s.const != 0) or x.shape != out.shape or s.type.size * 4 > out.type.size \
+            or not _single_use(b, scaled):  # another reader would keep x * s: one more big product
         return None
     readers = b["_users"].get(id(out), [])
     absorbing = readers and out not in g.sinks() and all(

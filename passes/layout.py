@@ -389,9 +389,10 @@ def _shape_in(shape: tuple, src: tuple, dst: tuple) -> tuple | None:
     return None if relaid is None else relaid.shape
 
 
-def _component(v: Value, users) -> list:
-    """The elementwise nodes of v's shape connected to v's producer through values of that shape."""
-    shape, seen, todo, nodes = v.shape, set(), [v.producer], []
+def connected(starts: list, shape: tuple, users) -> list:
+    """The elementwise nodes with outputs of `shape` connected to the start nodes through values of that
+    shape (readers and producers both ways)."""
+    seen, todo, nodes = set(), list(starts), []
     while todo:
         n = todo.pop()
         if n is None or id(n) in seen or n.op not in ELEMENTWISE or n.outputs[0].shape != shape:
@@ -401,6 +402,11 @@ def _component(v: Value, users) -> list:
         todo += [x.producer for x in n.inputs if x.shape == shape]
         todo += users.get(id(n.outputs[0]), [])
     return nodes
+
+
+def _component(v: Value, users) -> list:
+    """The elementwise nodes of v's shape connected to v's producer through values of that shape."""
+    return connected([v.producer], v.shape, users)
 
 
 def hoist_unit_reshapes(graph: Graph) -> bool:
@@ -542,13 +548,7 @@ def sink_reshapes(graph: Graph) -> bool:
         b_shape, a_shape = r.inputs[0].shape, r.outputs[0].shape
         if b_shape == a_shape:
             continue
-        region, todo = set(), list(users.get(id(r.outputs[0]), []))
-        while todo:  # the elementwise ops of shape A connected to the reshape's readers
-            n = todo.pop()
-            if n is None or id(n) in region or n.op not in ELEMENTWISE or n.outputs[0].shape != a_shape:
-                continue
-            region.add(id(n))
-            todo += users.get(id(n.outputs[0]), []) + [x.producer for x in n.inputs if x.shape == a_shape]
+        region = {id(n) for n in connected(users.get(id(r.outputs[0]), []), a_shape, users)}
         nodes = [n for n in graph.nodes if id(n) in region]
         if not nodes:
             continue

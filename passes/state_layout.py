@@ -19,29 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphopt.ir import OPS, Graph, Value
+from graphopt.ir import Graph, Value
 
-from .layout import _inverse
+from .layout import _inverse, connected
 
-ELEMENTWISE = frozenset(n for n, op in OPS.items() if op.elementwise)
-LAYOUT_OPS = ("reshape", "transpose")
 CLEANUP = ("layout", "simplify", "cse", "dce")
 
 
 def _neighbourhood(graph: Graph, pair, users) -> list:
     """Elementwise nodes of the state's shape connected to its input's readers and its output."""
-    shape = pair.input.shape
-    seen, nodes = set(), []
-    todo = list(users.get(id(pair.input), [])) + [pair.output.producer]
-    while todo:
-        n = todo.pop()
-        if n is None or id(n) in seen or n.op not in ELEMENTWISE or n.outputs[0].shape != shape:
-            continue
-        seen.add(id(n))
-        nodes.append(n)
-        todo += [x.producer for x in n.inputs if x.shape == shape]
-        todo += users.get(id(n.outputs[0]), [])
-    return nodes
+    return connected(list(users.get(id(pair.input), [])) + [pair.output.producer], pair.input.shape, users)
 
 
 def _chain_out(v: Value, users) -> tuple | None:

@@ -1700,6 +1700,12 @@ def test_scale_out_of_add_not_fired_for_a_scale_with_a_zero_or_a_reader_that_can
     y = g.op("add", g.op("mul", t, g.add_param(np.float32([0.5, 2, -1, 4]).reshape(1, 4, 1, 1))), z)
     finish(g, g.op("exp", y))  # a computed offset and a reader that cannot take the scale
     assert_no_rewrite(g, ["algebra"])
+    g = Graph()
+    t = g.add_input("t", f32(1, 4, 5, 5))
+    scaled = g.op("mul", t, g.add_param(np.float32([0.5, 2, -1, 4]).reshape(1, 4, 1, 1)))
+    y = g.op("add", scaled, g.add_param(dyadic(1, 4, 1, 1, seed=2)))
+    finish(g, _conv3x3(g, y, dyadic(4, 4, 3, 3, seed=4)), g.op("exp", scaled))  # t * gamma is read elsewhere
+    assert_no_rewrite(g, ["algebra"])
 
 
 def test_dot_output_scale_folds_a_per_column_scale_into_the_weights():
