@@ -190,7 +190,9 @@ def _io_lines(r: dict) -> list[str]:
     if r["state_tensors"]:
         out.append(f"- state: {r['state_tensors']} tensors ({r['state_bytes'] / 1e6:.2f} MB), `state_in_i` -> "
                    "`state_out_i`; start from `<model>.state.npz` and feed each step's `state_out_i` back as the "
-                   "next step's `state_in_i` (the TFLite default and the Streams keep it for you).")
+                   "next step's `state_in_i` (the TFLite default and the Streams keep it for you). An artifact "
+                   "may store a state in another layout than the authors' model holds it: its manifest entry then "
+                   "gives `model_shape` and `view`, the NumPy steps from the stored tensor to the model's.")
     else:
         out.append("- no state: each call is independent (consecutive chunks do not overlap).")
     return out

@@ -605,7 +605,8 @@ def random_graphs(draw):
     for _ in range(n_steps):
         kind = draw(st.sampled_from(["binary", "broadcast", "reshape", "transpose", "mul1", "add0",
                                      "const", "slice", "cast", "constexpr",
-                                     "relu6", "dotchain", "scaledot", "transpose-const"]))
+                                     "relu6", "dotchain", "scaledot", "transpose-const", "lerp",
+                                     "affine-dot", "concat-zero"]))
         a = draw(st.sampled_from(pool))
         if kind == "binary":
             op = draw(st.sampled_from(["add", "sub", "mul", "max", "min"]))
@@ -664,6 +665,18 @@ def random_graphs(draw):
             op = draw(st.sampled_from(["add", "sub", "mul", "max", "min"]))
             e = g.op(op, t, c) if draw(st.booleans()) else g.op(op, c, t)
             v = g.op("transpose", e, perm=(1, 0))
+        elif kind == "lerp":  # algebra: a*x + (1-a)*y -> y + a*(x - y), a computed (a running mean's rate)
+            b = draw(st.sampled_from(pool))
+            v = g.op("add", g.op("mul", row, a), g.op("mul", g.op("sub", g.add_param(np.float32(1)), row), b))
+        elif kind == "affine-dot":  # (x*s + c) @ W: s moves out of the add (c/s) and into W
+            s_ = g.add_param(_dyadic_array(draw, (3,), (0.5, 2.0, -1.0)))
+            c = g.add_param(_dyadic_array(draw, (3,)))
+            v = _matmul(g, g.op("add", g.op("mul", a, s_), c), g.add_param(_dyadic_array(draw, (3, 3))))
+        elif kind == "concat-zero":  # simplify: [a0, a1] + [b0, 0] -> [a0 + b0, a1]
+            b = draw(st.sampled_from(pool))
+            cut = lambda x, lo, hi: g.op("slice", x, starts=(0, lo), limits=(2, hi), strides=(1, 1))
+            v = g.op("add", g.op("concat", cut(a, 0, 1), cut(a, 1, 3), axis=1),
+                     g.op("concat", cut(b, 0, 1), g.add_param(np.zeros((2, 2), np.float32)), axis=1))
         else:  # param-only subexpression for fold-constants
             # dyadic values: the folded float32 constant is exact, so the float64 reference
             # interpreter sees the same number before and after folding
