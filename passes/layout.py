@@ -142,6 +142,22 @@ def _absorb_into_reduce(g: Graph, b):
     return g.op(node.op, t.producer.inputs[0], axes=tuple(sorted(perm[i] for i in node.attrs["axes"])))
 
 
+def _reduce_of_unit_reshape(g: Graph, b):
+    """reduce(reshape(x), axes) -> reshape(reduce(x, axes')) when the reshape only inserts or removes unit
+    dimensions: the reduction moves next to x (and to a transpose before it, which it can then absorb)."""
+    node, r = b["_node"], b["r"]
+    x = r.producer.inputs[0]
+    if not _unit_reshape(x.shape, r.shape) or not _single_use(b, r):
+        return None
+    big_r = [i for i, d in enumerate(r.shape) if d != 1]
+    big_x = [i for i, d in enumerate(x.shape) if d != 1]
+    axes = tuple(sorted(big_x[big_r.index(a)] for a in node.attrs["axes"] if r.shape[a] != 1))
+    if not axes:
+        return None
+    y = g.op(node.op, x, axes=axes)
+    return g.op("reshape", y, shape=node.outputs[0].shape) if y.shape != node.outputs[0].shape else y
+
+
 def _channel_vector(c: np.ndarray, out: Value) -> np.ndarray | None:
     """A constant that broadcasts along a channels-first value's channel axis only, as a vector [C]."""
     ca = _aligned(c, len(out.shape))
@@ -218,6 +234,8 @@ RULES = [
     Rule("dot-of-unit-reshape", P("dot", P("reshape", X(), name="r"), C()), _dot_of_unit_reshape),
     Rule("dot-as-conv1x1", P("dot", P("transpose", X(), name="t"), C()), _dot_as_conv1x1),
     Rule("transpose-into-dot", P("dot", P("transpose", X(), name="t"), X()), _absorb_into_dot),
+    Rule("reduce-of-unit-reshape", P(("reduce_sum", "reduce_max", "reduce_min"), P("reshape", X(), name="r")),
+         _reduce_of_unit_reshape),
     Rule("transpose-into-reduce", P(("reduce_sum", "reduce_max", "reduce_min"), P("transpose", X(), name="t")),
          _absorb_into_reduce),
     Rule("conv-bias", P("add", P("conv", name="conv"), C("b"), commute=True), _conv_bias),

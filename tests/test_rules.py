@@ -110,7 +110,8 @@ def test_every_rule_is_covered():
     assert rule_names(layout.RULES) == {"transpose-as-reshape", "sink-transpose", "transpose-of-concat",
                                         "dot-as-conv1x1", "transpose-into-dot", "transpose-into-reduce",
                                         "conv-bias", "conv-scale", "pool-of-transpose", "dot-of-unit-reshape",
-                                        "conv-of-conv", "conv-input-scale", "scale-out-of-add", "dot-output-scale"}
+                                        "conv-of-conv", "conv-input-scale", "scale-out-of-add", "dot-output-scale",
+                                        "reduce-of-unit-reshape"}
     assert rule_names(lowering.RULES) == {"expand-lhs-dilation"}
     assert rule_names(forms.RULES) == {"vector-dot-as-matmul", "global-mean", "scale-into-dot", "bias-before-reshape"}
     assert rule_names(numerics.RULES) == {"split-long-reduction"}
@@ -1771,3 +1772,27 @@ def test_reshape_sinking_reuses_a_view_that_another_op_reads():
     finish(g, g.op("concat", a, yi, axis=2), other)
     hist, changed = rewrite_and_check(g, ["layout", "simplify", "cse"])
     assert changed and hist["reshape"] == 2  # x's one view, and the sum's way into the concat
+
+
+# ---- reduce-of-unit-reshape ----------------------------------------------------------------------------------
+
+
+def test_reduce_of_unit_reshape_lets_the_reduction_absorb_a_transpose():
+    """A channels-first conv output moved channels-last, given the model's [1,1,H,W,C] shape and summed over
+    H and W: the sum moves before the reshape and absorbs the transpose."""
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 3, 5))
+    t = g.op("transpose", x, perm=(0, 2, 3, 1))
+    r = g.op("reshape", t, shape=(1, 1, 3, 5, 4))
+    finish(g, g.op("reduce_sum", r, axes=(2, 3)))
+    hist, changed = rewrite_and_check(g, ["layout", "simplify"])
+    assert changed and hist == {"reduce_sum": 1, "reshape": 1}
+    red = next(n for n in g.nodes if n.op == "reduce_sum")
+    assert red.inputs[0] is x and red.attrs["axes"] == (2, 3)
+
+
+def test_reduce_of_unit_reshape_not_fired_for_a_regrouping_reshape():
+    g = Graph()
+    x = g.add_input("x", f32(2, 6))
+    finish(g, g.op("reduce_sum", g.op("reshape", x, shape=(2, 2, 3)), axes=(2,)))
+    assert_no_rewrite(g, ["layout"])
