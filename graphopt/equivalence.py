@@ -61,12 +61,24 @@ def run_steps(step: StepFn, frames: np.ndarray, dt: float, state: list) -> tuple
     return np.concatenate(outs), [np.asarray(s) for s in state]
 
 
+class _StreamState:
+    """A Stream's state, read only when iterated: run_steps reads it once, after the clip, instead of
+    copying (and re-laying through the views) every state tensor on every frame."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __iter__(self):
+        return iter(self._stream.state)
+
+
 def stream_step(stream) -> StepFn:
     """Adapt a Stream to a StepFn (the Stream carries its own state; reset before use)."""
     stream.reset()
+    state = _StreamState(stream)
 
-    def step(frame, dt, state):
-        return stream.step(frame, dt if stream.takes_dt else None), stream.state
+    def step(frame, dt, _):
+        return stream.step(frame, dt if stream.takes_dt else None), state
     return step
 
 

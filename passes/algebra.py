@@ -11,6 +11,7 @@ import numpy as np
 from graphopt.ir import Graph, Value, is_float
 
 from .rewrite import C, P, Rule, X
+from .shapes import aligned, relaid
 
 
 def _scalar(v: Value) -> bool:
@@ -19,11 +20,6 @@ def _scalar(v: Value) -> bool:
 
 def _single_use(b, v: Value) -> bool:
     return b["_uses"].get(id(v), 0) == 1
-
-
-def _aligned(c: np.ndarray, rank: int) -> np.ndarray:
-    """A constant with numpy broadcasting's leading unit dimensions made explicit."""
-    return c.reshape((1,) * (rank - c.ndim) + c.shape)
 
 
 def _clamp(g: Graph, b):
@@ -82,7 +78,7 @@ def _scale_into_dot(g: Graph, b):
         return None
     if scaled.producer.op == "div" and not is_float(scaled.dtype):
         return None  # integer division truncates: (x / c) . W is not x . (W / c)
-    ca = _aligned(c.const, len(scaled.shape))
+    ca = aligned(c.const, len(scaled.shape))
     if ca.ndim != len(scaled.shape) or any(d != 1 for i, d in enumerate(ca.shape) if i != k):
         return None
     col = ca.reshape(-1, 1).astype(np.float64)  # size 1 or the contracting size
@@ -142,8 +138,7 @@ def _dot_output_scale(g: Graph, b):
     out = b["_node"].outputs[0]
     if out.shape != v.shape:
         return None
-    from .layout import _const_in_shape  # the scale as it broadcasts against the dot's own output
-    ca = _const_in_shape(c.const, v.shape, d.shape) if v is not d else _aligned(c.const, len(v.shape))
+    ca = relaid(c.const, v.shape, d.shape)  # the scale as it broadcasts against the dot's own output
     if ca is None or ca.ndim != len(d.shape) or any(k != 1 for k in ca.shape[:-1]):
         return None
     W = (dn.inputs[1].const.astype(np.float64) * ca.reshape(1, -1)).astype(dn.inputs[1].dtype)

@@ -11,6 +11,7 @@ from graphopt.ir import Graph
 
 from . import algebra
 from .rewrite import C, P, Rule, X
+from .shapes import relaid, unit_reshape
 
 
 def _vector_dot_as_matmul(g: Graph, b):
@@ -50,10 +51,9 @@ def _bias_before_reshape(g: Graph, b):
     if d.producer is None or d.producer.op != "dot" or b["_uses"].get(id(r), 0) != 1 \
             or node.outputs[0].shape != r.shape:
         return None
-    from .layout import _const_in_shape, _unit_reshape
-    if not _unit_reshape(d.shape, r.shape):
+    if not unit_reshape(d.shape, r.shape):
         return None
-    cc = _const_in_shape(c.const, r.shape, d.shape)
+    cc = relaid(c.const, r.shape, d.shape)
     if cc is None or any(k != 1 for k in cc.shape[:-1]):
         return None
     return g.op("reshape", g.op("add", d, g.add_param(cc)), shape=r.shape)

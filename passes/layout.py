@@ -12,7 +12,8 @@ import numpy as np
 from graphopt.ir import OPS, Graph, Value
 
 from . import algebra
-from .algebra import _aligned, _single_use, _unit_reshape_keeps_last
+from .algebra import _single_use, _unit_reshape_keeps_last
+from .shapes import aligned, regrouped, relaid, unit_reshape
 from .cleanup import dce
 from .rewrite import C, P, Rule, X
 
@@ -57,7 +58,7 @@ def _sink_transpose(g: Graph, b):
         elif v.type.size == 1 and len(v.shape) <= rank:
             inputs.append(v)
         elif v.is_param and len(v.shape) <= rank:
-            inputs.append(g.add_param(np.ascontiguousarray(np.transpose(_aligned(v.const, rank), inv))))
+            inputs.append(g.add_param(np.ascontiguousarray(np.transpose(aligned(v.const, rank), inv))))
         else:
             return None
     y = g.add_node(node.op, inputs, **node.attrs).outputs[0]
@@ -147,7 +148,7 @@ def _reduce_of_unit_reshape(g: Graph, b):
     dimensions: the reduction moves next to x (and to a transpose before it, which it can then absorb)."""
     node, r = b["_node"], b["r"]
     x = r.producer.inputs[0]
-    if not _unit_reshape(x.shape, r.shape) or not _single_use(b, r):
+    if not unit_reshape(x.shape, r.shape) or not _single_use(b, r):
         return None
     big_r = [i for i, d in enumerate(r.shape) if d != 1]
     big_x = [i for i, d in enumerate(x.shape) if d != 1]
@@ -160,7 +161,7 @@ def _reduce_of_unit_reshape(g: Graph, b):
 
 def _channel_vector(c: np.ndarray, out: Value) -> np.ndarray | None:
     """A constant that broadcasts along a channels-first value's channel axis only, as a vector [C]."""
-    ca = _aligned(c, len(out.shape))
+    ca = aligned(c, len(out.shape))
     if ca.ndim != len(out.shape) or any(d != 1 for i, d in enumerate(ca.shape) if i != 1):
         return None
     return np.broadcast_to(ca.reshape(-1), (out.shape[1],)).astype(out.dtype)
@@ -215,7 +216,7 @@ def _conv_bias(g: Graph, b):
     cn = conv.producer
     if not _single_use(b, conv):
         return None
-    ba = _aligned(bias.const, len(conv.shape))
+    ba = aligned(bias.const, len(conv.shape))
     cout = conv.shape[1]
     if ba.ndim != len(conv.shape) or any(d != 1 for i, d in enumerate(ba.shape) if i != 1):
         return None
@@ -260,6 +261,21 @@ def _clone_region(graph: Graph, nodes: list, operand) -> dict[int, Value]:
     return new
 
 
+def connected(starts: list, shape: tuple, users) -> list:
+    """The elementwise nodes with outputs of `shape` connected to the start nodes through values of that
+    shape (readers and producers both ways)."""
+    seen, todo, nodes = set(), list(starts), []
+    while todo:
+        n = todo.pop()
+        if n is None or id(n) in seen or n.op not in ELEMENTWISE or n.outputs[0].shape != shape:
+            continue
+        seen.add(id(n))
+        nodes.append(n)
+        todo += [x.producer for x in n.inputs if x.shape == shape]
+        todo += users.get(id(n.outputs[0]), [])
+    return nodes
+
+
 # ---- whole-region sinking ----------------------------------------------------------------------------------
 
 
@@ -296,16 +312,8 @@ def _grow_region(graph: Graph, t_out: Value, users) -> list:
     The connected set is grown both ways first, then nodes with an operand that cannot be moved are
     dropped until none is left, so a region fed by several transposes (a running mean whose state and
     input are both transposed) is found from any one of them."""
-    perm, shape = t_out.producer.attrs["perm"], t_out.shape
-    candidates: dict[int, object] = {}
-    todo = list(users.get(id(t_out), []))
-    while todo:
-        n = todo.pop()
-        if id(n) in candidates or n.op not in ELEMENTWISE or n.outputs[0].shape != shape:
-            continue
-        candidates[id(n)] = n
-        todo += users.get(id(n.outputs[0]), [])
-        todo += [x.producer for x in n.inputs if x.producer is not None and x.shape == shape]
+    perm = t_out.producer.attrs["perm"]
+    candidates = {id(n): n for n in connected(users.get(id(t_out), []), t_out.shape, users)}
     while True:
         region = {id(n.outputs[0]) for n in candidates.values()}
         bad = [k for k, n in candidates.items() if not all(_region_operand_ok(x, perm, region) for x in n.inputs)]
@@ -367,7 +375,7 @@ def sink_transpose_regions(graph: Graph) -> bool:
             if id(x) in feeds:
                 return x.producer.inputs[0]
             if x.is_param and len(x.shape) > 0 and x.type.size > 1:
-                return graph.add_param(np.ascontiguousarray(np.transpose(_aligned(x.const, len(perm)), inv)))
+                return graph.add_param(np.ascontiguousarray(np.transpose(aligned(x.const, len(perm)), inv)))
             if _needs_relaying(x):  # a computed per-channel operand: one reshape
                 return graph.op("reshape", x, shape=_relaid_broadcast(x.shape, perm))
             return x
@@ -381,45 +389,6 @@ def sink_transpose_regions(graph: Graph) -> bool:
 
 
 # ---- reshape hoisting ---------------------------------------------------------------------------------------
-
-
-def _unit_reshape(src, dst) -> bool:
-    """A reshape that only inserts or removes unit dimensions."""
-    return src != dst and [d for d in src if d != 1] == [d for d in dst if d != 1]
-
-
-def _const_in_shape(c: np.ndarray, src: tuple, dst: tuple) -> np.ndarray | None:
-    """A constant broadcast against shape src, re-laid so it broadcasts the same way against dst (a
-    unit reshape of src): the non-unit axes keep their sizes and order, the unit ones become 1."""
-    ca = _aligned(c, len(src))
-    if ca.ndim != len(src):
-        return None
-    sizes = [ca.shape[i] for i, d in enumerate(src) if d != 1]
-    if any(ca.shape[i] != 1 for i, d in enumerate(src) if d == 1):
-        return None
-    it = iter(sizes)
-    return ca.reshape(tuple(next(it) if d != 1 else 1 for d in dst))
-
-
-def _shape_in(shape: tuple, src: tuple, dst: tuple) -> tuple | None:
-    """The shape a value of `shape` broadcast against src takes to broadcast the same way against dst."""
-    relaid = _const_in_shape(np.broadcast_to(np.zeros((), np.bool_), shape), src, dst)
-    return None if relaid is None else relaid.shape
-
-
-def connected(starts: list, shape: tuple, users) -> list:
-    """The elementwise nodes with outputs of `shape` connected to the start nodes through values of that
-    shape (readers and producers both ways)."""
-    seen, todo, nodes = set(), list(starts), []
-    while todo:
-        n = todo.pop()
-        if n is None or id(n) in seen or n.op not in ELEMENTWISE or n.outputs[0].shape != shape:
-            continue
-        seen.add(id(n))
-        nodes.append(n)
-        todo += [x.producer for x in n.inputs if x.shape == shape]
-        todo += users.get(id(n.outputs[0]), [])
-    return nodes
 
 
 def _component(v: Value, users) -> list:
@@ -440,7 +409,7 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
     for r in [n for n in graph.nodes if n.op == "reshape"]:
         users = graph.users()
         sinks = {id(v) for v in graph.sinks()}
-        if r not in graph.nodes or not _unit_reshape(r.inputs[0].shape, r.outputs[0].shape):
+        if r not in graph.nodes or not unit_reshape(r.inputs[0].shape, r.outputs[0].shape):
             continue
         src, dst = r.inputs[0].shape, r.outputs[0].shape
         order = {id(n): i for i, n in enumerate(graph.nodes)}
@@ -463,18 +432,18 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
                 if id(x) in produced or (x.type.size == 1 and len(x.shape) <= len(dst)):
                     continue
                 if x.is_param:
-                    c = _const_in_shape(x.const, src, dst)
+                    c = relaid(x.const, src, dst)
                     if c is None:
                         break
                     consts[id(x)] = c
                 else:  # a computed operand: where it broadcasts against src, re-laid for dst
-                    relaid = _shape_in(x.shape, src, dst)
-                    if relaid is None:
+                    shape = regrouped(x.shape, src, dst)
+                    if shape is None:
                         break
-                    if x.producer is not None and x.producer.op == "reshape" and x.producer.inputs[0].shape == relaid:
+                    if x.producer is not None and x.producer.op == "reshape" and x.producer.inputs[0].shape == shape:
                         free[id(x)] = x.producer.inputs[0]  # a reshape out of that shape: read what it reshapes
-                    elif (1,) * (len(dst) - len(x.shape)) + tuple(x.shape) != relaid:
-                        sources[id(x)] = (x, relaid)  # needs a reshape (none where it already broadcasts right)
+                    elif (1,) * (len(dst) - len(x.shape)) + tuple(x.shape) != shape:
+                        sources[id(x)] = (x, shape)  # needs a reshape (none where it already broadcasts right)
             else:
                 continue
             break  # an operand that cannot be re-laid
@@ -496,56 +465,6 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
 
 
 # ---- reshape sinking -------------------------------------------------------------------------------------------
-
-
-def _axis_groups(a: tuple, b: tuple) -> list[tuple[list[int], list[int]]] | None:
-    """Consecutive axis groups of two shapes of one size whose products match ([1,64,4] vs [1,32,2,4]:
-    [0]-[0], [1]-[1,2], [2]-[3]); None where the sizes differ."""
-    if int(np.prod(a, dtype=np.int64)) != int(np.prod(b, dtype=np.int64)):
-        return None
-    groups, i, j = [], 0, 0
-    while i < len(a) or j < len(b):
-        ga, gb = [], []
-        pa = pb = 1
-        if i < len(a):
-            ga.append(i)
-            pa = a[i]
-            i += 1
-        if j < len(b):
-            gb.append(j)
-            pb = b[j]
-            j += 1
-        while pa != pb:
-            if pa < pb and i < len(a):
-                pa *= a[i]
-                ga.append(i)
-                i += 1
-            elif j < len(b):
-                pb *= b[j]
-                gb.append(j)
-                j += 1
-            else:
-                return None
-        groups.append((ga, gb))
-    return groups
-
-
-def _regrouped(shape: tuple, a: tuple, b: tuple) -> tuple | None:
-    """The shape that broadcasts against b as `shape` broadcasts against a (a and b one tensor's two
-    shapes): every axis group is either whole or all ones in `shape`; None where one is cut."""
-    groups = _axis_groups(a, b)
-    if groups is None or len(shape) > len(a):
-        return None
-    s = (1,) * (len(a) - len(shape)) + tuple(shape)
-    out = [1] * len(b)
-    for ga, gb in groups:
-        if all(s[k] == 1 for k in ga):
-            continue
-        if any(s[k] != a[k] for k in ga):
-            return None
-        for k in gb:
-            out[k] = b[k]
-    return tuple(out)
 
 
 def sink_reshapes(graph: Graph) -> bool:
@@ -582,12 +501,12 @@ def sink_reshapes(graph: Graph) -> bool:
                 if p is not None and p.op == "reshape" and p.inputs[0].shape == b_shape and x.shape == a_shape:
                     free[id(x)] = p.inputs[0]
                     continue
-                shape = _regrouped(x.shape, a_shape, b_shape)
+                shape = regrouped(x.shape, a_shape, b_shape)
                 if shape is None:
                     ok = False
                     break
                 if x.is_param:
-                    consts[id(x)] = _aligned(x.const, len(a_shape)).reshape(shape)
+                    consts[id(x)] = aligned(x.const, len(a_shape)).reshape(shape)
                 elif (1,) * (len(b_shape) - len(x.shape)) + tuple(x.shape) != shape:
                     src = p.inputs[0] if p is not None and p.op == "reshape" else x  # reshapes compose
                     have = next((u.outputs[0] for u in users.get(id(src), [])

@@ -100,7 +100,8 @@ def _onnx_forms(graph: Graph) -> bool:
 
 
 register(Pass("onnx-forms", _onnx_forms, targets=frozenset({"onnx", "tensorrt"}),
-              doc="forms that lower to fewer ONNX ops: a dot with a vector as a matrix product"))
+              doc="forms that lower to fewer or faster ONNX ops: a dot with a vector as a matrix product, a "
+                  "whole-image mean of a conv output as a global average pool, a bias next to its dot (Gemm)"))
 
 
 def _specialize(graph: Graph) -> bool:

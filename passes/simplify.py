@@ -7,6 +7,7 @@ import numpy as np
 from graphopt.ir import OPS, Graph, Value, is_float
 
 from .rewrite import C, P, Rule, X
+from .shapes import aligned, aligned_shape
 
 # elementwise ops with more than one input broadcast implicitly, so explicit broadcasts can go
 ELEMENTWISE = tuple(sorted(n for n, op in OPS.items() if op.elementwise and op.arity != 1))
@@ -156,13 +157,13 @@ def _distribute_over_concat(g, b):
                 return None
             per_operand.append(list(p.inputs))
         elif v.is_param and (len(v.shape) <= rank):
-            c = _aligned(v.const, rank)
+            c = aligned(v.const, rank)
             if c.shape[axis] == 1:
                 per_operand.append([v] * len(sizes))
             else:
                 per_operand.append([g.add_param(np.ascontiguousarray(np.take(c, range(lo, hi), axis=axis)))
                                     for lo, hi in zip(bounds[:-1], bounds[1:])])
-        elif len(v.shape) <= rank and _aligned_shape(v.shape, rank)[axis] == 1:
+        elif len(v.shape) <= rank and aligned_shape(v.shape, rank)[axis] == 1:
             per_operand.append([v] * len(sizes))
         else:
             return None
@@ -185,14 +186,6 @@ def _distribute_over_concat(g, b):
     pieces = [g.add_param(p[1]) if p[0] == "const" else p[1] if p[0] == "keep" else g.op(node.op, p[1], p[2])
               for p in plan]
     return g.op("concat", *pieces, axis=axis)
-
-
-def _aligned_shape(shape, rank):
-    return (1,) * (rank - len(shape)) + tuple(shape)
-
-
-def _aligned(c: np.ndarray, rank: int) -> np.ndarray:
-    return c.reshape(_aligned_shape(c.shape, rank))
 
 
 RULES = [

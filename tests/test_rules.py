@@ -16,7 +16,7 @@ import pytest
 from graphopt.ir import Graph, Interpreter, TensorType, verify
 from graphopt.passes import run_pipeline
 from graphopt.passes import algebra, forms, layout, lowering, numerics
-from graphopt.passes.layout import _regrouped
+from graphopt.passes.shapes import regrouped
 
 # ---- helpers ----------------------------------------------------------------------------------
 
@@ -1612,8 +1612,8 @@ def test_reshape_sinking_not_fired_for_a_constant_the_reshape_would_cut():
     y = g.add_input("y", f32(1, 4, 6))
     z = g.op("mul", g.op("reshape", y, shape=(1, 8, 3)), g.add_param(dyadic(3, seed=1)))
     finish(g, g.op("reshape", z, shape=(1, 24)))
-    assert _regrouped((3,), (1, 8, 3), (1, 4, 6)) is None
-    assert _regrouped((8, 1), (1, 8, 3), (1, 4, 2, 3)) == (1, 4, 2, 1)
+    assert regrouped((3,), (1, 8, 3), (1, 4, 6)) is None
+    assert regrouped((8, 1), (1, 8, 3), (1, 4, 2, 3)) == (1, 4, 2, 1)
     assert_no_rewrite(g, ["layout"])
 
 

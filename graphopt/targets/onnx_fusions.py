@@ -6,7 +6,7 @@ first and returns the group's emitter, run at the group's first node, and the no
 swallows:
 
 - split:          slices that partition one axis of a value          -> one Split
-- sibling-dots:   x @ W1, x @ W2, ... (same x, constant W)            -> one MatMul + Split
+- sibling-dots:   x @ W1, x @ W2 (+ b2), ... (same x, constant W, b)  -> one MatMul (Gemm with biases) + Split
 - gemm:           x @ W + b (2-D x, constant W and b)                 -> one Gemm
 - reduce-keepdims: reduce(x) reshaped to put the reduced axes back    -> one Reduce with keepdims=1
 - sum-square:     reduce_sum(x * x)                                   -> one ReduceSumSquare
@@ -53,16 +53,12 @@ def plan(graph: Graph) -> Plan:
     return p
 
 
-def _ints(b, values) -> str:
-    return b.ints(values)
-
-
 def _matmul_like(n: Node) -> bool:
     if n.op != "dot":
         return False
     a = n.attrs
     lhs, rhs = n.inputs
-    return (n.op == "dot" and rhs.is_param and len(rhs.shape) == 2 and not a["lhs_batch"] and not a["rhs_batch"]
+    return (rhs.is_param and len(rhs.shape) == 2 and not a["lhs_batch"] and not a["rhs_batch"]
             and a["lhs_contract"] == (len(lhs.shape) - 1,) and a["rhs_contract"] == (0,))
 
 
@@ -97,7 +93,7 @@ def _splits(graph, p: Plan, users, only_reader, order) -> None:
 
             def emit(b, name, out, group=group, ax=ax, sizes=[hi - lo for lo, hi in bounds]):
                 outs = [out(n.outputs[0]) for n in group]
-                b.nodes.append(b.helper.make_node("Split", [name(group[0].inputs[0]), _ints(b, sizes)], outs, axis=ax))
+                b.nodes.append(b.helper.make_node("Split", [name(group[0].inputs[0]), b.ints(sizes)], outs, axis=ax))
             p.claim(first, group, emit)
 
 
@@ -127,7 +123,7 @@ def _sibling_dots(graph, p: Plan, users, only_reader, order) -> None:
                 else:
                     y = b.node("MatMul", ins)
                 outs = [out(bias[0].outputs[0] if bias else n.outputs[0]) for n, bias in zip(group, biases)]
-                b.nodes.append(b.helper.make_node("Split", [y, _ints(b, sizes)], outs,
+                b.nodes.append(b.helper.make_node("Split", [y, b.ints(sizes)], outs,
                                                   axis=len(group[0].outputs[0].shape) - 1))
             p.claim(group[0], group + [bias[0] for bias in biases if bias], emit)
 
@@ -186,7 +182,7 @@ def _reductions(graph, p: Plan, users, only_reader, order) -> None:
             continue
 
         def emit(b, name, out, src=src, axes=axes, op_type=op_type, last=last, keep=last is not n):
-            b.nodes.append(b.helper.make_node(op_type, [name(src), _ints(b, axes)], [out(last.outputs[0])],
+            b.nodes.append(b.helper.make_node(op_type, [name(src), b.ints(axes)], [out(last.outputs[0])],
                                               keepdims=int(keep)))
         p.claim(n, group, emit)
 
