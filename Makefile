@@ -26,8 +26,12 @@ artifacts: venv
 	set -e; version=$$($(PY) -c "import graphopt; print(graphopt.__version__)"); \
 	for m in $(MODELS); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version; done
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time so that
+# each module's fixtures are built once; BLAS gets one thread per worker, as the runtimes do.
+TEST_WORKERS ?= 2
+
 test: venv
-	$(PY) -m pytest
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info
