@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphopt.ir import Graph, Value, is_float
+from graphopt.ir import Graph, Value, dot_weight_axis, is_float
 
 from .rewrite import C, P, Rule, X
 from .shapes import aligned, relaid
@@ -59,21 +59,10 @@ def _scalar_regroup(g: Graph, b):
     return new if new.type == b["_node"].outputs[0].type else None
 
 
-def _matmul_like(node) -> int | None:
-    """The lhs contracting axis of a dot x[..., k] @ W[k, n] with a constant 2-D W, else None."""
-    a = node.attrs
-    lhs, rhs = node.inputs
-    if not rhs.is_param or rhs.const.ndim != 2 or a["lhs_batch"] or a["rhs_batch"]:
-        return None
-    if tuple(a["rhs_contract"]) != (0,) or len(a["lhs_contract"]) != 1:
-        return None
-    return a["lhs_contract"][0]
-
-
 def _scale_into_dot(g: Graph, b):
     """dot(x * c, W) -> dot(x, W * c) when c is constant along every axis but the contracting one."""
     node, scaled, c = b["_node"], b["scaled"], b["c"]
-    k = _matmul_like(node)
+    k = dot_weight_axis(node)
     if k is None or b["x"].shape != scaled.shape:  # another reader keeps the product; this dot reads x
         return None
     if scaled.producer.op == "div" and not is_float(scaled.dtype):
@@ -133,7 +122,8 @@ def _dot_output_scale(g: Graph, b):
                        or strip(v.shape) != strip(d.shape)):
         return None
     dn = d.producer
-    if _matmul_like(dn) != len(dn.inputs[0].shape) - 1 or not _single_use(b, d) or (v is not d and not _single_use(b, v)):
+    if dot_weight_axis(dn) != len(dn.inputs[0].shape) - 1 or not _single_use(b, d) \
+            or (v is not d and not _single_use(b, v)):
         return None
     out = b["_node"].outputs[0]
     if out.shape != v.shape:
@@ -158,7 +148,7 @@ def _scalar_scale_into_dot(g: Graph, b):
     """dot(x * (s * c), W) -> dot(x * s, W * c) for a size-1 value s and a scalar constant c (a normalisation's
     1/sqrt(n) next to its computed 1/rms)."""
     node, scaled, q, s, c = b["_node"], b["scaled"], b["q"], b["s"], b["c"]
-    if _matmul_like(node) is None or s.is_param or s.type.size != 1 or b["x"].type.size == 1 \
+    if dot_weight_axis(node) is None or s.is_param or s.type.size != 1 or b["x"].type.size == 1 \
             or not _single_use(b, scaled) or not _single_use(b, q) or b["x"].shape != scaled.shape:
         return None
     W = (node.inputs[1].const.astype(np.float64) * float(c.const.reshape(()))).astype(node.inputs[1].dtype)
@@ -217,7 +207,7 @@ def _dot_of_dot(g: Graph, b):
     inner = inner_out.producer
     if inner is None or inner.op != "dot" or not _single_use(b, inner_out):
         return None
-    k1, k2 = _matmul_like(inner), _matmul_like(outer)
+    k1, k2 = dot_weight_axis(inner), dot_weight_axis(outer)
     x = inner.inputs[0]
     if k1 != len(x.shape) - 1 or k2 != len(mid.shape) - 1:
         return None
@@ -266,7 +256,7 @@ def _slice_of_dot(g: Graph, b):
     """slice(dot(x, W)) on the output's last axis only -> dot(x, W[:, a:b]), when only slices read the dot."""
     node, d = b["_node"], b["d"]
     dn = d.producer
-    k = _matmul_like(dn)
+    k = dot_weight_axis(dn)
     if k is None or any(u.op != "slice" for u in b["_users"].get(id(d), [])) or d in g.sinks():
         return None
     a = node.attrs

@@ -1,10 +1,10 @@
 """The canonical graph IR."""
 from .graph import DTYPES, Graph, Node, StatePair, TensorType, Value, canonical_dtype, is_float
 from .interpreter import Interpreter, run_graph
-from .ops import OPS, IRTypeError, OpDef, get_op
+from .ops import OPS, IRTypeError, OpDef, dot_weight_axis, get_op
 from .printer import format_graph, format_node
 from .verify import VerificationError, verify
 
 __all__ = ["DTYPES", "Graph", "Node", "StatePair", "TensorType", "Value", "canonical_dtype", "is_float",
-           "Interpreter", "run_graph", "OPS", "IRTypeError", "OpDef", "get_op", "format_graph",
+           "Interpreter", "run_graph", "OPS", "IRTypeError", "OpDef", "dot_weight_axis", "get_op", "format_graph",
            "format_node", "VerificationError", "verify"]

@@ -380,6 +380,20 @@ def dot_as_matmul(lhs_shape, rhs_shape, a):
     return (tuple(lb) + tuple(lf) + tuple(lc), (B, M, K)), (tuple(rb) + tuple(rc) + tuple(rf), (B, K, N)), out_shape
 
 
+def dot_weight_axis(node) -> int | None:
+    """For a dot x @ W with a constant 2-D W contracted on its first axis (no batch axes): the axis of x
+    it contracts. None for any other dot (or another op)."""
+    if node.op != "dot":
+        return None
+    a = node.attrs
+    w = node.inputs[1]
+    if not w.is_param or len(w.shape) != 2 or a["lhs_batch"] or a["rhs_batch"]:
+        return None
+    if tuple(a["rhs_contract"]) != (0,) or len(a["lhs_contract"]) != 1:
+        return None
+    return a["lhs_contract"][0]
+
+
 def _dot_compute(x, y, a):
     (pl, sl), (pr, sr), out_shape = dot_as_matmul(x.shape, y.shape, a)
     acc = np.float32 if x.dtype == np.float16 else x.dtype  # f16 products accumulate in f32

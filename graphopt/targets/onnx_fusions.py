@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ir import Graph, Node, Value
+from ..ir import Graph, Node, Value, dot_weight_axis
 
 # emit(builder, name: Value -> ONNX name, out: Value -> ONNX name for a new output) -> None
 Emit = Callable[[object, Callable[[Value], str], Callable[[Value], str]], None]
@@ -54,12 +54,8 @@ def plan(graph: Graph) -> Plan:
 
 
 def _matmul_like(n: Node) -> bool:
-    if n.op != "dot":
-        return False
-    a = n.attrs
-    lhs, rhs = n.inputs
-    return (rhs.is_param and len(rhs.shape) == 2 and not a["lhs_batch"] and not a["rhs_batch"]
-            and a["lhs_contract"] == (len(lhs.shape) - 1,) and a["rhs_contract"] == (0,))
+    """x[..., k] @ W[k, n] with a constant 2-D W: an ONNX MatMul / Gemm as it stands."""
+    return dot_weight_axis(n) == len(n.inputs[0].shape) - 1
 
 
 # ---- split ---------------------------------------------------------------------------------------------
