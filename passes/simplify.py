@@ -188,6 +188,40 @@ def _distribute_over_concat(g, b):
     return g.op("concat", *pieces, axis=axis)
 
 
+def _concat_of_reshapes(g: Graph, b):
+    """reshape(concat(reshape(x1), reshape(x2), ..)) -> reshape(concat(x1, x2, ..)).
+
+    Each piece of a concat along axis k fills, for each index of the axes before k, one contiguous
+    block of the flat result. The pieces x_i before their reshapes lay out the same blocks when they
+    are concatenated along an axis k' with the same product of the axes before it and the same
+    block size per piece; the flat result is then identical, and the outer reshape (which alone
+    reads the concat) does not care about its shape. A reshape read elsewhere stays."""
+    cat = b["cat"]
+    node = cat.producer
+    if b["_uses"].get(id(cat), 0) != 1:
+        return None
+    k = node.attrs["axis"]
+    prefix = int(np.prod(cat.shape[:k], dtype=np.int64))
+    pieces = [v.producer.inputs[0] if v.producer is not None and v.producer.op == "reshape" else v
+              for v in node.inputs]
+    if all(x is v for x, v in zip(pieces, node.inputs)):
+        return None
+    if not any(x is not v and b["_uses"].get(id(v), 0) == 1 for x, v in zip(pieces, node.inputs)):
+        return None  # no reshape would go
+    rank = len(pieces[0].shape)
+    blocks = [int(np.prod(v.shape[k:], dtype=np.int64)) for v in node.inputs]
+    for axis in range(rank):
+        if any(len(x.shape) != rank or int(np.prod(x.shape[:axis], dtype=np.int64)) != prefix
+               or int(np.prod(x.shape[axis:], dtype=np.int64)) != blk
+               or x.shape[:axis] + x.shape[axis + 1:] != pieces[0].shape[:axis] + pieces[0].shape[axis + 1:]
+               for x, blk in zip(pieces, blocks)):
+            continue
+        if axis == k and all(x.shape == v.shape for x, v in zip(pieces, node.inputs)):
+            return None
+        return _reshape_to(g, g.op("concat", *pieces, axis=axis), b["_node"].outputs[0].shape)
+    return None
+
+
 RULES = [
     Rule("reshape-of-reshape", P("reshape", P("reshape", X("x"))), _reshape_chain),
     Rule("identity-reshape", P("reshape", X("x")), _identity),
@@ -206,4 +240,5 @@ RULES = [
     Rule("select-constant", P("select", C("c", where=_const_equals(False)), X(), X("x")), _keep_if_same_type("x")),
     Rule("div-by-one", P("div", X("x"), C(where=_const_equals(1))), _keep_if_same_type("x")),
     Rule("distribute-over-concat", P(("add", "sub", "mul", "div")), _distribute_over_concat),
+    Rule("concat-of-reshapes", P("reshape", P("concat", name="cat")), _concat_of_reshapes),
 ]

@@ -229,8 +229,8 @@ def test_default_pipeline_raises_math_and_reaches_signal_tier(onnx_fused, onnx_u
     assert steps[0] == "(traced)" and {"simplify", "cse", "raise-math", "algebra", "layout"} <= set(steps)
     assert fused["pipeline"]["passes"][0]["nodes"] == unfused["graph"]["nodes"]
     assert fused["graph"]["nodes"] == fused["pipeline"]["passes"][-1]["nodes"]
-    # measured 2026-12-03: 2575 -> 734 IR nodes, 2643 -> 683 ONNX nodes, 3.9x (the goal of 6x is not reached)
-    assert unfused["onnx"]["nodes"] / fused["onnx"]["nodes"] > 3.5
+    # measured 2026-12-03: 2575 -> 702 IR nodes, 2643 -> 641 ONNX nodes, 4.1x (the goal of 6x is not reached)
+    assert unfused["onnx"]["nodes"] / fused["onnx"]["nodes"] > 4.0
     assert fused["onnx"]["fused_lowering"] and not unfused["onnx"]["fused_lowering"]
     # the 16 normalisation states are stored channels-first next to the convs; every transpose but the
     # frame's and one in the head cancels

@@ -1644,6 +1644,46 @@ def test_distribute_over_concat_not_fired_when_nothing_folds_or_the_splits_diffe
     assert_no_rewrite(g, ["simplify"])
 
 
+# ---- concat-of-reshapes ---------------------------------------------------------------------------------------
+
+
+def test_concat_of_reshapes_concatenates_the_unreshaped_pieces():
+    """An SSM readout: two [1, H, 4, 1] dot results viewed as [1, H, 1, 4], stacked on axis 2 and
+    flattened, is the flat concat of the [1, H, 4, 1] results along axis 2 (same element order)."""
+    g = Graph()
+    a, c = (g.add_input(n, f32(1, 3, 4, 1)) for n in ("a", "c"))
+    ra, rc = (g.op("reshape", v, shape=(1, 3, 1, 4)) for v in (a, c))
+    finish(g, g.op("reshape", g.op("concat", ra, rc, axis=2), shape=(1, 24)))
+    hist, changed = rewrite_and_check(g, ["simplify"])
+    assert changed and hist == {"concat": 1, "reshape": 1}
+    cat = producer(producer(g.outputs[0]).inputs[0])
+    assert cat.op == "concat" and cat.attrs["axis"] == 2 and cat.inputs == [a, c] and cat.outputs[0].shape == (1, 3, 8, 1)
+
+
+def test_concat_of_reshapes_keeps_a_reshape_read_elsewhere():
+    g = Graph()
+    a, c = (g.add_input(n, f32(1, 3, 4, 1)) for n in ("a", "c"))
+    ra, rc = (g.op("reshape", v, shape=(1, 3, 1, 4)) for v in (a, c))
+    finish(g, g.op("reshape", g.op("concat", ra, rc, axis=2), shape=(1, 24)), g.op("mul", ra, ra))
+    hist, changed = rewrite_and_check(g, ["simplify"])
+    assert changed and hist == {"concat": 1, "reshape": 2, "mul": 1}  # rc went, ra stays for the mul
+    assert producer(producer(g.outputs[0]).inputs[0]).inputs == [a, c]
+
+
+def test_concat_of_reshapes_not_fired_when_the_blocks_differ_or_the_concat_is_read_elsewhere():
+    g = Graph()
+    a, c = (g.add_input(n, f32(3, 2)) for n in ("a", "c"))
+    # [3, 2] viewed as [2, 3]: the concat along axis 1 interleaves rows of 3, which [3, 2] has no axis for
+    finish(g, g.op("reshape", g.op("concat", *(g.op("reshape", v, shape=(2, 3)) for v in (a, c)), axis=1),
+                   shape=(12,)))
+    assert_no_rewrite(g, ["simplify"])
+    g = Graph()
+    a, c = (g.add_input(n, f32(1, 3, 4, 1)) for n in ("a", "c"))
+    cat = g.op("concat", *(g.op("reshape", v, shape=(1, 3, 1, 4)) for v in (a, c)), axis=2)
+    finish(g, g.op("reshape", cat, shape=(1, 24)), g.op("mul", cat, cat))  # the [1, 3, 2, 4] concat is kept
+    assert_no_rewrite(g, ["simplify"])
+
+
 # ---- global-mean (onnx-forms) ----------------------------------------------------------------------------------
 
 
