@@ -56,7 +56,8 @@ def rule_pass(module: str) -> Callable[[Graph], bool]:
 
 
 register(Pass("simplify", rule_pass("simplify"),
-              doc="reshape/transpose/broadcast chains and identities, broadcasts made implicit, x*1, x+0"))
+              doc="reshape/transpose/broadcast chains and identities, broadcasts made implicit, x*1, x+0, "
+                  "ops over concats split where a piece folds, flattened concats of reshapes"))
 register(Pass("algebra", rule_pass("algebra"),
               doc="relu6 -> clamp, a-(a-x), scale chains, scales and back-to-back linear maps folded into "
                   "dot weights, slices of a dot split, broadcast-multiply + reduce-sum -> dot"))

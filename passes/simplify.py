@@ -1,5 +1,6 @@
 """Exact local simplifications as rewrite rules: reshape/transpose/broadcast chains, identities,
-broadcasts absorbed into elementwise ops, x*1, x+0, selects with a constant condition."""
+broadcasts absorbed into elementwise ops, x*1, x+0, selects with a constant condition, ops over
+concats split where a piece folds, flattened concats of reshapes."""
 from __future__ import annotations
 
 import numpy as np
