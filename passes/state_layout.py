@@ -204,24 +204,23 @@ def state_layout(graph: Graph) -> bool:
             options.append((group, cands))
     if not options:
         return False
-    best = None
     trial = _trial(graph, [(group, cands[0]) for group, cands in options])
-    if cost(trial)[0] < cost(graph)[0]:
+    trial_cost = cost(trial)
+    if trial_cost[0] < cost(graph)[0]:
         # fewer elements transposed than the graph as it came (the layout pass ran just before, so the
         # cleanup alone seldom removes a transpose): kept without cleaning a copy up to compare with
-        best, best_cost = trial, cost(trial)
+        best, best_cost = trial, trial_cost
     else:
         base = graph.clone()
         _cleanup(base)  # trials are cleaned up: compare them with the graph cleaned up alike
-        best_cost = cost(base)
-        if cost(trial) < best_cost:
-            best, best_cost = trial, cost(trial)
+        best, best_cost = (trial, trial_cost) if trial_cost < cost(base) else (None, cost(base))
     if best is None:
         for group, cands in options:
             for cand in cands:
                 trial = _trial(best or graph, [(group, cand)])
-                if cost(trial) < best_cost:
-                    best, best_cost = trial, cost(trial)
+                trial_cost = cost(trial)
+                if trial_cost < best_cost:
+                    best, best_cost = trial, trial_cost
     if best is None:
         return False
     _adopt(graph, best)
