@@ -24,7 +24,7 @@ MODELS := facephys physnet
 
 artifacts: venv
 	set -e; version=$$($(PY) -c "import graphopt; print(graphopt.__version__)"); \
-	for m in $(MODELS); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version; done
+	for m in $(MODELS); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version --force; done
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time so that
 # each module's fixtures are built once; BLAS gets one thread per worker, as the runtimes do.

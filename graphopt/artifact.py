@@ -1,26 +1,32 @@
-"""Artifacts on disk: manifest JSON beside each model file, atomic folder writes, loading by path."""
+"""Artifacts on disk: manifest JSON beside each model file, atomic folder writes, loading by path.
+
+Loading checks, before any runtime sees a byte of the model: the manifest's schema (graphopt.manifest),
+that every path it names stays inside the artifact folder, the model file's sha256, what the model
+format may execute (graphopt.trust), and the initial state (names, dtypes, shapes, finite values; npz
+read without pickle). Each failure is an ArtifactError naming the file and what to do.
+"""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
-import shutil
-import tempfile
+import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import manifest as schema
+from .errors import ArtifactError
+from .outdir import atomic_dir, is_partial  # noqa: F401  (atomic_dir: graphopt.artifact's API since 0.1)
+
 MANIFEST_SUFFIX = ".manifest.json"
 STATE_SUFFIX = ".state.npz"
-FORMAT = "graphopt-artifact/1"
-
-
-class ArtifactError(ValueError):
-    """An artifact path that cannot be loaded; the message says what is wrong with it."""
+FORMAT = schema.FORMAT
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 @dataclass
@@ -82,8 +88,9 @@ def _json_default(o):
 
 def finish(graph, model_file: Path, manifest: dict) -> "Artifact":
     """Write the initial state and the manifest beside a model file every target has just written."""
-    save_state(Path(model_file).parent / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]],
-               [s.init for s in graph.state])
+    state_file = Path(model_file).parent / manifest["initial_state"]["file"]
+    save_state(state_file, [s["input"] for s in manifest["state"]], [s.init for s in graph.state])
+    manifest["initial_state"]["sha256"] = sha256(state_file)
     write_json(manifest_path_for(Path(model_file)), manifest)
     return Artifact(Path(model_file), manifest)
 
@@ -93,34 +100,93 @@ def save_state(path: Path, names: list[str], arrays: list[np.ndarray]) -> None:
         np.savez(f, **{n: np.asarray(a) for n, a in zip(names, arrays)})
 
 
-def load_state(path: Path, names: list[str]) -> list[np.ndarray]:
-    if not path.is_file():
-        raise ArtifactError(f"initial state file {path} is missing; rebuild the artifact")
-    with np.load(path) as data:
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise ArtifactError(f"initial state file {path} lacks {missing[:3]}; rebuild the artifact")
-        return [data[n] for n in names]
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: Path):
-    """Yield a temporary folder beside out_dir; on success it replaces out_dir, on error it vanishes."""
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+def read_npz(path: Path, specs: dict[str, tuple[tuple, str]] | None = None, what: str = "state file",
+             fix: str = "rebuild the artifact") -> dict[str, np.ndarray]:
+    """The arrays of an npz, never unpickled, each checked before it is read: a plain .npy member, a
+    numeric dtype, at most manifest.MAX_ELEMENTS elements, finite values, and where `specs` (name ->
+    (shape, dtype)) is given, exactly those names with those shapes and dtypes."""
+    if not Path(path).is_file():
+        raise ArtifactError(f"{what} {path} is missing; {fix}")
+    out = {}
     try:
-        yield tmp
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with zipfile.ZipFile(path) as z:
+            members = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
+            if specs is not None:
+                missing = [n for n in specs if n not in members]
+                if missing:
+                    raise ArtifactError(f"{what} {path} lacks {missing[:3]}; {fix}")
+            for name, member in members.items():
+                if specs is not None and name not in specs:
+                    continue
+                with z.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    header = {(1, 0): np.lib.format.read_array_header_1_0,
+                              (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if header is None:
+                        raise ValueError(f"npy format version {version} is not supported")
+                    shape, fortran, dtype = header(f, max_header_size=10000)
+                    if dtype.hasobject or dtype.kind not in "fiub" or dtype.fields is not None:
+                        raise ArtifactError(f"{what} {path}: {name} has dtype {dtype}, not a numeric array "
+                                            f"(graphopt never unpickles); {fix}")
+                    if int(np.prod(shape, dtype=np.int64)) > schema.MAX_ELEMENTS:
+                        raise ArtifactError(f"{what} {path}: {name} has shape {shape}, too large; {fix}")
+                    if specs is not None:
+                        want_shape, want_dtype = specs[name]
+                        if tuple(shape) != tuple(want_shape) or dtype != np.dtype(want_dtype):
+                            raise ArtifactError(f"{what} {path}: {name} is {dtype} {tuple(shape)}, the manifest "
+                                                f"says {want_dtype} {tuple(want_shape)}; {fix}")
+                    count = int(np.prod(shape, dtype=np.int64))
+                    data = f.read(count * dtype.itemsize)
+                if len(data) != count * dtype.itemsize:
+                    raise ArtifactError(f"{what} {path}: {name} is truncated; {fix}")
+                arr = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise ArtifactError(f"{what} {path}: {name} holds NaN/Inf values; {fix}")
+                arr.setflags(write=False)
+                out[name] = arr
+    except ArtifactError:
         raise
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, RuntimeError, TypeError,
+            SyntaxError, NotImplementedError, zipfile.LargeZipFile) as e:
+        raise ArtifactError(f"{what} {path} is not a readable npz ({type(e).__name__}: {_first_line(e)}); "
+                            f"{fix}") from None
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+_STATE_CACHE: dict[tuple, list[np.ndarray]] = {}
+_STATE_CACHE_LOCK = threading.Lock()
+
+
+def load_state(path: Path, names: list[str], specs: list[tuple[tuple, str]] | None = None,
+               expect_sha256: str | None = None) -> list[np.ndarray]:
+    """The initial state (read-only arrays in `names` order), checked against the manifest. Streams of
+    one artifact share these arrays (cached by path and sha256)."""
+    digest = None
+    if Path(path).is_file():
+        digest = sha256(path)
+        if expect_sha256 and digest != expect_sha256:
+            raise ArtifactError(f"initial state file {path} does not match the sha256 in the manifest (changed "
+                                "after the build, or not this artifact's); rebuild or re-download the artifact")
+    key = (str(Path(path).resolve()), digest, tuple(names), tuple(map(str, specs or ())))
+    with _STATE_CACHE_LOCK:
+        if key in _STATE_CACHE:
+            return list(_STATE_CACHE[key])
+    spec_map = dict(zip(names, specs)) if specs is not None else {n: None for n in names}
+    data = read_npz(path, {n: s for n, s in spec_map.items() if s is not None} if specs is not None else None,
+                    "initial state file")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ArtifactError(f"initial state file {path} lacks {missing[:3]}; rebuild the artifact")
+    arrays = [data[n] for n in names]
+    with _STATE_CACHE_LOCK:
+        if len(_STATE_CACHE) > 64:
+            _STATE_CACHE.clear()
+        _STATE_CACHE[key] = arrays
+    return list(arrays)
 
 
 def find_manifest(path: str | os.PathLike) -> Path:
@@ -146,32 +212,71 @@ def find_manifest(path: str | os.PathLike) -> Path:
 
 
 def read_manifest(path: str | os.PathLike) -> tuple[dict, Path]:
+    """The manifest (schema-checked) and the artifact folder; refuses folders an unfinished run left."""
     m = find_manifest(path)
+    partial = is_partial(m.parent)
+    if partial is not None:
+        raise ArtifactError(f"{m} lies in {partial}, a folder an unfinished or interrupted graphopt run left "
+                            "(its .graphopt-partial marker says so); it is not an artifact: build it again")
     try:
-        manifest = json.loads(m.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"manifest {m} is not valid JSON ({e}); rebuild the artifact") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"manifest {m} has format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest, m.parent
+        if m.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"manifest {m} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a graphopt manifest")
+        manifest = json.loads(m.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError(f"manifest {m} is not valid JSON ({_first_line(e)}); rebuild the artifact") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read manifest {m}: {e.strerror}") from None
+    return schema.validate(manifest, str(m)), m.parent
 
 
-def load(path: str | os.PathLike, **options):
-    """Load any graphopt artifact as a Stream, dispatching on the manifest's target."""
+@dataclass
+class Opened:
+    """An artifact checked for loading: manifest, folder, model file and initial state."""
+    manifest: dict
+    base: Path
+    model_file: Path
+    state: list[np.ndarray]
+
+
+def open_artifact(path: str | os.PathLike) -> Opened:
+    """Everything `load` checks before a runtime is involved (see the module docstring)."""
     manifest, base = read_manifest(path)
     from .targets import module_for
     try:
-        target = module_for(manifest["target"])
+        module_for(manifest["target"])
     except KeyError:
-        raise ArtifactError(f"manifest names an unknown target {manifest['target']!r}") from None
-    ok, reason = target.available()
-    if not ok:
-        raise ArtifactError(f"cannot run a {manifest['target']} artifact here: {reason}")
-    model_file = base / manifest["file"]
+        from .targets import MODULES
+        raise ArtifactError(f"manifest names an unknown target {manifest['target']!r:.40} (known: "
+                            f"{', '.join(MODULES)})") from None
+    model_file = schema.resolve_inside(base, manifest["file"], "file")
     if not model_file.exists():
         raise ArtifactError(f"model file {model_file} named by the manifest is missing; rebuild the artifact")
-    state = load_state(base / manifest["initial_state"]["file"], [s["input"] for s in manifest["state"]])
-    return target.open_stream(model_file, manifest, state, **options)
+    digest = sha256_tree(model_file) if model_file.is_dir() else sha256(model_file)
+    if digest != manifest["sha256"]:
+        raise ArtifactError(f"model file {model_file} does not match the sha256 in its manifest (changed after the "
+                            "build, or not this artifact's file); rebuild or re-download the artifact")
+    from . import trust
+    trust.check_model_file(model_file, base)
+    state_file = schema.resolve_inside(base, manifest["initial_state"]["file"], "initial_state.file")
+    specs = [(tuple(s["shape"]), s["dtype"]) for s in manifest["state"]]
+    state = load_state(state_file, [s["input"] for s in manifest["state"]], specs,
+                       manifest["initial_state"].get("sha256"))
+    return Opened(manifest, base, model_file, state)
+
+
+def load(path: str | os.PathLike, *, check_finite: bool = True, **options):
+    """Load any graphopt artifact as a Stream, dispatching on the manifest's target.
+
+    check_finite=False: return NaN/Inf outputs instead of refusing the step (graphopt.stream)."""
+    a = open_artifact(path)
+    from .targets import module_for
+    target = module_for(a.manifest["target"])
+    ok, reason = target.available()
+    if not ok:
+        raise ArtifactError(f"cannot run a {a.manifest['target']} artifact here: {reason}")
+    stream = target.open_stream(a.model_file, a.manifest, a.state, **options)
+    stream.check_finite = check_finite
+    return stream
 
 
 def state_io_names(n: int) -> tuple[list[str], list[str]]:
@@ -188,6 +293,13 @@ def _view_fields(pair) -> dict:
             "model_shape": list(state_views.model_shape(pair.input.shape, pair.view))}
 
 
+def _max_dt(graph) -> float | None:
+    """The longest dt a Stream steps with (a longer camera stall is stepped as this; see graphopt.stream)."""
+    from .stream import MAX_DT_FRAMES
+    fps = graph.meta.get("fps")
+    return MAX_DT_FRAMES / float(fps) if fps and any(v.name == "dt" for v in graph.inputs) else None
+
+
 def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
     """The manifest fields every target shares, derived from the IR graph it emitted."""
     spec = lambda name, v, **kw: {"name": name, "shape": list(v.shape), "dtype": v.dtype, **kw}
@@ -200,6 +312,7 @@ def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
         "precision": precision,
         "file": file_name,
         "fps": graph.meta.get("fps"),
+        "max_dt": _max_dt(graph),
         "frames_per_step": int(graph.meta.get("frames_per_step") or 1),
         "inputs": [spec(v.name, v, role=role(v)) for v in graph.inputs],
         "outputs": [spec(n, v) for n, v in zip(graph.output_names, graph.outputs)],

@@ -65,26 +65,48 @@ def order_io(inputs: list[tuple[str, tuple]], outputs: list[tuple[str, tuple]]):
     return (frame, dt, states), (out, out_states)
 
 
+MAX_STATE_JSON_BYTES = 1 << 30  # decompressed gzip-JSON state: FacePhys's is ~10 MB
+
+
 def load_state_file(path: str | Path) -> list[np.ndarray]:
-    """Initial state from an npz (arrays in key order state_in_0.. or arr_0..) or the authors' gzip-JSON
-    (a list of nested lists, or a dict of them, in state order)."""
+    """Initial state from an npz (arrays in key order state_in_0.. or arr_0..; never unpickled) or the
+    authors' gzip-JSON (a list of nested lists of numbers, or a dict of them, in state order). Every
+    tensor must be numeric and finite; the decompressed JSON is bounded (MAX_STATE_JSON_BYTES)."""
     p = Path(path)
     if not p.is_file():
         raise BaselineError(f"state file {p} does not exist")
+    fix = "pass an npz of numeric arrays or the authors' gzip-JSON state"
     if p.suffix == ".npz":
-        with np.load(p) as d:
-            keys = sorted(d.files, key=lambda k: (_index(k) is None, _index(k) or 0, k))
-            return [np.asarray(d[k], np.float32) for k in keys]
+        data = art.read_npz(p, None, "state file", fix)
+        keys = sorted(data, key=lambda k: (_index(k) is None, _index(k) or 0, k))
+        return [np.asarray(data[k], np.float32) for k in keys]
     try:
-        opener = gzip.open if p.read_bytes()[:2] == b"\x1f\x8b" else open
-        with opener(p, "rt") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise BaselineError(f"state file {p} is neither npz nor (gzip-)JSON: {e}") from None
+        with open(p, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
+            text = f.read(MAX_STATE_JSON_BYTES + 1)
+        if len(text) > MAX_STATE_JSON_BYTES:
+            raise BaselineError(f"state file {p} decompresses to more than {MAX_STATE_JSON_BYTES >> 20} MiB; {fix}")
+        data = json.loads(text)
+    except BaselineError:
+        raise
+    except (OSError, ValueError, EOFError, RecursionError) as e:
+        raise BaselineError(f"state file {p} is neither npz nor (gzip-)JSON ({type(e).__name__}); {fix}") from None
     if isinstance(data, dict):
         keys = sorted(data, key=lambda k: (_index(k) is None, _index(k) or 0, k))
         data = [data[k] for k in keys]
-    return [np.asarray(x, np.float32) for x in data]
+    if not isinstance(data, list) or not data:
+        raise BaselineError(f"state file {p} holds no list of state tensors; {fix}")
+    out = []
+    for i, x in enumerate(data):
+        try:
+            a = np.asarray(x, np.float32)
+        except (ValueError, TypeError, RecursionError):
+            raise BaselineError(f"state file {p}: tensor {i} is not a rectangular array of numbers; {fix}") from None
+        if not np.isfinite(a).all():
+            raise BaselineError(f"state file {p}: tensor {i} holds NaN/Inf (or numbers too large for float32); {fix}")
+        out.append(a)
+    return out
 
 
 def fit_state(state: list[np.ndarray], shapes: list[tuple], source: str) -> list[np.ndarray]:
@@ -127,6 +149,7 @@ class OnnxBaseline(Stream):
         state_shapes = [shapes[n] for n in self._states]
         super().__init__(_manifest(model, "onnx", path, shapes[self._frame], dict(outs)[self._out], state_shapes,
                                    self._states), _initial_state(model, state, state_shapes))
+        self._reset()
 
     def _run(self, frame, dt, state):
         feed = {self._frame: frame, self._dt: np.asarray(dt, np.float32).reshape(self._dt_shape)}
@@ -157,6 +180,7 @@ class TfliteBaseline(Stream):
         state_shapes = [shape(ins[n]) for n in self._states]
         super().__init__(_manifest(model, "tflite", path, shape(ins[self._frame]), shape(outs[self._out]),
                                    state_shapes, self._states), _initial_state(model, state, state_shapes))
+        self._reset()
 
     def _run(self, frame, dt, state):
         dt = np.asarray(dt, np.float32).reshape(self._dt_shape)
@@ -182,9 +206,12 @@ def _initial_state(model: str, state: list | None, shapes: list[tuple]) -> list[
 
 def open_baseline(path: str | Path, model: str = "facephys", state_file: str | None = None,
                   threads: int = 1) -> Stream:
+    from . import trust
     p = Path(path)
     if not p.is_file():
         raise BaselineError(f"baseline model {p} does not exist")
+    if p.suffix in (".onnx", ".tflite"):
+        trust.check_model_file(p, p.parent)  # what loading it may execute or read, before a runtime sees it
     state = load_state_file(state_file) if state_file else None
     if p.suffix == ".onnx":
         return OnnxBaseline(p, model, state, threads)

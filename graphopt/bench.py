@@ -73,7 +73,7 @@ def reference_step(model: str) -> Callable:
 
 def run(model: str = "facephys", targets: list[str] | None = None, baselines: list[str] = (),
         state_file: str | None = None, out_dir: str | None = None, rounds: int = 5, steps_per_round: int = 100,
-        unfused: bool = True, log: Callable[[str], None] = print) -> dict:
+        unfused: bool = True, force: bool = False, log: Callable[[str], None] = print) -> dict:
     single_thread_env()
     from . import artifact as art
     from . import models
@@ -101,7 +101,7 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
             log(f"building {name} ...")
             try:
                 a = build(model, t, work / f"{model}-{t}-{'fused' if fused else 'unfused'}", fuse=fused,
-                          verify=False, log=lambda m: None)
+                          verify=False, force=force, log=lambda m: None)
             except EngineNeedsGpu:
                 log(f"skipping {t}: its engine needs an NVIDIA GPU with TensorRT (the legal ONNX is the onnx row)")
                 break

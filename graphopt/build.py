@@ -14,6 +14,7 @@ from .ir import verify as verify_ir
 from .targets.tensorrt import NeedsGpu as EngineNeedsGpu  # the legal ONNX is written; exit status 3
 
 TARGETS = ("onnx", "xla", "tflite", "tf", "torch", "torch-compile", "tensorrt")
+MIN_FPS, MAX_FPS = 0.1, 10000.0  # --fps: dt = 1/fps must be a usable float32 number of seconds
 
 
 class BuildError(RuntimeError):
@@ -39,27 +40,35 @@ def log_stderr(msg: str) -> None:
 def build(model: str, target: str, out: str | Path, *, weights: str | None = None, as_published: bool = False,
           fuse: bool = True, pass_names: list[str] | None = None, verify_each_pass: bool = False,
           verify: bool = True, frames: int = 600, exact: bool = False, fps: float | None = None,
-          target_options: dict | None = None, log: Callable[[str], None] = log_stderr) -> art.Artifact:
-    """Build one artifact into `out` (a folder, replaced atomically). Raises on any failure.
+          target_options: dict | None = None, force: bool = False,
+          log: Callable[[str], None] = log_stderr) -> art.Artifact:
+    """Build one artifact into `out` (a new or empty folder, written atomically; with force, an earlier
+    graphopt artifact there is replaced). Raises on any failure, leaving `out` as it was.
 
     exact: run only exact passes (rounding-level tier); fps: bake dt = 1/fps into the graph.
     """
     from graphopt import models, passes
+    from .outdir import check_destination
 
     tmod = target_module(target)
     ok, reason = tmod.available()
     if not ok:
         raise BuildUsageError(f"target {target} is not available here: {reason}")
+    if fps is not None and not (isinstance(fps, (int, float)) and MIN_FPS <= fps <= MAX_FPS):
+        raise BuildUsageError(f"--fps must be a frame rate from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
+    if verify:
+        equivalence.check_frames(frames)
+    check_destination(Path(out), force)  # before the long work: a refused --out costs nothing
     t0 = time.perf_counter()
     log(f"[1/4] loading {model} ...")
     step_model = models.load(model, weights, as_published)
+    if verify:
+        equivalence.check_frames(frames, step_model.frames_per_step)
     graph = step_model.trace()
     verify_ir(graph)
     log(f"      traced {len(graph.nodes)} nodes, {graph.flops() / 1e6:.1f} MFLOP/step "
         f"({time.perf_counter() - t0:.1f} s)")
     if fps is not None:
-        if not fps > 0:
-            raise BuildUsageError(f"--fps must be a positive frame rate, got {fps}")
         dt_input = graph.inputs[1].name if len(graph.inputs) > 1 else None
         if dt_input is None:
             raise BuildUsageError(f"--fps needs a model with a dt input; {model} has none")
@@ -92,7 +101,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     tier = "rounding" if report["exact"] else "signal"
     log(f"      {len(graph.nodes)} nodes after the pipeline; tier claimed: {tier}"
         + ("" if report["exact"] else " (value-changing passes changed the graph)"))
-    with art.atomic_dir(Path(out)) as tmp:
+    with art.atomic_dir(Path(out), force) as tmp:
         log(f"[3/4] emitting {target} artifact")
         try:
             # fuse: the emitter may lower groups of nodes as one (--no-fuse: every node on its own)
@@ -108,8 +117,11 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         if verify:
             log(f"[4/4] verifying over {frames} frames against the authors' step ...")
             stream = art.load(artifact.path)
-            result = equivalence.check(equivalence.stream_step(stream), stream.state, model, step_model.source,
-                                       equivalence.Clip(frames=frames))
+            try:
+                result = equivalence.check(equivalence.stream_step(stream), stream.state, model, step_model.source,
+                                           equivalence.Clip(frames=frames))
+            except equivalence.VerificationError as e:
+                raise BuildError(f"{e}; no artifact was written") from None
             manifest["equivalence"].update(result, verified=True)
             manifest["equivalence"]["verified_with"] = type(stream).__name__
             log(format_result(result, tier))

@@ -8,9 +8,34 @@ import sys
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NEEDS_GPU = 0, 1, 2, 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) that say where to look for the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message}; see {self.prog} --help\n")
+
+
+def _number(kind, lo, hi):
+    """An argparse type: a `kind` (int or float) from lo to hi, finite."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'} from "
+                                             f"{lo:g} to {hi:g}, got {text!r}") from None
+        if not lo <= v <= hi:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be from {lo:g} to {hi:g}, got {text!r}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="graphopt", description="Export and optimise streaming rPPG models.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from .build import MAX_FPS, MIN_FPS
+    from .equivalence import MAX_FRAMES
+    frames = _number(int, 1, MAX_FRAMES)  # the lower bound depends on the model (equivalence.check_frames)
+    p = _Parser(prog="graphopt", description="Export and optimise streaming rPPG models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="build a model into a verified artifact")
     b.add_argument("--model", help="model name: facephys or physnet")
@@ -22,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 engine")
     b.add_argument("--quantize", choices=["fp16", "int8"],
                    help="tflite: float16 weights (signal tier) or int8 dynamic-range weights (quantised tier)")
-    b.add_argument("--opt-level", type=int, help="tensorrt: builder optimization level (0-5, default 3)")
+    b.add_argument("--opt-level", type=_number(int, 0, 5), help="tensorrt: builder optimization level (0-5, default 3)")
     b.add_argument("--weights", help="weights file overriding the one the model package ships")
     b.add_argument("--as-published", action="store_true",
                    help="keep the authors' mixed_float16 convs instead of the canonical float32 form")
@@ -30,13 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--passes", help="comma-separated passes to run instead of the target's pipeline")
     b.add_argument("--exact", action="store_true",
                    help="run only exact passes (no raising of approximated math): rounding-level tier")
-    b.add_argument("--fps", type=float, help="bake dt = 1/FPS into the graph and fold what follows from it")
+    b.add_argument("--fps", type=_number(float, MIN_FPS, MAX_FPS), help="bake dt = 1/FPS into the graph and fold what follows from it")
     b.add_argument("--state-mode", choices=["variables", "io"],
                    help="tflite: state inside the model as resource variables (default) or as inputs/outputs")
     b.add_argument("--verify-each-pass", action="store_true",
                    help="check the IR and its outputs on sample frames after every pass")
     b.add_argument("--no-verify", action="store_true", help="skip the equivalence check (tier not verified)")
-    b.add_argument("--frames", type=int, default=600, help="frames of the synthetic clip to verify on")
+    b.add_argument("--frames", type=frames, default=600, help="frames of the synthetic clip to verify on")
+    b.add_argument("--force", action="store_true", help="replace an artifact graphopt wrote earlier in --out")
 
     v = sub.add_parser("verify", help="check an artifact (or a baseline step model) against the authors' step")
     v.add_argument("artifact", help="artifact folder or model file, or an .onnx/.tflite step model "
@@ -46,9 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "reference model's initial state, matched by position and shape")
     v.add_argument("--tier", choices=["rounding", "signal", "quantised"],
                    help="tier to require (default: the tier the manifest claims; none for a baseline)")
-    v.add_argument("--frames", type=int, default=600, help="frames of the synthetic clip (default 600)")
-    v.add_argument("--hr", type=float, default=72.0, help="heart rate of the synthetic clip in bpm")
-    v.add_argument("--seed", type=int, default=0, help="seed of the synthetic clip")
+    v.add_argument("--frames", type=frames, default=600, help="frames of the synthetic clip (default 600)")
+    v.add_argument("--hr", type=_number(float, 40, 180), default=72.0, help="heart rate of the synthetic clip in bpm")
+    v.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0, help="seed of the synthetic clip")
     v.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     be = sub.add_parser("bench", help="FPS table: graphopt targets fused/unfused, the authors' JAX JIT step, "
@@ -58,9 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--baseline", action="append", default=[], help="an .onnx/.tflite step model to add as a row")
     be.add_argument("--state", help="initial state for the baselines (npz or gzip-JSON)")
     be.add_argument("--fused-only", action="store_true", help="skip the unfused builds")
-    be.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    be.add_argument("--steps", type=int, default=100, help="steps per row per round (default 100)")
+    be.add_argument("--rounds", type=_number(int, 1, 1000), default=5, help="interleaved rounds (default 5)")
+    be.add_argument("--steps", type=_number(int, 1, 100000), default=100, help="steps per row per round (default 100)")
     be.add_argument("--out-dir", help="keep the built artifacts here (default: a temporary folder)")
+    be.add_argument("--force", action="store_true", help="replace artifacts graphopt wrote earlier in --out-dir")
     be.add_argument("--json", help="also write the results as JSON to this file")
 
     r = sub.add_parser("release", help="build, verify and benchmark every available target into one folder")
@@ -68,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="release folder (default: artifacts/MODEL-GRAPHOPT_VERSION)")
     r.add_argument("--variants", help="comma-separated subset of: " + "onnx, xla, tflite, tflite-io, tflite-fp16, "
                                       "tflite-int8, tf, torch, torch-compile, tensorrt (default: all)")
-    r.add_argument("--frames", type=int, default=600, help="frames of the verification clip (default 600)")
-    r.add_argument("--rounds", type=int, default=3, help="interleaved benchmark rounds (default 3)")
+    r.add_argument("--frames", type=frames, default=600, help="frames of the verification clip (default 600)")
+    r.add_argument("--rounds", type=_number(int, 1, 1000), default=3, help="interleaved benchmark rounds (default 3)")
+    r.add_argument("--force", action="store_true", help="replace a release graphopt wrote earlier in --out")
 
     i = sub.add_parser("inspect", help="node count, op histogram, params, state and FLOPs of an artifact")
     i.add_argument("artifact", help="artifact folder or model file (any .onnx file with --check tensorrt)")
@@ -101,7 +129,7 @@ def cmd_build(a) -> int:
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
     build(a.model, a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
-          exact=a.exact, fps=a.fps, target_options=options or None)
+          exact=a.exact, fps=a.fps, target_options=options or None, force=a.force)
     return EXIT_OK
 
 
@@ -126,9 +154,14 @@ def cmd_verify(a) -> int:
         source = stream.manifest["source"]
         claimed = a.tier or stream.manifest.get("equivalence", {}).get("tier_claimed", "rounding")
     m = stream.manifest
+    equivalence.check_frames(a.frames, stream.frames_per_step, float(m.get("fps") or 30.0))
     clip = equivalence.Clip(frames=a.frames, hr_bpm=a.hr, seed=a.seed, fps=float(m.get("fps") or 30.0))
     print(f"verifying {a.artifact} ({m['target']}, {m['precision']}) over {a.frames} frames", file=sys.stderr)
-    result = equivalence.check(equivalence.stream_step(stream), stream.state, m["model"], source, clip)
+    try:
+        result = equivalence.check(equivalence.stream_step(stream), stream.state, m["model"], source, clip)
+    except equivalence.VerificationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     print(json.dumps(result, indent=2) if a.json else format_result(result, claimed))
     if claimed and not metrics.meets(claimed, result["tier"]):
         print(f"error: the artifact reaches tier {result['tier']}, below the {claimed} tier "
@@ -142,7 +175,7 @@ def cmd_bench(a) -> int:
     from .artifact import write_json
     targets = [t.strip() for t in a.targets.split(",") if t.strip()] if a.targets else None
     result = bench.run(a.model, targets, a.baseline, a.state, a.out_dir, rounds=a.rounds, steps_per_round=a.steps,
-                       unfused=not a.fused_only, log=lambda m: print(m, file=sys.stderr, flush=True))
+                       unfused=not a.fused_only, force=a.force, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(bench.markdown(result))
     if a.json:
         from pathlib import Path
@@ -155,7 +188,7 @@ def cmd_release(a) -> int:
     out = a.out or f"artifacts/{a.model}-{__version__}"
     variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
     try:
-        release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds,
+        release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds, force=a.force,
                     log=lambda m: print(m, file=sys.stderr, flush=True))
     except release.ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -168,14 +201,15 @@ def cmd_inspect(a) -> int:
     if a.check == "tensorrt":
         from pathlib import Path
 
-        from .artifact import ArtifactError, read_manifest
+        from . import trust
+        from .artifact import ArtifactError, open_artifact
         from .targets.trt_support import check_onnx, format_check
         p = Path(a.artifact)
         if p.is_dir():
-            m, base = read_manifest(p)
-            p = base / m["file"]
+            p = open_artifact(p).model_file
         if not p.is_file() or p.suffix != ".onnx":
             raise ArtifactError(f"{p} is not an .onnx file; --check tensorrt takes an ONNX model")
+        trust.check_model_file(p, p.parent)  # e.g. external data must lie beside it
         try:
             result = check_onnx(p)
         except Exception as e:  # protobuf decode errors have many types
@@ -188,7 +222,10 @@ def cmd_inspect(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     if args.command in ("bench", "release"):
         from .bench import single_thread_env
         single_thread_env()  # before anything imports jax
@@ -204,10 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         except EngineNeedsGpu as e:
             print(f"note: {e}", file=sys.stderr)
             return EXIT_NEEDS_GPU
-    except (ArtifactError, BuildError, ModelSourceError, FrameError, FileNotFoundError, PassError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ArtifactError, BuildError, ModelSourceError, FrameError, OSError, PassError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         from .build import BuildUsageError
         return EXIT_FAILED if isinstance(e, BuildError) and not isinstance(e, BuildUsageError) else EXIT_USAGE
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:  # e.g. PermissionError, disk full: the path and the reason
+        return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

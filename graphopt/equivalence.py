@@ -21,6 +21,23 @@ from .clip import perturb_one_ulp, synthetic_clip
 StepFn = Callable[[np.ndarray, np.ndarray, list], tuple[np.ndarray, list]]
 
 
+MIN_FRAMES, MAX_FRAMES = 32, 9000  # a clip long enough for a heart rate, short enough to fit in memory
+
+
+def check_frames(frames, frames_per_step: int = 1, fps: float = 30.0) -> int:
+    """The clip length for verification, or ArtifactError saying the allowed range (the heart-rate
+    metric needs one PSD bin in its band: at least fps / 3.5 Hz samples)."""
+    from .errors import ArtifactError
+    lo = max(MIN_FRAMES, frames_per_step, int(np.ceil(fps / metrics.HR_BAND_HZ[1])) + 1)
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not lo <= frames <= MAX_FRAMES:
+        raise ArtifactError(f"--frames must be a whole number of frames from {lo} to {MAX_FRAMES}, got {frames!r}")
+    return int(frames)
+
+
+class VerificationError(RuntimeError):
+    """The candidate could not be run over the clip (e.g. it produced NaN/Inf): verification failed."""
+
+
 @dataclass(frozen=True)
 class Clip:
     """A deterministic synthetic face clip (see graphopt.clip)."""
@@ -138,7 +155,11 @@ def check(step: StepFn, initial_state: list, model: str, source: dict, clip: Cli
     ref_out, ref_state = reference_run(model, source, clip)
     floor = noise_floor(model, source, clip)
     frame_shape = tuple(reference_frame_shape(model))
-    out, state = run_steps(step, clip.array(frame_shape), 1.0 / clip.fps, list(initial_state))
+    from .stream import StepError
+    try:
+        out, state = run_steps(step, clip.array(frame_shape), 1.0 / clip.fps, list(initial_state))
+    except StepError as e:
+        raise VerificationError(f"the candidate failed on the synthetic clip: {e}") from None
     same_layout = len(state) == len(ref_state) and all(np.shape(a) == np.shape(b) for a, b in zip(state, ref_state))
     result = metrics.with_floor(metrics.compare(ref_out, out, fps=clip.fps, ref_state=ref_state if same_layout else None,
                                                 cand_state=state if same_layout else None), floor["nrmse"])

@@ -34,9 +34,17 @@ def file_size(path: Path) -> int:
 
 
 def inspect(path) -> dict:
-    """Summary of a graphopt artifact (manifest + the model file itself)."""
-    manifest, base = art.read_manifest(path)
-    model_file = base / manifest["file"]
+    """Summary of a graphopt artifact (manifest + the model file itself), after every check a load makes
+    short of starting the runtime (graphopt.artifact.open_artifact): a broken artifact is an error."""
+    opened = art.open_artifact(path)
+    try:
+        return _summary(opened.manifest, opened.model_file)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise art.ArtifactError(f"manifest of {opened.model_file} lacks or mistypes a field inspect reports "
+                                f"({type(e).__name__}: {e}); rebuild the artifact") from None
+
+
+def _summary(manifest: dict, model_file: Path) -> dict:
     summary = {"file": str(model_file), "target": manifest["target"], "precision": manifest["precision"],
                "model": manifest["model"], "pipeline": [p["name"] for p in manifest["pipeline"]["passes"]]}
     if model_file.suffix == ".onnx":

@@ -39,26 +39,28 @@ def default_variants(step_model) -> list[str]:
 
 
 def run(model: str, out: str | Path, *, variants: list[str] | None = None, frames: int = 600, rounds: int = 3,
-        steps_per_round: int = 100, log: Callable[[str], None] = print) -> Path:
+        steps_per_round: int = 100, force: bool = False, log: Callable[[str], None] = print) -> Path:
     from . import __version__
     from . import artifact as art
     from . import models
     from .bench import BACKENDS, machine, reference_step, sgemm_gflops, single_thread_env
     from .benchmark import measure, plan
     from .build import EngineNeedsGpu, build, target_module
-    from .equivalence import Clip
+    from .equivalence import Clip, check_frames
     from .inspect import file_size
+    from .outdir import check_destination
 
     single_thread_env()
     t0 = time.time()
     unknown = [n for n in variants or () if n not in VARIANTS]
     if unknown:
         raise ReleaseError(f"unknown release variants {unknown}; choose from {', '.join(VARIANTS)}")
-    out = Path(out).resolve()
+    out = check_destination(Path(out), force)  # before the long work
     step_model = models.load(model, None, False)
+    check_frames(frames, step_model.frames_per_step)
     names = variants or default_variants(step_model)
     entries, failures, streams = {}, {}, {}
-    with art.atomic_dir(out) as tmp:
+    with art.atomic_dir(out, force) as tmp:
         for i, name in enumerate(names, 1):
             target, kw = VARIANTS[name]
             ok, reason = target_module(target).available()

@@ -81,3 +81,50 @@ def _run_model_card(folder):
 @pytest.fixture(scope="session")
 def run_model_card():
     return _run_model_card
+
+
+TINY_FRAME = (1, 1, 8, 8, 3)
+
+
+def tiny_graph():
+    """A small streaming step model for attack tests (builds in a second, unlike FacePhys): a running
+    mean and variance of the frame (like FacePhys's temporal normalisation), normalised output, and a
+    dt-dependent gain exp(40 dt) that overflows float32 for dt above ~2.2 s, and the elapsed time (a
+    state that only grows, so a lost update shows). A frame of 1e30 makes the variance Inf (NaN
+    state); dt = 3 s makes the output Inf."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from graphopt.frontends.jax import trace
+
+    def step(frame, dt, state):
+        mean, var, t = state
+        x = frame.reshape(1, 8, 8, 3)
+        new_mean = 0.9 * mean + 0.1 * x
+        new_var = 0.9 * var + 0.1 * (x - new_mean) ** 2
+        z = (x - new_mean) / jnp.sqrt(new_var + 1e-3)
+        bvp = jnp.mean(z, axis=(1, 2, 3)).reshape(1, 1) * jnp.exp(40.0 * dt) / jnp.exp(40.0 / 30)
+        return bvp, (new_mean, new_var, t + dt)
+
+    init = (np.full((1, 8, 8, 3), 0.5, np.float32), np.full((1, 8, 8, 3), 0.01, np.float32),
+            np.zeros((1, 1), np.float32))
+    g = trace(step, {"frame": np.zeros(TINY_FRAME, np.float32), "dt": np.float32(1 / 30)}, init,
+              name="tiny", output_names=["bvp"], state_names=["mean", "var", "t"])
+    g.meta.update(model="tiny", fps=30.0, frames_per_step=1)
+    return g
+
+
+def build_tiny(target: str, out, **options):
+    """The tiny model emitted by `target` into the folder `out` (written like a build: atomically)."""
+    from pathlib import Path
+
+    from graphopt import artifact as art
+    from graphopt.targets import module_for
+    with art.atomic_dir(Path(out), options.pop("force", False)) as tmp:
+        a = module_for(target).emit(tiny_graph(), tmp, {"stem": "tiny", **options})
+    return art.Artifact(Path(out).resolve() / a.path.name, a.manifest)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    return build_tiny("onnx", tmp_path_factory.mktemp("tiny") / "onnx")

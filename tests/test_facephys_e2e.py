@@ -121,6 +121,11 @@ def _perturbed_copy(artifact, tmp_path):
             arr = arr * (1 + np.float32(1e-3) * rng.standard_normal(arr.shape).astype(np.float32))
             t.CopyFrom(numpy_helper.from_array(arr, t.name))
     onnx.save(model, str(model_file))
+    # a consistent artifact whose weights are wrong (not a tampered file: that fails the sha256 check at load)
+    manifest_file = dst / artifact.manifest_path.name
+    manifest = json.loads(manifest_file.read_text())
+    manifest["sha256"] = art.sha256(model_file)
+    manifest_file.write_text(json.dumps(manifest))
     return dst
 
 
@@ -217,9 +222,15 @@ def test_load_errors(tmp_path, onnx_unfused):
     broken = tmp_path / "broken"
     shutil.copytree(onnx_unfused.path.parent, broken)
     (broken / onnx_unfused.path.name).write_bytes(b"not an onnx model")
-    with pytest.raises(art.ArtifactError, match="onnxruntime cannot load"):
+    with pytest.raises(art.ArtifactError, match="does not match the sha256 in its manifest"):
         art.load(broken)
     assert cli.main(["inspect", str(broken)]) == 2
+    manifest_file = broken / onnx_unfused.manifest_path.name  # the hash made to match: the content is checked
+    manifest = json.loads(manifest_file.read_text())
+    manifest["sha256"] = art.sha256(broken / onnx_unfused.path.name)
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(art.ArtifactError, match="not a readable ONNX model"):
+        art.load(broken)
 
 
 def test_default_pipeline_raises_math_and_reaches_signal_tier(onnx_fused, onnx_unfused):
@@ -275,7 +286,7 @@ def test_fps_specialisation_bakes_dt(facephys, onnx_fused, tmp_path):
     stream.step(frame, dt=1 / 30)
     with pytest.raises(FrameError, match="built for dt = 0.0333333 s"):
         stream.step(frame, dt=1 / 25)
-    with pytest.raises(BuildError, match="--fps must be a positive frame rate"):
+    with pytest.raises(BuildError, match="--fps must be a frame rate from 0.1 to 10000, got 0"):
         build("facephys", "onnx", tmp_path / "bad", fps=0, log=lambda m: None)
     assert not (tmp_path / "bad").exists()
 

@@ -40,7 +40,8 @@ def trt_artifact(tmp_path_factory, facephys):
 
 def test_tensorrt_build_writes_complete_legal_onnx(trt_artifact):
     manifest, out, needs_gpu_msg = trt_artifact
-    assert sorted(p.name for p in out.iterdir()) == ["facephys.manifest.json", "facephys.onnx", "facephys.state.npz"] \
+    assert sorted(p.name for p in out.iterdir()) == \
+        [".graphopt-files", "facephys.manifest.json", "facephys.onnx", "facephys.state.npz"] \
         + (["facephys.engine"] if HAS_GPU else [])
     onnx.checker.check_model(str(out / "facephys.onnx"))
     assert manifest["target"] == "tensorrt" and manifest["sha256"] == art.sha256(out / "facephys.onnx")

@@ -4,6 +4,9 @@ Lowering is a table: one function per IR op that emits ONNX nodes through an Onn
 """
 from __future__ import annotations
 
+import functools
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -449,27 +452,26 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
 class OnnxStream(Stream):
     """Runs the model in onnxruntime with every input and output bound once (IOBinding) to NumPy
     buffers the Stream owns: two sets of state buffers (ping-pong), the step reads one and writes the
-    other, so the 46 state tensors are never copied or converted per step; only the frame (and dt) are
-    copied in and the output copied out."""
+    other, so the state tensors are never copied or converted per step; only the frame (and dt) are
+    copied in and the output copied out. Each set is one flat buffer (state tensors are views into
+    it), so the finiteness check after each step is one pass over memory.
+
+    Streams of one artifact (same file and sha256, same thread count) share one InferenceSession:
+    its weights, pre-packed kernels and arena are paid once; a Stream adds its state buffers."""
 
     def __init__(self, model_file: Path, manifest: dict, initial_state, threads: int = 1):
         import onnxruntime as ort
         super().__init__(manifest, initial_state)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = threads
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise art.ArtifactError(f"onnxruntime cannot load {model_file}: {e}") from None
+        self._shared = shared_session(model_file, manifest.get("sha256"), threads)
+        session = self._shared.session
         value = ort.OrtValue.ortvalue_from_numpy  # wraps the array's memory (CPU), no copy
         self._in = [np.zeros(i["shape"], np.dtype(i["dtype"])) for i in manifest["inputs"]]
         self._out = np.zeros(manifest["outputs"][0]["shape"], np.dtype(manifest["outputs"][0]["dtype"]))
-        self._bufs = [[np.array(s) for s in self._initial_state], [np.empty_like(s) for s in self._initial_state]]
+        self._flat, self._bufs = zip(*(_state_buffers(self._initial_state) for _ in range(2)))
+        self._bufs = list(self._bufs)
         self._bindings = []
         for src, dst in ((self._bufs[0], self._bufs[1]), (self._bufs[1], self._bufs[0])):
-            b = self.session.io_binding()
+            b = session.io_binding()
             for spec, buf in zip(manifest["inputs"], self._in):
                 b.bind_ortvalue_input(spec["name"], value(buf))
             b.bind_ortvalue_output(manifest["outputs"][0]["name"], value(self._out))
@@ -477,23 +479,90 @@ class OnnxStream(Stream):
                 b.bind_ortvalue_input(spec["input"], value(s_in))
                 b.bind_ortvalue_output(spec["output"], value(s_out))
             self._bindings.append(b)
-        self._state = self._bufs[0]
+        self._reset()
+
+    @property
+    def session(self):
+        return self._shared.session
 
     def _run(self, frame, dt, state):
         side = 0 if state is self._bufs[0] else 1
         for buf, x in zip(self._in, self.feeds(frame, dt)):
             np.copyto(buf, np.asarray(x).reshape(buf.shape))
-        self.session.run_with_iobinding(self._bindings[side])
+        self._shared.session.run_with_iobinding(self._bindings[side])
         return self._out.copy(), self._bufs[1 - side]
 
-    def reset(self) -> None:
+    def _state_finite(self, state) -> bool:
+        flat = self._flat[0 if state is self._bufs[0] else 1]
+        if flat is None:
+            return super()._state_finite(state)
+        # NaN and Inf times 0 are NaN, any finite value times 0 is 0: one BLAS dot over the buffer
+        with np.errstate(invalid="ignore"):
+            return bool(np.isfinite(flat @ _zeros(flat.size, flat.dtype)))
+
+    def _reset(self) -> None:
         for b, s in zip(self._bufs[0], self._initial_state):
             np.copyto(b, s)
         self._state = self._bufs[0]
 
-    @property
-    def native_state(self) -> list[np.ndarray]:
-        return [s.copy() for s in self._state]
+
+def _state_buffers(initial_state) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """One set of state buffers: views into one flat buffer where the state tensors share a float dtype
+    (else separate arrays and no flat buffer)."""
+    dtypes = {np.asarray(s).dtype for s in initial_state}
+    if len(dtypes) != 1 or next(iter(dtypes)).kind != "f":
+        return None, [np.empty_like(s) for s in initial_state]
+    flat = np.empty(sum(int(np.size(s)) for s in initial_state), next(iter(dtypes)))
+    views, at = [], 0
+    for s in initial_state:
+        views.append(flat[at:at + np.size(s)].reshape(np.shape(s)))
+        at += np.size(s)
+    return flat, views
+
+
+@functools.lru_cache(maxsize=8)
+def _zeros(size: int, dtype) -> np.ndarray:
+    """A read-only zero vector, one per size and dtype for all Streams."""
+    z = np.zeros(size, dtype)
+    z.setflags(write=False)
+    return z
+
+
+class _SharedSession:
+    """An InferenceSession held by the Streams that use it (weakly cached by shared_session)."""
+
+    def __init__(self, session):
+        self.session = session
+
+
+_SESSIONS: "weakref.WeakValueDictionary[tuple, _SharedSession]" = weakref.WeakValueDictionary()
+_SESSIONS_LOCK = threading.Lock()
+
+
+def shared_session(model_file: Path, sha256: str | None, threads: int = 1) -> _SharedSession:
+    """One onnxruntime session per model file content and thread count, shared while Streams hold it."""
+    import onnxruntime as ort
+    key = (str(Path(model_file).resolve()), sha256, int(threads))
+    with _SESSIONS_LOCK:
+        shared = _SESSIONS.get(key) if sha256 else None
+        if shared is not None:
+            return shared
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise art.ArtifactError(f"onnxruntime cannot load {model_file}: {_first_line(e)}") from None
+        shared = _SharedSession(session)
+        if sha256:
+            _SESSIONS[key] = shared
+        return shared
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> OnnxStream:

@@ -138,16 +138,18 @@ def build_engine(model_file: Path, manifest: dict) -> Path:
 
 def build_from(folder: str | Path, fp16: bool | None = None, opt_level: int | None = None) -> art.Artifact:
     """`graphopt build --target tensorrt --from ARTIFACT`: add the engine to an existing artifact."""
-    manifest, base = art.read_manifest(folder)
-    if manifest["target"] != NAME:
+    opened = art.open_artifact(folder)  # every check a load makes
+    manifest, model_file = opened.manifest, opened.model_file
+    if manifest["target"] != NAME or not isinstance(manifest.get("tensorrt"), dict):
         raise art.ArtifactError(f"{folder} is a {manifest['target']} artifact, not a tensorrt one")
     if fp16 is not None:
         manifest["tensorrt"]["fp16"] = fp16
     if opt_level is not None:
         manifest["tensorrt"]["optimization_level"] = opt_level
-    model_file = base / manifest["file"]
-    build_engine(model_file, manifest)
+    from ..outdir import record_written
+    engine_file = build_engine(model_file, manifest)
     art.write_json(art.manifest_path_for(model_file), manifest)
+    record_written(engine_file)
     return art.Artifact(model_file, manifest)
 
 
@@ -161,7 +163,10 @@ class TensorRTStream(Stream):
         super().__init__(manifest, initial_state)
         self._torch = torch
         logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_file).read_bytes())
+        runtime = trt.Runtime(logger)
+        if hasattr(runtime, "engine_host_code_allowed"):
+            runtime.engine_host_code_allowed = False  # an engine may not bring code (lean runtime, plugins) along
+        self._engine = runtime.deserialize_cuda_engine(Path(engine_file).read_bytes())
         if self._engine is None:
             raise art.ArtifactError(f"TensorRT cannot deserialize {engine_file}; rebuild it on this machine")
         self._ctx = self._engine.create_execution_context()
@@ -177,7 +182,7 @@ class TensorRTStream(Stream):
         self._ctx.set_tensor_address(manifest["outputs"][0]["name"], self._out.data_ptr())
         self._bufs = [[torch.from_numpy(np.array(s)).to(dev) for s in self._initial_state],
                       [torch.empty(s.shape, dtype=torch.float32, device=dev) for s in self._initial_state]]
-        self._state = self._bufs[0]
+        self._reset()
 
     def _run(self, frame, dt, state):
         torch = self._torch
@@ -195,19 +200,31 @@ class TensorRTStream(Stream):
         self._cuda.synchronize()
         return self._out_host.numpy().copy(), dst
 
-    def reset(self) -> None:
+    def _reset(self) -> None:
         for b, s in zip(self._bufs[0], self._initial_state):
             b.copy_(self._torch.from_numpy(np.array(s)))
         self._state = self._bufs[0]
 
+    def _state_finite(self, state) -> bool:
+        return bool(self._torch.stack([self._torch.isfinite(b).all() for b in state]).all())
+
     @property
     def native_state(self) -> list[np.ndarray]:
-        return [b.cpu().numpy() for b in self._state]
+        with self._lock:
+            return [b.cpu().numpy() for b in self._state]
 
 
 def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1, prefer_engine: bool = True):
     engine = manifest.get("tensorrt", {}).get("engine")
     if prefer_engine and engine and import_tensorrt() is not None and cuda_gpu_present():
-        return TensorRTStream(Path(model_file).parent / engine, manifest, initial_state)
+        from ..manifest import resolve_inside
+        from ..trust import check_model_file
+        engine_file = resolve_inside(Path(model_file).parent, engine, "tensorrt.engine")
+        check_model_file(engine_file, Path(model_file).parent)
+        if not engine_file.is_file() or art.sha256(engine_file) != manifest["tensorrt"].get("engine_sha256"):
+            raise art.ArtifactError(f"TensorRT engine {engine_file} is missing or does not match the engine_sha256 "
+                                    "in its manifest; rebuild it with: " + finish_command(
+                                        Path(model_file).parent, Path(model_file).name))
+        return TensorRTStream(engine_file, manifest, initial_state)
     # no engine here (or no GPU): the legal ONNX in onnxruntime, for verification anywhere
     return onnx_target.OnnxStream(model_file, manifest, initial_state, threads=threads)

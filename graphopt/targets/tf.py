@@ -57,18 +57,14 @@ class TfStream(Stream):
         names = [i["name"] for i in manifest["inputs"]] + [s["input"] for s in manifest["state"]]
         self._fn = tf.function(lambda *args: sig(**dict(zip(names, args))), jit_compile=True)
         self._tf = tf
-        self.reset()
+        self._reset()
 
     def _run(self, frame, dt, state):
         out = self._fn(*self.feeds(frame, dt), *state)
         return out[self._out].numpy(), [out[n] for n in self._state_out]
 
-    def reset(self) -> None:
+    def _reset(self) -> None:
         self._state = [self._tf.constant(s) for s in self._initial_state]
-
-    @property
-    def native_state(self) -> list[np.ndarray]:
-        return [np.asarray(s) for s in self._state]
 
 
 def open_stream(model_dir: Path, manifest: dict, initial_state, threads: int = 1) -> TfStream:

@@ -341,12 +341,12 @@ def _lower(*ops):
 
 @_lower("div")
 def _div(tf, n, x, y):
-    return x / y if n.outputs[0].dtype.startswith("float") else tf.math.truncatediv(x, y)
+    return x / y if n.outputs[0].dtype.startswith("float") else tf.truncatediv(x, y)
 
 
 @_lower("rem")
 def _rem(tf, n, x, y):
-    return tf.math.truncatemod(x, y)  # C fmod semantics, as the interpreter's np.fmod
+    return tf.truncatemod(x, y)  # C fmod semantics, as the interpreter's np.fmod
 
 
 @_lower("round")

@@ -121,19 +121,26 @@ def delegate_summary(model_file: Path, threads: int = 1) -> dict:
 
 
 class TfliteStream(Stream):
+    """In variables mode the state lives inside the interpreter: a step is checked by reading it back
+    (`read_state`), and a refused step (NaN/Inf) resets it to the initial state, since LiteRT has no
+    way to put the previous state back; in io mode the Stream carries the state like the others."""
+
     def __init__(self, model_file: Path, manifest: dict, initial_state, threads: int = 1):
         super().__init__(manifest, initial_state)
         self.interpreter = interpreter(model_file, threads)
         self.state_mode = manifest.get("tflite", {}).get("state_mode", "io")
-        self._step = self.interpreter.get_signature_runner("step")
+        try:
+            self._step = self.interpreter.get_signature_runner("step")
+            if self.state_mode == "variables":
+                self._reset_runner = self.interpreter.get_signature_runner("reset")
+                self._read = self.interpreter.get_signature_runner("read_state")
+        except ValueError as e:
+            raise art.ArtifactError(f"{model_file} lacks a signature its manifest names ({e}); rebuild the "
+                                    "artifact") from None
         self._out = manifest["outputs"][0]["name"]
         self._state_in = [s["input"] for s in manifest["state"]]
         self._state_out = [s["output"] for s in manifest["state"]]
-        if self.state_mode == "variables":
-            self._reset = self.interpreter.get_signature_runner("reset")
-            self._read = self.interpreter.get_signature_runner("read_state")
-            self._reset()
-            self._state = None
+        self._reset()
 
     def _run(self, frame, dt, state):
         if self.state_mode == "variables":
@@ -141,17 +148,31 @@ class TfliteStream(Stream):
         out = self._step(**dict(zip(self.input_names, self.feeds(frame, dt))), **dict(zip(self._state_in, state)))
         return out[self._out], [out[n] for n in self._state_out]
 
-    def reset(self) -> None:
+    def _state_finite(self, state) -> bool:
+        return super()._state_finite(self._read_variables() if self.state_mode == "variables" else state)
+
+    def _restore(self, before) -> str:
         if self.state_mode == "variables":
-            self._reset()
+            self._reset()  # the interpreter's variables already hold the refused step's state
+            return "the state was reset to the initial state (LiteRT keeps it inside the model)"
+        return super()._restore(before)
+
+    def _reset(self) -> None:
+        if self.state_mode == "variables":
+            self._reset_runner()
+            self._state = None
         else:
-            super().reset()
+            super()._reset()
+
+    def _read_variables(self) -> list[np.ndarray]:
+        got = self._read()
+        return [np.asarray(got[n]) for n in self._state_out]
 
     @property
     def native_state(self) -> list[np.ndarray]:
         if self.state_mode == "variables":
-            got = self._read()
-            return [np.asarray(got[n]) for n in self._state_out]
+            with self._lock:
+                return self._read_variables()
         return super().native_state
 
 

@@ -61,7 +61,7 @@ class TorchStream(Stream):
         self._torch = torch
         self._fn = torch.compile(module, backend="inductor", dynamic=False) if compiled else module
         self._n_out = len(manifest["outputs"])
-        self.reset()
+        self._reset()
 
     def _run(self, frame, dt, state):
         torch = self._torch
@@ -69,12 +69,16 @@ class TorchStream(Stream):
             out = self._fn(*(torch.from_numpy(np.asarray(x)) for x in self.feeds(frame, dt)), *state)
         return out[0].numpy(), list(out[self._n_out:])
 
-    def reset(self) -> None:
+    def _reset(self) -> None:
         self._state = [self._torch.from_numpy(np.array(s)) for s in self._initial_state]
 
+    def _state_finite(self, state) -> bool:
+        return all(np.isfinite(s.numpy()).all() for s in state)
+
     @property
-    def state(self) -> list[np.ndarray]:
-        return [s.numpy().copy() for s in self._state]
+    def native_state(self) -> list[np.ndarray]:
+        with self._lock:
+            return [s.numpy().copy() for s in self._state]
 
 
 def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> TorchStream:

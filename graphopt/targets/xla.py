@@ -4,8 +4,8 @@ The artifact is `<stem>.jaxexport` (jax.export's serialization: StableHLO byteco
 calling convention), `<stem>.stablehlo.mlir` (the same module as text, for reading), the manifest
 and the initial state. Loading needs only jax: neither the IR nor the model code.
 
-The Stream keeps the state on the device between steps: the state buffers are donated to each
-call and replaced by its outputs, so only the frame goes in and only the output comes back.
+The Stream keeps the state on the device between steps: each call's state outputs are the next
+call's state inputs, so only the frame goes in and only the output comes back.
 """
 from __future__ import annotations
 
@@ -76,24 +76,19 @@ class XlaStream(Stream):
         except Exception as e:
             raise art.ArtifactError(f"jax cannot deserialize {model_file}: {e}; rebuild the artifact") from None
         self._jax = jax
-        n_in = len(manifest["inputs"])
-        n_state = len(manifest["state"])
         self._n_out = len(manifest["outputs"])
-        # donate the state buffers: each call writes the new state where the old one was
-        self._call = jax.jit(exported.call, donate_argnums=tuple(range(n_in, n_in + n_state)))
+        # no buffer donation: the state before a step must survive it, so a step that produces NaN/Inf
+        # can be refused and the last good state kept (Stream.step)
+        self._call = jax.jit(exported.call)
         self._device = jax.devices("cpu")[0] if "cpu" in exported.platforms else jax.devices()[0]
-        self._state = [jax.device_put(s, self._device) for s in self._initial_state]
+        self._reset()
 
     def _run(self, frame, dt, state):
         out = self._call(*self.feeds(frame, dt), *state)
         return np.asarray(out[0]), list(out[self._n_out:])
 
-    def reset(self) -> None:
+    def _reset(self) -> None:
         self._state = [self._jax.device_put(s, self._device) for s in self._initial_state]
-
-    @property
-    def state(self) -> list[np.ndarray]:
-        return [np.asarray(s) for s in self._state]
 
 
 def open_stream(model_file: Path, manifest: dict, initial_state, **options) -> XlaStream:
