@@ -149,3 +149,23 @@ def test_lhs_dilated_conv_asks_for_the_lowering_pass(tmp_path):
                     dilations=(1, 1, 1), groups=1, lhs_dilations=(1, 2, 2))
     with pytest.raises(UnsupportedOpError, match="lhs_dilations .* run the expand-lhs-dilation lowering pass first"):
         module_for("tf").emit(_graph((1, 4, 5, 5, 3), build), tmp_path)
+
+
+@pytest.mark.parametrize("op", ["div", "rem"])
+def test_integer_div_and_rem_truncate_like_the_interpreter(tmp_path, op):
+    """int32 div and rem of negative numbers truncate toward zero (C semantics), as the interpreter's
+    np.trunc / np.fmod; the lowering used tf.math.truncatediv/truncatemod, which TF 2.21 lacks."""
+    shape = (1, 6)
+
+    def build(g, x):
+        xi = g.op("cast", g.op("mul", x, g.add_param(np.full(shape, 16, np.float32))), to="int32")
+        d = g.add_param(np.array([[3, -3, 4, -4, 7, -7]], np.int32))
+        return g.op("cast", g.op(op, xi, d), to="float32")
+    g = _graph(shape, build)
+    x = np.array([[-19, 8, -5, 14, -1, 10]], np.float32) / 16  # exact in float32: x * 16 is an integer
+    want = Interpreter(g, "float64").run([x], [])[0][0]
+    assert want.tolist() != (np.floor_divide if op == "div" else np.mod)(
+        np.trunc(x * 16).astype(int), [[3, -3, 4, -4, 7, -7]]).astype(float).tolist()  # the case tells them apart
+    for target in ("tf", "tflite"):
+        a = module_for(target).emit(g, (tmp_path / target).mkdir() or tmp_path / target, {"stem": "m"})
+        np.testing.assert_array_equal(np.asarray(art.load(a.path).step(x)), want)

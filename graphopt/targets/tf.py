@@ -55,13 +55,22 @@ class TfStream(Stream):
         self._out = manifest["outputs"][0]["name"]
         self._state_out = [s["output"] for s in manifest["state"]]
         names = [i["name"] for i in manifest["inputs"]] + [s["input"] for s in manifest["state"]]
-        self._fn = tf.function(lambda *args: sig(**dict(zip(names, args))), jit_compile=True)
+        state_out = self._state_out
+
+        def step(*args):  # the step and, compiled with it, whether its new state is finite
+            out = sig(**dict(zip(names, args)))
+            flags = [tf.reduce_all(tf.math.is_finite(out[n])) for n in state_out if out[n].dtype.is_floating]
+            return out, tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+        self._fn = tf.function(step, jit_compile=True)
         self._tf = tf
         self._reset()
 
     def _run(self, frame, dt, state):
-        out = self._fn(*self.feeds(frame, dt), *state)
+        out, self._finite = self._fn(*self.feeds(frame, dt), *state)
         return out[self._out].numpy(), [out[n] for n in self._state_out]
+
+    def _state_finite(self, state) -> bool:
+        return bool(self._finite)
 
     def _reset(self) -> None:
         self._state = [self._tf.constant(s) for s in self._initial_state]

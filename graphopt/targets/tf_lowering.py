@@ -346,7 +346,11 @@ def _div(tf, n, x, y):
 
 @_lower("rem")
 def _rem(tf, n, x, y):
-    return tf.truncatemod(x, y)  # C fmod semantics, as the interpreter's np.fmod
+    """C fmod semantics, as the interpreter's np.fmod. Integers: x - trunc(x / y) * y, exact, from ops
+    the TFLite converter has as builtins (it has no TruncateMod)."""
+    if n.outputs[0].dtype.startswith("float"):
+        return tf.truncatemod(x, y)
+    return x - tf.truncatediv(x, y) * y
 
 
 @_lower("round")

@@ -2,8 +2,10 @@
 
 Two state modes:
 - "io": step(frame, dt, state_in_0..N-1) -> {bvp, state_out_0..N-1}; the caller carries the state.
-- "variables": the state lives in the model as resource variables; step(frame, dt) -> {bvp}
-  updates them, reset() restores the initial state, read_state() -> {state_out_i} reads it.
+- "variables": the state lives in the model as resource variables; step(frame, dt) -> {bvp,
+  state_check} updates them, reset() restores the initial state, read_state() -> {state_out_i} reads
+  it. `state_check` is 1.0 when every new state value is finite and 0.0 otherwise, so a Stream
+  checks the step without reading the state back.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ..ir import Graph
 from .tf_lowering import import_tensorflow, lower_graph
 
 STATE_MODES = ("variables", "io")
+STATE_CHECK = "state_check"  # variables mode: step's extra output, finite iff the new state is
 
 
 def input_specs(graph: Graph, manifest: dict, with_state: bool):
@@ -56,7 +59,7 @@ def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: boo
         outs, new = lower_graph(graph, list(args), [v.read_value() for v in module.state], xla=jit_compile)
         for v, n in zip(module.state, new):
             v.assign(n)
-        return dict(zip(out_names, outs))
+        return {**dict(zip(out_names, outs)), STATE_CHECK: _all_finite(tf, new)}
 
     @tf.function(input_signature=[])
     def reset():
@@ -71,6 +74,15 @@ def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: boo
     module.step, module.reset, module.read_state = step, reset, read_state
     return module, {"step": step.get_concrete_function(), "reset": reset.get_concrete_function(),
                     "read_state": read_state.get_concrete_function()}
+
+
+def _all_finite(tf, tensors) -> "tf.Tensor":
+    """1.0 where every value of every float tensor is finite, else 0.0, from TFLite builtins (ABS,
+    LESS_EQUAL, CAST, MIN): |x| <= FLT_MAX is false for NaN and +-Inf alike. (A sum of the values is
+    no test: LiteRT's SUM saturates at FLT_MAX instead of reaching Inf.)"""
+    flags = [tf.reduce_min(tf.cast(tf.abs(t) <= np.finfo(np.float32).max, tf.float32))
+             for t in tensors if t.dtype.is_floating]
+    return tf.reduce_min(tf.stack(flags)) if flags else tf.constant(1.0)
 
 
 def save(module, signatures: dict, path: Path) -> None:

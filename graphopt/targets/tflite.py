@@ -19,7 +19,7 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
-from .tf_module import STATE_MODES, WEIGHT_VARIANTS, build_module, to_tflite
+from .tf_module import STATE_CHECK, STATE_MODES, WEIGHT_VARIANTS, build_module, to_tflite
 
 NAME = "tflite"
 SUFFIX = ".tflite"
@@ -65,6 +65,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
         twin.unlink()
     manifest["sha256"] = art.sha256(model_file)
     manifest["tflite"] = {"state_mode": state_mode, "signatures": sorted(signatures),
+                          **({"state_check": STATE_CHECK} if state_mode == "variables" else {}),
                           "tensor_dtypes": tensor_dtypes(model_file), **delegation}
     stored = {"fp16": "float16", "int8": "int8"}.get(weights)
     if stored and not manifest["tflite"]["tensor_dtypes"].get(stored):
@@ -138,18 +139,25 @@ class TfliteStream(Stream):
             raise art.ArtifactError(f"{model_file} lacks a signature its manifest names ({e}); rebuild the "
                                     "artifact") from None
         self._out = manifest["outputs"][0]["name"]
+        self._check_name, self._check = manifest.get("tflite", {}).get("state_check"), None
         self._state_in = [s["input"] for s in manifest["state"]]
         self._state_out = [s["output"] for s in manifest["state"]]
         self._reset()
 
     def _run(self, frame, dt, state):
         if self.state_mode == "variables":
-            return self._step(**dict(zip(self.input_names, self.feeds(frame, dt))))[self._out], None
+            got = self._step(**dict(zip(self.input_names, self.feeds(frame, dt))))
+            self._check = got.get(self._check_name) if self._check_name else None
+            return got[self._out], None
         out = self._step(**dict(zip(self.input_names, self.feeds(frame, dt))), **dict(zip(self._state_in, state)))
         return out[self._out], [out[n] for n in self._state_out]
 
     def _state_finite(self, state) -> bool:
-        return super()._state_finite(self._read_variables() if self.state_mode == "variables" else state)
+        if self.state_mode != "variables":
+            return super()._state_finite(state)
+        if self._check is not None:  # computed by the step itself: no read-back of the state
+            return bool(np.all(np.asarray(self._check) == 1.0))
+        return super()._state_finite(self._read_variables())  # artifacts built before state_check
 
     def _restore(self, before) -> str:
         if self.state_mode == "variables":

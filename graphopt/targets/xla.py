@@ -79,13 +79,23 @@ class XlaStream(Stream):
         self._n_out = len(manifest["outputs"])
         # no buffer donation: the state before a step must survive it, so a step that produces NaN/Inf
         # can be refused and the last good state kept (Stream.step)
-        self._call = jax.jit(exported.call)
+        n_out = self._n_out
+
+        def call(*args):  # the step and, in the same XLA computation, whether its results are finite
+            out = exported.call(*args)
+            flags = [jax.numpy.isfinite(x).all() for x in out if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+            return out[:n_out], out[n_out:], jax.numpy.all(jax.numpy.stack(flags)) if flags else True
+        self._call = jax.jit(call)
+        self._finite = True
         self._device = jax.devices("cpu")[0] if "cpu" in exported.platforms else jax.devices()[0]
         self._reset()
 
     def _run(self, frame, dt, state):
-        out = self._call(*self.feeds(frame, dt), *state)
-        return np.asarray(out[0]), list(out[self._n_out:])
+        outs, new, self._finite = self._call(*self.feeds(frame, dt), *state)
+        return np.asarray(outs[0]), list(new)
+
+    def _state_finite(self, state) -> bool:
+        return bool(self._finite)  # outputs and state, checked inside the step's computation
 
     def _reset(self) -> None:
         self._state = [self._jax.device_put(s, self._device) for s in self._initial_state]
