@@ -214,6 +214,7 @@ def find_manifest(path: str | os.PathLike) -> Path:
 def read_manifest(path: str | os.PathLike) -> tuple[dict, Path]:
     """The manifest (schema-checked) and the artifact folder; refuses folders an unfinished run left."""
     m = find_manifest(path)
+    schema.resolve_inside(m.parent, m.name, "(the manifest itself)")  # a link to a file elsewhere is refused
     partial = is_partial(m.parent)
     if partial is not None:
         raise ArtifactError(f"{m} lies in {partial}, a folder an unfinished or interrupted graphopt run left "

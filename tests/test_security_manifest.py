@@ -198,3 +198,13 @@ def test_inspect_refuses_a_missing_state(copy, capsys):
 def test_inspect_reports_a_good_artifact(tiny_onnx, capsys):
     assert cli.main(["inspect", str(tiny_onnx.path.parent)]) == 0
     assert "target      onnx" in capsys.readouterr().out
+
+
+def test_a_manifest_linked_from_elsewhere_is_refused(copy, tmp_path):
+    folder, mpath, m = copy
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(mpath.read_text())
+    mpath.unlink()
+    mpath.symlink_to(elsewhere)
+    with pytest.raises(ArtifactError, match="outside the artifact folder"):
+        graphopt.load(folder)
