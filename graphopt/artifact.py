@@ -7,6 +7,7 @@ read without pickle). Each failure is an ArtifactError naming the file and what 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import manifest as schema
 from .errors import ArtifactError
-from .outdir import atomic_dir, is_partial  # noqa: F401  (atomic_dir: graphopt.artifact's API since 0.1)
+from .outdir import _umask, atomic_dir, is_partial  # noqa: F401  (atomic_dir: graphopt.artifact's API since 0.1)
 
 MANIFEST_SUFFIX = ".manifest.json"
 STATE_SUFFIX = ".state.npz"
@@ -40,6 +41,9 @@ class Artifact:
 
 
 def manifest_path_for(model_file: Path) -> Path:
+    if not Path(model_file).name:  # "/" or "": no file name to put a manifest beside
+        raise ArtifactError(f"{str(model_file) or 'an empty path'} is not an artifact; pass an artifact folder or "
+                            "model file built by graphopt")
     return model_file.with_name(model_file.name.rsplit(".", 1)[0] + MANIFEST_SUFFIX)
 
 
@@ -71,9 +75,20 @@ def tool_versions(*packages: str) -> dict[str, str]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically: a fresh temporary file beside `path` (never a name a user's file may have),
+    then renamed over it."""
+    import tempfile
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".graphopt-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _json_default(o):
@@ -106,8 +121,8 @@ def read_npz(path: Path, specs: dict[str, tuple[tuple, str]] | None = None, what
     numeric dtype, at most manifest.MAX_ELEMENTS elements, finite values, and where `specs` (name ->
     (shape, dtype)) is given, exactly those names with those shapes and dtypes."""
     if not Path(path).is_file():
-        raise ArtifactError(f"{what} {path} is missing; {fix}")
-    out = {}
+        raise ArtifactError(f"{what} {path} is missing or not a regular file; {fix}")
+    out, total = {}, 0
     try:
         with zipfile.ZipFile(path) as z:
             members = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
@@ -128,8 +143,10 @@ def read_npz(path: Path, specs: dict[str, tuple[tuple, str]] | None = None, what
                     if dtype.hasobject or dtype.kind not in "fiub" or dtype.fields is not None:
                         raise ArtifactError(f"{what} {path}: {name} has dtype {dtype}, not a numeric array "
                                             f"(graphopt never unpickles); {fix}")
-                    if int(np.prod(shape, dtype=np.int64)) > schema.MAX_ELEMENTS:
-                        raise ArtifactError(f"{what} {path}: {name} has shape {shape}, too large; {fix}")
+                    total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if total > schema.MAX_TOTAL_STATE:
+                        raise ArtifactError(f"{what} {path} holds more than {schema.MAX_TOTAL_STATE >> 20} MiB of "
+                                            f"arrays; not a model state; {fix}")
                     if specs is not None:
                         want_shape, want_dtype = specs[name]
                         if tuple(shape) != tuple(want_shape) or dtype != np.dtype(want_dtype):
@@ -192,8 +209,10 @@ def load_state(path: Path, names: list[str], specs: list[tuple[tuple, str]] | No
 def find_manifest(path: str | os.PathLike) -> Path:
     """The manifest for an artifact given as its folder, its model file or its manifest."""
     p = Path(path)
-    if not p.exists():
-        raise ArtifactError(f"{p} does not exist; pass an artifact folder or model file built by graphopt")
+    if not str(path) or not p.exists():
+        raise ArtifactError(f"{str(path) or 'an empty path'} does not exist; pass an artifact folder or model file "
+                            "built by graphopt")
+    p = p.resolve() if not p.name else p  # "." and ".." name their folder
     if p.is_dir():
         found = sorted(p.glob("*" + MANIFEST_SUFFIX))
         if not found and manifest_path_for(p).is_file():  # a model folder (SavedModel) with its manifest beside
@@ -220,9 +239,13 @@ def read_manifest(path: str | os.PathLike) -> tuple[dict, Path]:
         raise ArtifactError(f"{m} lies in {partial}, a folder an unfinished or interrupted graphopt run left "
                             "(its .graphopt-partial marker says so); it is not an artifact: build it again")
     try:
-        if m.stat().st_size > MAX_MANIFEST_BYTES:
+        if not m.is_file():
+            raise ArtifactError(f"manifest {m} is not a regular file; an artifact's manifest is a JSON file")
+        with open(m, "rb") as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
             raise ArtifactError(f"manifest {m} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a graphopt manifest")
-        manifest = json.loads(m.read_bytes())
+        manifest = json.loads(text)
     except (ValueError, RecursionError) as e:
         raise ArtifactError(f"manifest {m} is not valid JSON ({_first_line(e)}); rebuild the artifact") from None
     except OSError as e:
@@ -252,6 +275,8 @@ def open_artifact(path: str | os.PathLike) -> Opened:
     model_file = schema.resolve_inside(base, manifest["file"], "file")
     if not model_file.exists():
         raise ArtifactError(f"model file {model_file} named by the manifest is missing; rebuild the artifact")
+    if not (model_file.is_file() or model_file.is_dir()):
+        raise ArtifactError(f"model file {model_file} is not a regular file (a pipe or device?); rebuild the artifact")
     digest = sha256_tree(model_file) if model_file.is_dir() else sha256(model_file)
     if digest != manifest["sha256"]:
         raise ArtifactError(f"model file {model_file} does not match the sha256 in its manifest (changed after the "
@@ -275,7 +300,15 @@ def load(path: str | os.PathLike, *, check_finite: bool = True, **options):
     ok, reason = target.available()
     if not ok:
         raise ArtifactError(f"cannot run a {a.manifest['target']} artifact here: {reason}")
-    stream = target.open_stream(a.model_file, a.manifest, a.state, **options)
+    try:
+        stream = target.open_stream(a.model_file, a.manifest, a.state, **options)
+    except ArtifactError:
+        raise
+    except Exception as e:  # a runtime's own error types, e.g. a signature the manifest names that is not there
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ArtifactError(f"{a.model_file} cannot be opened as its manifest describes it ({type(e).__name__}: "
+                            f"{first}); rebuild the artifact") from None
+    stream.self_check(str(a.model_file))
     stream.check_finite = check_finite
     return stream
 

@@ -65,7 +65,7 @@ def order_io(inputs: list[tuple[str, tuple]], outputs: list[tuple[str, tuple]]):
     return (frame, dt, states), (out, out_states)
 
 
-MAX_STATE_JSON_BYTES = 1 << 30  # decompressed gzip-JSON state: FacePhys's is ~10 MB
+MAX_STATE_JSON_BYTES = 32 << 20  # decompressed gzip-JSON state (FacePhys: about 6 MB); parsing costs ~10x in memory
 
 
 def load_state_file(path: str | Path) -> list[np.ndarray]:

@@ -58,12 +58,19 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         raise BuildUsageError(f"--fps must be a frame rate from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
     if verify:
         equivalence.check_frames(frames)
-    check_destination(Path(out), force)  # before the long work: a refused --out costs nothing
+    models.adapter(model)  # an unknown model, pass or weights file fails before any work
+    for name in pass_names or ():
+        passes.get_pass(name)
+    if weights is not None and not Path(weights).is_file():
+        raise BuildUsageError(f"--weights {weights} is not a file")
+    out = check_destination(Path(out), force)  # before the long work: a refused --out costs nothing
     t0 = time.perf_counter()
     log(f"[1/4] loading {model} ...")
     step_model = models.load(model, weights, as_published)
     if verify:
         equivalence.check_frames(frames, step_model.frames_per_step)
+    if fps is not None and not step_model.takes_dt:
+        raise BuildUsageError(f"--fps needs a model with a dt input; {model} has none")
     graph = step_model.trace()
     verify_ir(graph)
     log(f"      traced {len(graph.nodes)} nodes, {graph.flops() / 1e6:.1f} MFLOP/step "
@@ -101,7 +108,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     tier = "rounding" if report["exact"] else "signal"
     log(f"      {len(graph.nodes)} nodes after the pipeline; tier claimed: {tier}"
         + ("" if report["exact"] else " (value-changing passes changed the graph)"))
-    with art.atomic_dir(Path(out), force) as tmp:
+    with art.atomic_dir(out, force) as tmp:
         log(f"[3/4] emitting {target} artifact")
         try:
             # fuse: the emitter may lower groups of nodes as one (--no-fuse: every node on its own)
@@ -119,7 +126,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
             stream = art.load(artifact.path)
             try:
                 result = equivalence.check(equivalence.stream_step(stream), stream.state, model, step_model.source,
-                                           equivalence.Clip(frames=frames))
+                                           equivalence.Clip(frames=frames), weights=weights)
             except equivalence.VerificationError as e:
                 raise BuildError(f"{e}; no artifact was written") from None
             manifest["equivalence"].update(result, verified=True)
@@ -131,7 +138,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         else:
             log("[4/4] verification skipped (--no-verify)")
         art.write_json(artifact.manifest_path, manifest)
-    final = Path(out).resolve() / artifact.path.name
+    final = out / artifact.path.name
     log(f"wrote {final} ({time.perf_counter() - t0:.1f} s)")
     if target == "tensorrt":
         check = manifest["tensorrt"]["check"]

@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check an artifact (or a baseline step model) against the authors' step")
     v.add_argument("artifact", help="artifact folder or model file, or an .onnx/.tflite step model "
                                     "graphopt did not build")
-    v.add_argument("--model", default="facephys", help="reference model for a baseline (default facephys)")
+    v.add_argument("--model", help="reference model for a baseline (default facephys)")
+    v.add_argument("--weights", help="the reference's weights file (default: the one the model package ships); "
+                                     "for an artifact built with --weights")
     v.add_argument("--state", help="baseline's initial state (npz or the authors' gzip-JSON); default: the "
                                    "reference model's initial state, matched by position and shape")
     v.add_argument("--tier", choices=["rounding", "signal", "quantised"],
@@ -120,6 +122,10 @@ def cmd_build(a) -> int:
     if not a.model or not a.out:
         raise BuildUsageError("build needs --model and --out (or --target tensorrt --from ARTIFACT)")
     options = {}
+    for flag, value, target in (("--state-mode", a.state_mode, "tflite"), ("--quantize", a.quantize, "tflite"),
+                                ("--fp16", a.fp16, "tensorrt"), ("--opt-level", a.opt_level, "tensorrt")):
+        if value and a.target != target:
+            raise BuildUsageError(f"{flag} applies to --target {target} only")
     if a.state_mode:
         options["state_mode"] = a.state_mode
     if a.quantize:
@@ -135,7 +141,7 @@ def cmd_build(a) -> int:
 
 def cmd_verify(a) -> int:
     from . import artifact as art
-    from . import equivalence, metrics
+    from . import equivalence, metrics, models
     from .baseline import is_baseline, open_baseline
     from .build import format_result
     from pathlib import Path
@@ -144,21 +150,37 @@ def cmd_verify(a) -> int:
             and p.suffix not in (".onnx", ".tflite"):
         from .baseline import BaselineError
         raise BaselineError(f"{p} has no graphopt manifest, and a baseline must be an .onnx or .tflite step model")
+    if a.weights and not Path(a.weights).is_file():
+        raise art.ArtifactError(f"--weights {a.weights} is not a file")
     if is_baseline(a.artifact):
-        from . import models
-        stream = open_baseline(a.artifact, a.model, a.state)
-        source = models.load(a.model, None, False).source
+        model = a.model or "facephys"
+        models.adapter(model)  # an unknown --model fails before the baseline is opened
+        stream = open_baseline(a.artifact, model, a.state)
+        source = models.load(model, a.weights, False).source
         claimed = a.tier
+        ref_shape = equivalence.reference_frame_shape(model)
+        if tuple(stream.frame_shape) != tuple(ref_shape):
+            raise art.ArtifactError(f"{p} takes frames of shape {stream.frame_shape}, the {model} reference "
+                                    f"{tuple(ref_shape)}: it is not a {model} step model (see --model)")
     else:
         stream = art.load(a.artifact)
-        source = stream.manifest["source"]
+        model = stream.manifest["model"]
+        if a.model and a.model != model:
+            raise art.ArtifactError(f"{p} is a {model} artifact; --model {a.model} applies to baselines only")
+        source = stream.manifest.get("source")
+        if not isinstance(source, dict):
+            raise art.ArtifactError(f"the manifest of {p} has no source (which model and weights it was built "
+                                    "from); rebuild the artifact")
         claimed = a.tier or stream.manifest.get("equivalence", {}).get("tier_claimed", "rounding")
     m = stream.manifest
-    equivalence.check_frames(a.frames, stream.frames_per_step, float(m.get("fps") or 30.0))
-    clip = equivalence.Clip(frames=a.frames, hr_bpm=a.hr, seed=a.seed, fps=float(m.get("fps") or 30.0))
-    print(f"verifying {a.artifact} ({m['target']}, {m['precision']}) over {a.frames} frames", file=sys.stderr)
+    fps = float(m.get("fps") or 30.0)
+    equivalence.check_frames(a.frames, stream.frames_per_step, fps)
+    clip = equivalence.Clip(frames=a.frames, hr_bpm=a.hr, seed=a.seed, fps=fps)
+    print(f"verifying {a.artifact} ({m['target']}, {m.get('precision', '?')}) over {a.frames} frames",
+          file=sys.stderr)
     try:
-        result = equivalence.check(equivalence.stream_step(stream), stream.state, m["model"], source, clip)
+        result = equivalence.check(equivalence.stream_step(stream), stream.state, model, source, clip,
+                                   weights=a.weights)
     except equivalence.VerificationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -171,14 +193,22 @@ def cmd_verify(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    from pathlib import Path
+
     from . import bench
-    from .artifact import write_json
+    from .artifact import ArtifactError, write_json
+    for path in a.baseline:  # bad arguments fail before the builds
+        if not Path(path).is_file():
+            raise ArtifactError(f"--baseline {path} is not a file")
+    if a.state and not Path(a.state).is_file():
+        raise ArtifactError(f"--state {a.state} is not a file")
+    if a.json and (Path(a.json).is_dir() or not Path(a.json).parent.resolve().is_dir()):
+        raise ArtifactError(f"--json {a.json} must name a file in an existing folder")
     targets = [t.strip() for t in a.targets.split(",") if t.strip()] if a.targets else None
     result = bench.run(a.model, targets, a.baseline, a.state, a.out_dir, rounds=a.rounds, steps_per_round=a.steps,
                        unfused=not a.fused_only, force=a.force, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(bench.markdown(result))
     if a.json:
-        from pathlib import Path
         write_json(Path(a.json), result)
     return EXIT_OK
 
@@ -241,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         except EngineNeedsGpu as e:
             print(f"note: {e}", file=sys.stderr)
             return EXIT_NEEDS_GPU
+        except KeyboardInterrupt:
+            print("error: interrupted; nothing was written (no partial output is left)", file=sys.stderr)
+            return 130
     except (ArtifactError, BuildError, ModelSourceError, FrameError, OSError, PassError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         from .build import BuildUsageError

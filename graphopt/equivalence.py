@@ -110,14 +110,16 @@ def _cache_path(kind: str, key: dict) -> Path:
     return cache_dir() / f"{kind}-{key['model']}-{digest}.npz"
 
 
-def reference_run(model: str, source: dict, clip: Clip, perturbed: bool = False) -> tuple[np.ndarray, list]:
-    """The authors' step on the clip (cached): (outputs[N], final state)."""
+def reference_run(model: str, source: dict, clip: Clip, perturbed: bool = False,
+                  weights: str | None = None) -> tuple[np.ndarray, list]:
+    """The authors' step on the clip (cached): (outputs[N], final state). The cache is keyed by the
+    weights' sha256, and an entry is only ever written from weights whose sha256 was computed here."""
     key = {**_source_key(model, source), **asdict(clip), "perturbed": perturbed}
     path = _cache_path("reference", key)
     if path.is_file():
         with np.load(path) as data:
             return data["outputs"], [data[f"s{i}"] for i in range(int(data["n_state"]))]
-    step_model = reference_model(model, source)
+    step_model = reference_model(model, source, weights)
     outputs, state = run_steps(step_model.reference(), clip.array(step_model.frame_shape, perturbed),
                                1.0 / clip.fps, list(step_model.initial_state))
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -127,33 +129,41 @@ def reference_run(model: str, source: dict, clip: Clip, perturbed: bool = False)
     return outputs, state
 
 
-def reference_model(model: str, source: dict):
-    """Load the model whose weights match the source's sha256 (the build's weights, else the default)."""
+def reference_model(model: str, source: dict, weights: str | None = None):
+    """The reference: the model package's own weights, or the weights file the user names (build's and
+    verify's --weights). Never a path from a manifest: an artifact cannot choose what it is checked
+    against. Its recorded weights sha256 must match the weights used."""
     from graphopt import models
-    as_published = source.get("precision") == "mixed_float16"
-    weights = source.get("weights")
-    candidates = ([weights] if weights and os.path.isfile(weights) else []) + [None]
-    for w in candidates:
-        m = models.load(model, w, as_published)
-        if not source.get("weights_sha256") or m.source["weights_sha256"] == source["weights_sha256"]:
-            return m
-    raise models.ModelSourceError(f"the weights this artifact was built from ({weights}, sha256 "
-                                  f"{source['weights_sha256'][:12]}...) are not available; "
-                                  f"pass them with --weights")
+    precision = source.get("precision", "float32")
+    if precision not in ("float32", "mixed_float16"):
+        raise models.ModelSourceError(f"the artifact's source precision {precision!r:.40} is not float32 or "
+                                      "mixed_float16; rebuild the artifact")
+    want = source.get("weights_sha256")
+    if not isinstance(want, str):
+        raise models.ModelSourceError("the artifact does not record the sha256 of the weights it was built from "
+                                      "(source.weights_sha256); rebuild it with graphopt build")
+    m = models.load(model, weights, precision == "mixed_float16")
+    if m.source["weights_sha256"] != want:
+        raise models.ModelSourceError(f"the artifact was built from other weights (sha256 {want[:12]}...) than "
+                                      f"{weights or 'the ones ' + model + ' ships'} (sha256 "
+                                      f"{m.source['weights_sha256'][:12]}...); pass its weights with --weights PATH")
+    return m
 
 
-def noise_floor(model: str, source: dict, clip: Clip) -> dict:
+def noise_floor(model: str, source: dict, clip: Clip, weights: str | None = None) -> dict:
     """NRMSE and max abs between the reference on the clip and on the clip moved by one ulp."""
-    ref, _ = reference_run(model, source, clip)
-    perturbed, _ = reference_run(model, source, clip, perturbed=True)
+    ref, _ = reference_run(model, source, clip, weights=weights)
+    perturbed, _ = reference_run(model, source, clip, perturbed=True, weights=weights)
     return {"nrmse": float(np.sqrt(np.mean((perturbed - ref) ** 2)) / np.std(ref)),
             "max_abs": float(np.max(np.abs(perturbed - ref)))}
 
 
-def check(step: StepFn, initial_state: list, model: str, source: dict, clip: Clip = Clip()) -> dict:
-    """Run `step` over the clip and compare with the reference: metrics, noise floor and tier reached."""
-    ref_out, ref_state = reference_run(model, source, clip)
-    floor = noise_floor(model, source, clip)
+def check(step: StepFn, initial_state: list, model: str, source: dict, clip: Clip = Clip(),
+          weights: str | None = None) -> dict:
+    """Run `step` over the clip and compare with the reference: metrics, noise floor and tier reached.
+    weights: the reference's weights file (default: the model package's)."""
+    ref_out, ref_state = reference_run(model, source, clip, weights=weights)
+    floor = noise_floor(model, source, clip, weights)
     frame_shape = tuple(reference_frame_shape(model))
     from .stream import StepError
     try:

@@ -13,7 +13,7 @@ FORMAT = "graphopt-artifact/1"
 DTYPES = ("float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "bool")
 ROLES = ("frame", "dt", "input")
 MAX_ELEMENTS = 1 << 28  # 1 GiB of float32 in one tensor: more is not an rPPG model's input or state
-MAX_TOTAL_STATE = 1 << 30  # bytes of state (FacePhys: 2 MB)
+MAX_TOTAL_STATE = 1 << 28  # bytes of state (FacePhys: 2 MB)
 
 
 class _Check:
@@ -120,6 +120,8 @@ def validate(m, where: str) -> dict:
         c.fail("inputs/outputs", "must not be empty")
     for i, spec in enumerate(inputs):
         _tensor(c, spec, f"inputs[{i}]", role_allowed=True)
+    if not inputs[0]["shape"]:
+        c.fail("inputs[0].shape", "must have at least one dimension (a frame, or a chunk of frames)")
     roles = [s.get("role", "input") for s in inputs]
     if roles.count("frame") != 1 or roles[0] != "frame" or roles.count("dt") > 1 or "input" in roles:
         c.fail("inputs", f"must be the frame first, then at most one dt (roles {roles})")
@@ -144,8 +146,8 @@ def validate(m, where: str) -> dict:
     if init.get("sha256") is not None and not re.fullmatch(r"[0-9a-f]{64}", str(init["sha256"])):
         c.fail("initial_state.sha256", "must be 64 lowercase hex digits")
     fps = c.get(m, "fps", float, "fps", optional=True)
-    if fps is not None and not 0 < fps <= 10000:
-        c.fail("fps", f"must be a frame rate in (0, 10000], not {fps}")
+    if fps is not None and not 0.1 <= fps <= 10000:
+        c.fail("fps", f"must be a frame rate from 0.1 to 10000, not {fps}")
     per = c.get(m, "frames_per_step", int, "frames_per_step", optional=True)
     if per is not None and not 1 <= per <= 1 << 20:
         c.fail("frames_per_step", f"must be a positive count, not {per}")
@@ -168,6 +170,7 @@ def validate(m, where: str) -> dict:
     for i, p in enumerate(c.get(pipeline, "passes", list, "pipeline.passes", optional=True) or []):
         if not isinstance(p, dict) or not isinstance(p.get("name"), str):
             c.fail(f"pipeline.passes[{i}]", "must be an object with a name")
+    c.get(m, "source", dict, "source", optional=True)
     eq = c.get(m, "equivalence", dict, "equivalence", optional=True) or {}
     for k in ("tier_claimed", "tier"):
         if eq.get(k) is not None and eq[k] not in ("rounding", "signal", "quantised"):

@@ -38,15 +38,31 @@ def _written_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
 
 
-def _foreign_files(folder: Path) -> list[str]:
-    """Files in a folder that its .graphopt-files list does not name (all of them if it has no list)."""
-    listed: set[str] = set()
+def _first_foreign(folder: Path) -> str | None:
+    """The first file or folder under `folder` that its .graphopt-files list does not account for (the
+    list itself, the files it names and the folders holding them), or None. Stops at the first one, so a
+    large folder that is not an artifact is refused at once."""
     try:
         data = json.loads((folder / FILES_LIST).read_text())
         listed = {str(f) for f in data.get("files", [])} if isinstance(data, dict) else set()
-    except (OSError, ValueError):
-        pass
-    return [f for f in _written_files(folder) if f != FILES_LIST and f not in listed]
+    except (OSError, ValueError, AttributeError):
+        return FILES_LIST
+    dirs = {str(Path(f).parent) for f in listed} | {"."}
+    dirs |= {str(p) for f in listed for p in Path(f).parents}
+    errors: list[OSError] = []
+    for root, subdirs, files in os.walk(folder, onerror=errors.append):
+        rel = os.path.relpath(root, folder)
+        for d in subdirs:
+            name = os.path.normpath(os.path.join(rel, d))
+            if name not in dirs or os.path.islink(os.path.join(root, d)):
+                return name
+        for f in files:
+            name = os.path.normpath(os.path.join(rel, f))
+            if name != FILES_LIST and name not in listed:
+                return name
+        if errors:
+            return os.path.relpath(errors[0].filename or root, folder)
+    return os.path.relpath(errors[0].filename or folder, folder) if errors else None
 
 
 def record_written(path: Path) -> None:
@@ -76,10 +92,9 @@ def check_destination(out: Path, force: bool = False) -> Path:
                             "there: choose a folder path that does not exist yet")
     out = out.resolve()
     if out.is_dir() and any(out.iterdir()):
-        foreign = _foreign_files(out)
-        if foreign or not (out / FILES_LIST).is_file():
-            example = foreign[0] if foreign else next(iter(sorted(os.listdir(out))))
-            raise ArtifactError(f"--out {out} is a folder graphopt did not write (it holds {example!r}); nothing was "
+        foreign = _first_foreign(out) if (out / FILES_LIST).is_file() else next(iter(sorted(os.listdir(out))))
+        if foreign:
+            raise ArtifactError(f"--out {out} is a folder graphopt did not write (it holds {foreign!r}); nothing was "
                                 "changed: choose a new or empty folder")
         if not force:
             raise ArtifactError(f"--out {out} already holds a graphopt artifact; pass --force to replace it, or "
@@ -115,7 +130,8 @@ def remove_stale_partials(out: Path) -> list[Path]:
         if not p.name.startswith(prefix) or p.is_symlink() or not p.is_dir():
             continue
         pid = p.name[len(prefix):]
-        if pid.isdigit() and (p / PARTIAL_MARKER).is_file() and not _pid_alive(int(pid)):
+        ours = (p / PARTIAL_MARKER).is_file() or not any(p.iterdir())  # marked, or empty (killed at mkdir)
+        if pid.isdigit() and ours and not _pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
@@ -153,7 +169,8 @@ def atomic_dir(out_dir: Path, force: bool = False):
     _OWN_PARTIALS.add(tmp)
     try:
         yield tmp
-        (tmp / PARTIAL_MARKER).unlink()
+        # the list names the marker too: a crash between the rename and the marker's removal leaves a folder
+        # that is refused as unfinished, and that the next run with --force may replace
         files = [f for f in _written_files(tmp) if f != FILES_LIST]
         (tmp / FILES_LIST).write_text(json.dumps({"written_by": "graphopt", "files": files}, indent=1) + "\n")
         check_destination(out_dir, force)  # nobody put anything there meanwhile
@@ -164,6 +181,8 @@ def atomic_dir(out_dir: Path, force: bool = False):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
+        _OWN_PARTIALS.discard(tmp)
+        (out_dir / PARTIAL_MARKER).unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -54,7 +54,8 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
     t0 = time.time()
     unknown = [n for n in variants or () if n not in VARIANTS]
     if unknown:
-        raise ReleaseError(f"unknown release variants {unknown}; choose from {', '.join(VARIANTS)}")
+        from .build import BuildUsageError
+        raise BuildUsageError(f"unknown release variants {unknown}; choose from {', '.join(VARIANTS)}")
     out = check_destination(Path(out), force)  # before the long work
     step_model = models.load(model, None, False)
     check_frames(frames, step_model.frames_per_step)

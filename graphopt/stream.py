@@ -65,8 +65,9 @@ class Stream:
     # ---- user API ------------------------------------------------------------------------
     def step(self, frame, dt: float | None = None) -> np.ndarray:
         frame = self.check_frame(frame)
-        dt = self.check_dt(dt)
+        dt, clamped = self._check_dt(dt)
         with self._lock:
+            self.stats["dt_clamped"] += clamped
             before = self._state
             out, new = self._run(frame, dt, before)
             if self.check_finite and not (np.isfinite(out).all() and self._state_finite(new)):
@@ -87,9 +88,14 @@ class Stream:
         """Step through a clip (frames along axis 0); returns the outputs concatenated.
 
         A chunk model's clip is cut into chunks of frames_per_step frames; its length must divide."""
-        frames = np.asarray(frames)
+        if not hasattr(frames, "__len__") and hasattr(frames, "__iter__"):  # a generator of frames
+            frames = list(frames)
+        try:
+            frames = np.asarray(frames)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise FrameError(f"run() takes a clip as one array with frames along axis 0 ({e})") from None
         if frames.ndim == 0:
-            raise FrameError("run() takes a clip with frames along axis 0, got a scalar")
+            raise FrameError(f"run() takes a clip with frames along axis 0, got {type(frames).__name__} of no axes")
         n = self.frames_per_step
         if n > 1:
             if len(frames) % n:
@@ -122,13 +128,46 @@ class Stream:
         with self._lock:
             return [np.array(s) for s in self._state]
 
+    def self_check(self, where: str) -> None:
+        """One step from the initial state on a mid-grey frame, then reset: the model file must take the
+        inputs and give the output and state its manifest describes (names, shapes, dtypes), so a manifest
+        that does not fit its model is an error at load, not at the first frame. Raises ArtifactError."""
+        from .errors import ArtifactError
+        frame = np.full(self.frame_shape, 0.5, self.frame_dtype)
+        spec = self.manifest["outputs"][0]
+        with self._lock:
+            try:
+                out, new = self._run(frame, self.check_dt(None), self._state)
+                got = np.asarray(out)
+                if got.shape != tuple(spec["shape"]) or got.dtype != np.dtype(spec["dtype"]):
+                    raise ValueError(f"output {spec['name']} is {got.dtype} {got.shape}, the manifest says "
+                                     f"{spec['dtype']} {tuple(spec['shape'])}")
+                if self.manifest["state"]:
+                    shapes = [tuple(np.shape(s)) for s in (new if new is not None else self.native_state)]
+                    want = [tuple(s["shape"]) for s in self.manifest["state"]]
+                    if shapes != want:
+                        raise ValueError(f"the new state is {len(shapes)} tensors of shapes {shapes[:3]}..., the "
+                                         f"manifest says {len(want)} of {want[:3]}...")
+            except FrameError as e:
+                raise ArtifactError(f"{where}: the manifest's inputs cannot be fed ({e}); rebuild the artifact") from None
+            except Exception as e:  # the runtime's own error types: a name, shape or dtype the model does not have
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise ArtifactError(f"{where} does not run as its manifest describes it ({type(e).__name__}: "
+                                    f"{first}); rebuild the artifact") from None
+            finally:
+                self._reset()
+
     # ---- checks --------------------------------------------------------------------------
     def check_frame(self, frame) -> np.ndarray:
         what = "frame" if self.kind == "step" else f"chunk of {self.frames_per_step} frames"
+        if np.ma.isMaskedArray(frame) and np.ma.getmaskarray(frame).any():
+            raise FrameError(f"{what} has masked values; fill them (frame.filled(...)) or drop the frame")
         try:
             frame = np.asarray(frame)
-        except (TypeError, ValueError) as e:  # ragged nested lists and the like
-            raise FrameError(f"{what} is not an array ({e}); pass a float array of shape {self.frame_shape}") from None
+        except (TypeError, ValueError, RuntimeError) as e:  # ragged nested lists, tensors needing grad, ...
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            raise FrameError(f"{what} is not an array ({first}); pass a float array of shape {self.frame_shape}") \
+                from None
         if frame.dtype == np.uint8:
             raise FrameError("frame is uint8; this model takes float frames in 0..1: pass frame / 255.0")
         if frame.dtype.kind != "f":
@@ -152,32 +191,37 @@ class Stream:
 
     def check_dt(self, dt):
         """dt as a float32 scalar (None: the artifact's default); a stall above max_dt is clamped."""
+        return self._check_dt(dt)[0]
+
+    def _check_dt(self, dt) -> tuple[np.ndarray | None, bool]:
         if not self.takes_dt:
             if dt is not None:
                 raise FrameError(f"this model takes no dt (it is a {self.kind} model); call step(frame) alone")
-            return None
+            return None, False
         if dt is None:
             dt = self.default_dt
         if isinstance(dt, (str, bytes, bool, np.bool_)):
-            raise FrameError(f"dt must be a positive number of seconds per frame, got {dt!r}")
+            raise FrameError(f"dt must be a positive number of seconds per frame, got {dt!r:.40}")
         try:
             arr = np.asarray(dt, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, RuntimeError):
             raise FrameError(f"dt must be a positive number of seconds per frame, got {type(dt).__name__}") from None
         if arr.size != 1:
             raise FrameError(f"dt must be one number (seconds since the previous frame), got an array of shape "
                              f"{arr.shape}")
         value = float(arr.reshape(()))
-        if not np.isfinite(value) or value <= 0:
+        with np.errstate(over="ignore"):  # above float32's range: Inf, clamped to max_dt below
+            tiny = not np.float32(value) > 0  # 1e-300 is 0 in float32
+        if not np.isfinite(value) or tiny:
             raise FrameError(f"dt must be a positive number of seconds per frame, got {value}")
+        clamped = False
         if self.fixed_dt is not None:
             if not np.isclose(value, self.fixed_dt, rtol=1e-6, atol=0):
                 raise FrameError(f"this artifact was built for dt = {self.fixed_dt:.6g} s (--fps "
                                  f"{1 / self.fixed_dt:g}), got dt = {value:.6g}; rebuild without --fps to vary dt")
         elif value > self.max_dt:
-            value = self.max_dt
-            self.stats["dt_clamped"] += 1
-        return np.asarray(value, dtype=np.float32)
+            value, clamped = self.max_dt, True
+        return np.asarray(value, dtype=np.float32), clamped
 
     # ---- for subclasses ------------------------------------------------------------------
     def _run(self, frame: np.ndarray, dt: np.ndarray, state: list) -> tuple[np.ndarray, list]:

@@ -132,6 +132,10 @@ def check_model_file(path: str | os.PathLike, base: str | os.PathLike | None = N
     if not _inside(path, base):
         _refuse(path, f"its real path {os.path.realpath(path)} lies outside the artifact folder {base}",
                 "keep the model file inside its artifact folder (no symlinks out of it)")
+    from .outdir import is_partial
+    if is_partial(path.parent) is not None:
+        _refuse(path, "it lies in a folder an unfinished or interrupted graphopt run left (.graphopt-partial)",
+                "build it again")
     if path.is_dir():
         if path.suffix == ".savedmodel" or (path / "saved_model.pb").exists():
             return check_savedmodel(path)
@@ -728,6 +732,8 @@ def _check_external(path: Path, base: Path, where: str, tensor) -> None:
     todo = "keep external data files inside the artifact folder, named by relative paths"
     if not location:
         _refuse(path, f"{where} has external data without exactly one location", todo)
+    if "\0" in location:
+        _refuse(path, f"{where} names its external data with a NUL byte in the path", todo)
     if os.path.isabs(location) or location.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", location):
         _refuse(path, f"{where} reads external data from the absolute path {location!r}", todo)
     if ".." in re.split(r"[/\\]", location) or ORT_MEMORY_TAG in location:

@@ -78,3 +78,22 @@ def test_baseline_state_files(tmp_path, tiny_onnx, capsys, name, content, match)
     (tmp_path / name).write_bytes(content)
     err = _usage_error(capsys, "verify", str(model), "--state", str(tmp_path / name))
     assert re.search(match, err), err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["release", "--model", "physnet", "--variants", "bogus", "--out", "{tmp}/r"], "unknown release variants"),
+    (["build", "--model", "physnet", "--target", "onnx", "--out", "{tmp}/b", "--passes", "bogus"], "unknown pass"),
+    (["build", "--model", "nosuch", "--target", "onnx", "--out", "{tmp}/b"], "unknown model"),
+    (["build", "--model", "physnet", "--target", "onnx", "--out", "{tmp}/b", "--weights", "{tmp}/none.h5"],
+     "not a file"),
+    (["build", "--model", "physnet", "--target", "onnx", "--out", "{tmp}/b", "--state-mode", "io"], "tflite only"),
+    (["bench", "--baseline", "{tmp}/none.onnx"], "not a file"),
+    (["bench", "--json", "{tmp}", "--targets", "onnx"], "--json"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys, argv, says):
+    import time
+    t0 = time.perf_counter()
+    err = _usage_error(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert says in err
+    assert time.perf_counter() - t0 < 10  # no model traced, nothing built
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

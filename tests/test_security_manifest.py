@@ -103,7 +103,7 @@ def test_state_file_must_match_its_sha256(copy):
     (lambda m: m["state"][0].update(view=[{"op": "exec", "code": "x"}]), "view"),
     (lambda m: m["state"][0].update(view=[{"op": "transpose", "perm": [0, 0, 1, 2]}]), "permutation"),
     (lambda m: m["pipeline"].update(passes=[3]), "pipeline.passes"),
-    (lambda m: m.update(inputs=[m["inputs"][1], m["inputs"][0]]), "frame first"),
+    (lambda m: m.update(inputs=[m["inputs"][1], m["inputs"][0]]), "frame first|at least one dimension"),
 ])
 def test_malformed_manifests_are_one_line_errors(copy, capsys, mutate, match):
     folder, mpath, m = copy
@@ -208,3 +208,48 @@ def test_a_manifest_linked_from_elsewhere_is_refused(copy, tmp_path):
     mpath.symlink_to(elsewhere)
     with pytest.raises(ArtifactError, match="outside the artifact folder"):
         graphopt.load(folder)
+
+
+def test_a_pipe_or_device_is_not_read_as_a_manifest(copy, capsys):
+    import os
+    folder, mpath, m = copy
+    mpath.unlink()
+    os.mkfifo(mpath)  # reading it would block forever
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        graphopt.load(folder)
+    mpath.unlink()
+    mpath.symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(ArtifactError, match="outside the artifact folder"):
+        graphopt.load(folder)
+
+
+def test_a_pipe_as_model_file_is_refused(copy):
+    import os
+    folder, mpath, m = copy
+    (folder / "tiny.onnx").unlink()
+    os.mkfifo(folder / "tiny.onnx")
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        graphopt.load(folder)
+
+
+@pytest.mark.parametrize("path", ["/", "", "."])
+def test_paths_that_name_no_artifact(tmp_path, monkeypatch, capsys, path):
+    monkeypatch.chdir(tmp_path)
+    for cmd in (["inspect", path], ["verify", path], ["inspect", "--check", "tensorrt", path]):
+        _cli_error(capsys, *cmd)
+
+
+def test_verify_never_takes_its_reference_from_the_manifest(tmp_path):
+    """An artifact cannot choose what it is checked against: source.weights (a path in the manifest) is
+    never read, and the weights' sha256 it records must match the weights verify uses."""
+    from graphopt import equivalence
+    from graphopt.models import ModelSourceError
+    evil = tmp_path / "evil.weights.h5"
+    evil.write_bytes(b"not used")
+    with pytest.raises(ModelSourceError, match="does not record the sha256"):
+        equivalence.reference_model("physnet", {"weights": str(evil), "precision": "float32"})
+    with pytest.raises(ModelSourceError, match="built from other weights.*--weights"):
+        equivalence.reference_model("physnet", {"weights": str(evil), "weights_sha256": "0" * 64,
+                                                "precision": "float32"})
+    with pytest.raises(ModelSourceError, match="precision"):
+        equivalence.reference_model("physnet", {"weights_sha256": "0" * 64, "precision": "int3"})

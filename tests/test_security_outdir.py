@@ -174,3 +174,32 @@ def test_read_manifest_does_not_follow_a_partial_parent(tmp_path, tiny_onnx):
     (partial / PARTIAL_MARKER).write_text("")
     with pytest.raises(ArtifactError, match="unfinished"):
         art.read_manifest(partial / "onnx")
+
+
+def test_a_users_empty_folder_inside_an_artifact_blocks_force(tmp_path):
+    out = tmp_path / "a"
+    build_tiny("onnx", out)
+    (out / "my-results").mkdir()
+    with pytest.raises(ArtifactError, match="my-results"):
+        build_tiny("onnx", out, force=True)
+    assert (out / "my-results").is_dir()
+
+
+def test_a_crash_after_the_rename_leaves_a_refused_folder_force_replaces(tmp_path):
+    """Killed between the rename and the marker's removal: the folder is refused as unfinished, and
+    --force may replace it (its file list names the marker)."""
+    out = tmp_path / "a"
+    build_tiny("onnx", out)
+    (out / PARTIAL_MARKER).write_text("")
+    with pytest.raises(ArtifactError, match="unfinished"):
+        graphopt.load(out)
+    build_tiny("onnx", out, force=True)
+    assert graphopt.load(out).stats["steps"] == 0
+
+
+def test_a_big_foreign_folder_is_refused_at_once(tmp_path):
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(ArtifactError, match="did not write"):
+        check_destination(Path("/usr"))
+    assert time.perf_counter() - t0 < 1

@@ -238,3 +238,58 @@ def test_soak_100k_steps(tiny, name):
     assert got["finite"] and got["state_finite"] and got["steps"] == 100000
     assert got["clamped"] == len(range(0, 100000, 997))
     assert got["rss_growth_mb"] < 5, got
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+@pytest.mark.parametrize("edit", ["output-shape", "output-name", "frame-dtype", "state-shape"])
+def test_a_manifest_that_does_not_fit_its_model_is_refused_at_load(tiny, tmp_path, name, edit):
+    """The manifest is checked against the model file by one step at load: a name, shape or dtype the model
+    does not have is an ArtifactError there, never a runtime's own exception at the first frame."""
+    import shutil
+    folder = tmp_path / "a"
+    shutil.copytree(tiny[name].path.parent, folder)
+    mpath = folder / "tiny.manifest.json"
+    m = json.loads(mpath.read_text())
+    if edit == "output-shape":
+        m["outputs"][0]["shape"] = [1, 2]
+    elif edit == "output-name":
+        m["outputs"][0]["name"] = "pulse"
+    elif edit == "frame-dtype":
+        m["inputs"][0]["dtype"] = "float16" if name != "onnx" else "float64"
+    else:  # the state file made to match, so only the model disagrees
+        m["state"][2]["shape"] = [1, 2]
+        with np.load(folder / "tiny.state.npz") as d:
+            arrays = {k: d[k] for k in d.files}
+        arrays["state_in_2"] = np.zeros((1, 2), np.float32)
+        np.savez(folder / "tiny.state.npz", **arrays)
+        m["initial_state"]["sha256"] = art.sha256(folder / "tiny.state.npz")
+    mpath.write_text(json.dumps(m))
+    # xla and torch programs take and return tensors by position (a name is only the manifest's label), and
+    # torch casts float16 frames to the model's float32: those edits change nothing the model sees
+    if (name in ("xla", "torch") and edit == "output-name") or (name == "torch" and edit == "frame-dtype"):
+        stream = graphopt.load(folder)
+        assert np.isfinite(stream.step(_frames(1)[0])).all()
+        return
+    with pytest.raises(art.ArtifactError, match="manifest|rebuild"):
+        graphopt.load(folder)
+
+
+@pytest.mark.parametrize("dt", [1e-300, 10**400, -1e39])
+def test_dt_that_float32_cannot_hold(tiny_onnx, dt):
+    stream = graphopt.load(tiny_onnx.path)
+    with pytest.raises(FrameError, match="dt must be"):
+        stream.step(_frames(1)[0], dt)
+
+
+def test_clips_as_generators_lists_and_masked_frames(tiny_onnx):
+    stream = graphopt.load(tiny_onnx.path)
+    frames = _frames(3)
+    y = stream.run(f for f in frames)
+    stream.reset()
+    np.testing.assert_array_equal(y, stream.run(list(frames)))
+    with pytest.raises(FrameError, match="one array"):
+        stream.run([frames[0], frames[0][..., :2]])
+    masked = np.ma.masked_array(frames[0], mask=np.zeros(TINY_FRAME, bool))
+    masked.mask[0, 0, 0, 0, 0] = True
+    with pytest.raises(FrameError, match="masked"):
+        stream.step(masked)

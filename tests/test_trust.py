@@ -539,6 +539,7 @@ def test_onnx_external_data_outside_the_folder_is_refused(onnx_external, tmp_pat
     refused(relocate(onnx_external, tmp_path / "mem", "*/_ORT_MEM_ADDR_/*"), "_ORT_MEM_ADDR_",
             base=tmp_path / "mem")
     refused(relocate(onnx_external, tmp_path / "missing", "gone.bin"), "not a file", base=tmp_path / "missing")
+    refused(relocate(onnx_external, tmp_path / "nul", "m.bin\0/../../x"), "NUL byte", base=tmp_path / "nul")
 
 
 def test_onnx_external_constant_in_a_subgraph_is_refused(tmp_path):

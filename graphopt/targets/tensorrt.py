@@ -169,6 +169,13 @@ class TensorRTStream(Stream):
         self._engine = runtime.deserialize_cuda_engine(Path(engine_file).read_bytes())
         if self._engine is None:
             raise art.ArtifactError(f"TensorRT cannot deserialize {engine_file}; rebuild it on this machine")
+        specs = manifest["inputs"] + manifest["outputs"][:1] + \
+            [{"name": s[k], "shape": s["shape"]} for s in manifest["state"] for k in ("input", "output")]
+        for spec in specs:  # the buffers below are sized from the manifest: it must match the engine exactly
+            got = tuple(self._engine.get_tensor_shape(spec["name"]))
+            if got != tuple(spec["shape"]):
+                raise art.ArtifactError(f"{engine_file}: tensor {spec['name']} is {got} in the engine, "
+                                        f"{tuple(spec['shape'])} in the manifest; rebuild the engine")
         self._ctx = self._engine.create_execution_context()
         self._cuda = torch.cuda.Stream()
         dev = torch.device("cuda")

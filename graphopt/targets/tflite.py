@@ -140,9 +140,25 @@ class TfliteStream(Stream):
                                     "artifact") from None
         self._out = manifest["outputs"][0]["name"]
         self._check_name, self._check = manifest.get("tflite", {}).get("state_check"), None
+        self._check_signature(model_file)
         self._state_in = [s["input"] for s in manifest["state"]]
         self._state_out = [s["output"] for s in manifest["state"]]
         self._reset()
+
+    def _check_signature(self, model_file: Path) -> None:
+        """The step signature's inputs are the manifest's, with its shapes and dtypes (LiteRT's runner would
+        otherwise resize an input to whatever it is given)."""
+        specs = list(self.manifest["inputs"])
+        if self.state_mode == "io":
+            specs += [{"name": s["input"], "shape": s["shape"], "dtype": s["dtype"]} for s in self.manifest["state"]]
+        have = self._step.get_input_details()
+        for spec in specs:
+            d = have.get(spec["name"])
+            if d is None or tuple(int(x) for x in d["shape"]) != tuple(spec["shape"]) or \
+                    np.dtype(d["dtype"]) != np.dtype(spec["dtype"]):
+                got = "absent" if d is None else f"{np.dtype(d['dtype'])} {tuple(int(x) for x in d['shape'])}"
+                raise art.ArtifactError(f"{model_file}: input {spec['name']} is {got} in the model, "
+                                        f"{spec['dtype']} {tuple(spec['shape'])} in the manifest; rebuild the artifact")
 
     def _run(self, frame, dt, state):
         if self.state_mode == "variables":
