@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--passes", help="comma-separated passes to run instead of the target's pipeline")
     b.add_argument("--exact", action="store_true",
                    help="run only exact passes (no raising of approximated math): rounding-level tier")
-    b.add_argument("--fps", type=_number(float, MIN_FPS, MAX_FPS), help="bake dt = 1/FPS into the graph and fold what follows from it")
+    b.add_argument("--fps", type=_number(float, MIN_FPS, MAX_FPS),
+                   help="bake dt = 1/FPS into the graph and fold what follows from it")
     b.add_argument("--state-mode", choices=["variables", "io"],
                    help="tflite: state inside the model as resource variables (default) or as inputs/outputs")
     b.add_argument("--verify-each-pass", action="store_true",

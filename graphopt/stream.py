@@ -149,7 +149,8 @@ class Stream:
                         raise ValueError(f"the new state is {len(shapes)} tensors of shapes {shapes[:3]}..., the "
                                          f"manifest says {len(want)} of {want[:3]}...")
             except FrameError as e:
-                raise ArtifactError(f"{where}: the manifest's inputs cannot be fed ({e}); rebuild the artifact") from None
+                raise ArtifactError(f"{where}: the manifest's inputs cannot be fed ({e}); rebuild the artifact") \
+                    from None
             except Exception as e:  # the runtime's own error types: a name, shape or dtype the model does not have
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 raise ArtifactError(f"{where} does not run as its manifest describes it ({type(e).__name__}: "

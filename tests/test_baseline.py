@@ -321,7 +321,8 @@ def test_verify_missing_file(tmp_path, capsys):
     assert str(path) in err and "does not exist" in err
 
 
-@pytest.mark.parametrize("suffix, says", [(".onnx", "not a readable ONNX model"), (".tflite", "not a TFLite flatbuffer")])
+@pytest.mark.parametrize("suffix, says", [(".onnx", "not a readable ONNX model"),
+                                          (".tflite", "not a TFLite flatbuffer")])
 def test_verify_corrupt_model(tmp_path, capsys, suffix, says):
     path = tmp_path / f"corrupt{suffix}"
     path.write_bytes(np.random.default_rng(0).bytes(4096))

@@ -182,13 +182,14 @@ def test_build_fails_cleanly_without_open_rppg(monkeypatch, tmp_path, capsys):
         return real(name)
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     out = tmp_path / "out"
-    # weights given explicitly so the per-process model cache cannot answer
+    # weights given explicitly (a file, so that build's own check passes) so the per-process model cache cannot answer
+    (tmp_path / "w.h5").write_bytes(b"\x89HDF\r\n")
     code = cli.main(["build", "--model", "facephys", "--target", "onnx", "--out", str(out),
                      "--weights", str(tmp_path / "w.h5")])
     assert code == 2
     assert "open-rppg is not installed; install it with `pip install --no-deps open-rppg==0.1.1`" \
         in capsys.readouterr().err
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["w.h5"]
 
 
 def test_build_fails_cleanly_with_corrupt_weights(tmp_path, capsys):
