@@ -128,3 +128,13 @@ def build_tiny(target: str, out, **options):
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
     return build_tiny("onnx", tmp_path_factory.mktemp("tiny") / "onnx")
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the CLI, expecting bad input: exit 2 and exactly one stderr line starting with 'error: '."""
+    from graphopt import cli
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err

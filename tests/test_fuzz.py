@@ -58,6 +58,17 @@ def _mutate(tree, path, value, delete):
     return tree
 
 
+def _load_and_inspect(folder, capsys):
+    """Load the artifact (a Stream that steps, or one ArtifactError line) and inspect it (exit 0 or 2)."""
+    try:
+        stream = graphopt.load(folder)
+    except ArtifactError as e:
+        assert "\n" not in str(e)
+    else:
+        _step_once(stream)
+    _expect_clean(capsys, ["inspect", str(folder)])
+
+
 def _step_once(stream):
     try:
         y = stream.step(np.full(stream.frame_shape, 0.5, np.float32))
@@ -93,13 +104,7 @@ def test_fuzz_manifests(tiny_folder, capsys, data):
         folder = Path(d) / "art"
         shutil.copytree(tiny_folder, folder)
         (folder / "tiny.manifest.json").write_text(json.dumps(mutated, allow_nan=True))
-        try:
-            stream = graphopt.load(folder)
-        except ArtifactError as e:
-            assert "\n" not in str(e)
-        else:
-            _step_once(stream)
-        _expect_clean(capsys, ["inspect", str(folder)])
+        _load_and_inspect(folder, capsys)
 
 
 @SETTINGS
@@ -131,13 +136,7 @@ def test_fuzz_state_files(tiny_folder, capsys, data):
         m = json.loads((folder / "tiny.manifest.json").read_text())
         m["initial_state"].pop("sha256")  # reach the content checks behind the hash
         (folder / "tiny.manifest.json").write_text(json.dumps(m))
-        try:
-            stream = graphopt.load(folder)
-        except ArtifactError as e:
-            assert "\n" not in str(e)
-        else:
-            _step_once(stream)
-        _expect_clean(capsys, ["inspect", str(folder)])
+        _load_and_inspect(folder, capsys)
 
 
 frames = hnp.arrays(

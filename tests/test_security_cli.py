@@ -9,22 +9,15 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import cli_error
 
 from graphopt import cli
 from graphopt.build import BuildUsageError, build
 
 
-def _usage_error(capsys, *argv) -> str:
-    code = cli.main(list(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
-
-
 @pytest.mark.parametrize("fps", ["inf", "-inf", "nan", "0", "-30", "1e-300", "1e300", "thirty"])
 def test_build_fps_must_be_a_frame_rate(tmp_path, capsys, fps):
-    err = _usage_error(capsys, "build", "--model", "facephys", "--target", "onnx", "--out", str(tmp_path / "o"),
+    err = cli_error(capsys, "build", "--model", "facephys", "--target", "onnx", "--out", str(tmp_path / "o"),
                        "--fps", fps)
     assert "--fps" in err
     assert not (tmp_path / "o").exists()
@@ -38,12 +31,12 @@ def test_build_api_refuses_fps(tmp_path, fps):
 
 @pytest.mark.parametrize("frames", ["0", "-5", "100000000", "1.5", "many"])
 def test_frames_out_of_range_are_refused_by_the_parser(tiny_onnx, capsys, frames):
-    err = _usage_error(capsys, "verify", str(tiny_onnx.path.parent), "--frames", frames)
+    err = cli_error(capsys, "verify", str(tiny_onnx.path.parent), "--frames", frames)
     assert "--frames" in err
 
 
 def test_too_few_frames_for_a_heart_rate(tiny_onnx, capsys):
-    assert "from 32 to" in _usage_error(capsys, "verify", str(tiny_onnx.path.parent), "--frames", "1")
+    assert "from 32 to" in cli_error(capsys, "verify", str(tiny_onnx.path.parent), "--frames", "1")
 
 
 @pytest.mark.parametrize("argv", [
@@ -52,7 +45,7 @@ def test_too_few_frames_for_a_heart_rate(tiny_onnx, capsys):
     ["release", "--model", "physnet", "--rounds", "1e9"], ["build", "--target", "tensorrt", "--opt-level", "9"],
 ])
 def test_numbers_out_of_range(capsys, argv):
-    _usage_error(capsys, *argv)
+    cli_error(capsys, *argv)
 
 
 def _npz_bytes(**arrays) -> bytes:
@@ -76,7 +69,7 @@ def test_baseline_state_files(tmp_path, tiny_onnx, capsys, name, content, match)
     model = tmp_path / "foreign.onnx"  # an ONNX step model without a graphopt manifest: a baseline
     shutil.copy(tiny_onnx.path, model)
     (tmp_path / name).write_bytes(content)
-    err = _usage_error(capsys, "verify", str(model), "--state", str(tmp_path / name))
+    err = cli_error(capsys, "verify", str(model), "--state", str(tmp_path / name))
     assert re.search(match, err), err
 
 
@@ -93,7 +86,7 @@ def test_baseline_state_files(tmp_path, tiny_onnx, capsys, name, content, match)
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, argv, says):
     import time
     t0 = time.perf_counter()
-    err = _usage_error(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = cli_error(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert says in err
     assert time.perf_counter() - t0 < 10  # no model traced, nothing built
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import cli_error
 
 import graphopt
 from graphopt import artifact as art
@@ -31,14 +32,6 @@ def _write(path, manifest):
     path.write_text(json.dumps(manifest))
 
 
-def _cli_error(capsys, *argv) -> str:
-    code = cli.main(list(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
-
-
 @pytest.mark.parametrize("field, value", [
     ("file", "../../outside.onnx"), ("file", "/etc/passwd"), ("file", "~/x.onnx"),
     ("initial_state.file", "/etc/passwd"), ("initial_state.file", "../state.npz"),
@@ -53,7 +46,7 @@ def test_paths_must_stay_inside_the_folder(copy, capsys, field, value):
     _write(mpath, m)
     with pytest.raises(ArtifactError, match="outside the artifact folder"):
         graphopt.load(folder)
-    assert "outside the artifact folder" in _cli_error(capsys, "inspect", str(folder))
+    assert "outside the artifact folder" in cli_error(capsys, "inspect", str(folder))
 
 
 def test_a_link_out_of_the_folder_is_refused(copy):
@@ -72,7 +65,7 @@ def test_model_file_must_match_its_sha256(copy, capsys):
     other.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="does not match the sha256 in its manifest"):
         graphopt.load(folder)
-    assert "sha256" in _cli_error(capsys, "inspect", str(folder))
+    assert "sha256" in cli_error(capsys, "inspect", str(folder))
 
 
 def test_state_file_must_match_its_sha256(copy):
@@ -111,8 +104,8 @@ def test_malformed_manifests_are_one_line_errors(copy, capsys, mutate, match):
     mpath.write_text(json.dumps(m, allow_nan=True))
     with pytest.raises(ArtifactError, match=match):
         graphopt.load(folder)
-    _cli_error(capsys, "inspect", str(folder))
-    _cli_error(capsys, "verify", str(folder), "--frames", "100")
+    cli_error(capsys, "inspect", str(folder))
+    cli_error(capsys, "verify", str(folder), "--frames", "100")
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"[]", b"null", b"[" * 100000 + b"]" * 100000])
@@ -121,7 +114,7 @@ def test_unparseable_manifests(copy, capsys, content):
     mpath.write_bytes(content)
     with pytest.raises(ArtifactError, match="manifest"):
         graphopt.load(folder)
-    _cli_error(capsys, "inspect", str(folder))
+    cli_error(capsys, "inspect", str(folder))
 
 
 def _pickled_npz() -> bytes:
@@ -144,7 +137,7 @@ def test_broken_state_files(copy, capsys, make, match):
     _write(mpath, m)
     with pytest.raises(ArtifactError, match=match):
         graphopt.load(folder)
-    _cli_error(capsys, "inspect", str(folder))
+    cli_error(capsys, "inspect", str(folder))
 
 
 @pytest.mark.parametrize("change, match", [
@@ -185,14 +178,14 @@ def test_inspect_refuses_broken_model_files(copy, capsys):
     (folder / "tiny.onnx").write_bytes(b"")
     m["sha256"] = art.sha256(folder / "tiny.onnx")
     _write(mpath, m)
-    err = _cli_error(capsys, "inspect", str(folder))
+    err = cli_error(capsys, "inspect", str(folder))
     assert "tiny.onnx" in err
 
 
 def test_inspect_refuses_a_missing_state(copy, capsys):
     folder, mpath, m = copy
     (folder / "tiny.state.npz").unlink()
-    assert "missing" in _cli_error(capsys, "inspect", str(folder))
+    assert "missing" in cli_error(capsys, "inspect", str(folder))
 
 
 def test_inspect_reports_a_good_artifact(tiny_onnx, capsys):
@@ -236,7 +229,7 @@ def test_a_pipe_as_model_file_is_refused(copy):
 def test_paths_that_name_no_artifact(tmp_path, monkeypatch, capsys, path):
     monkeypatch.chdir(tmp_path)
     for cmd in (["inspect", path], ["verify", path], ["inspect", "--check", "tensorrt", path]):
-        _cli_error(capsys, *cmd)
+        cli_error(capsys, *cmd)
 
 
 def test_verify_never_takes_its_reference_from_the_manifest(tmp_path):
