@@ -17,11 +17,15 @@ from typing import Callable
 import numpy as np
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-BACKENDS = {"onnx": "onnxruntime (CPU EP)", "xla": "XLA CPU (jax.export)", "tflite": "LiteRT + XNNPACK",
-            "tf": "TensorFlow XLA JIT", "torch": "PyTorch eager (CPU)",
-            "torch-compile": "PyTorch torch.compile (inductor, CPU)",
-            "tensorrt": "TensorRT (legal ONNX here; engine on an NVIDIA GPU)", "baseline-onnx": "onnxruntime (CPU EP)",
-            "baseline-tflite": "LiteRT + XNNPACK", "reference": "JAX JIT (authors' step)"}
+# rows that are not graphopt targets (a target's backend is in its descriptor: backend() below)
+OTHER_BACKENDS = {"baseline-onnx": "onnxruntime (CPU EP)", "baseline-tflite": "LiteRT + XNNPACK",
+                  "reference": "JAX JIT (authors' step)"}
+
+
+def backend(row_kind: str) -> str:
+    """The runtime behind a row: a target's declared backend, or a baseline's or the reference's."""
+    from .targets import MODULES, get
+    return get(row_kind).backend if row_kind in MODULES else OTHER_BACKENDS.get(row_kind, row_kind)
 
 
 def single_thread_env() -> None:
@@ -79,10 +83,11 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
     from . import models
     from .baseline import open_baseline
     from .benchmark import measure, plan
-    from .build import TARGETS, EngineNeedsGpu, build, target_module
+    from .build import EngineNeedsGpu, build, target_module
+    from .targets import names as target_names
     from .equivalence import Clip
 
-    targets = list(targets or TARGETS)
+    targets = list(targets or target_names())
     for t in targets:
         target_module(t)  # unknown targets fail before any work
     work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="graphopt-bench-"))
@@ -107,10 +112,10 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
                 break
             stream = art.load(a.path, threads=1)
             steps[name] = stream.step
-            meta[name] = {"backend": BACKENDS[t], "nodes": a.manifest["graph"]["nodes"], "target": t,
+            meta[name] = {"backend": backend(t), "nodes": a.manifest["graph"]["nodes"], "target": t,
                           "fused": fused, "artifact": str(a.path)}
     steps["open-rppg JAX JIT (reference)"] = reference_step(model)
-    meta["open-rppg JAX JIT (reference)"] = {"backend": BACKENDS["reference"], "target": "reference"}
+    meta["open-rppg JAX JIT (reference)"] = {"backend": backend("reference"), "target": "reference"}
     for path in baselines:
         stream = open_baseline(path, model, state_file, threads=1)
         kind = "baseline-" + stream.manifest["target"]
@@ -120,7 +125,7 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
         while name in steps:
             name += "'"
         steps[name] = stream.step
-        meta[name] = {"backend": BACKENDS[kind], "target": kind, "artifact": str(path)}
+        meta[name] = {"backend": backend(kind), "target": kind, "artifact": str(path)}
     timing = plan(per, steps_per_round)
     log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {timing['steps_per_round']} steps, 1 thread ...")
     rows = measure(steps, frames, rounds=rounds, frames_per_step=per, **timing)

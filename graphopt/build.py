@@ -13,7 +13,6 @@ from . import equivalence, metrics
 from .ir import verify as verify_ir
 from .targets.tensorrt import NeedsGpu as EngineNeedsGpu  # the legal ONNX is written; exit status 3
 
-TARGETS = ("onnx", "xla", "tflite", "tf", "torch", "torch-compile", "tensorrt")
 MIN_FPS, MAX_FPS = 0.1, 10000.0  # --fps: dt = 1/fps must be a usable float32 number of seconds
 
 
@@ -27,9 +26,9 @@ class BuildUsageError(BuildError):
 
 
 def target_module(name: str):
-    if name not in TARGETS:
-        raise BuildUsageError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
-    from .targets import module_for
+    from .targets import MODULES, module_for
+    if name not in MODULES:
+        raise BuildUsageError(f"unknown target {name!r}; choose one of: {', '.join(MODULES)}")
     return module_for(name)
 
 

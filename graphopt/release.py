@@ -43,7 +43,7 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
     from . import __version__
     from . import artifact as art
     from . import models
-    from .bench import BACKENDS, machine, reference_step, sgemm_gflops, single_thread_env
+    from .bench import backend, machine, reference_step, sgemm_gflops, single_thread_env
     from .benchmark import measure, plan
     from .build import EngineNeedsGpu, build, target_module
     from .equivalence import Clip, check_frames
@@ -87,7 +87,7 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
                 "tier_claimed": eq["tier_claimed"], "tier": eq["tier"], "nrmse_over_floor": eq["nrmse_over_floor"],
                 "pearson": eq["pearson"], "max_abs": eq["max_abs"], "hr_bpm": eq["hr_bpm"],
                 "size_bytes": file_size(path), "nodes": manifest["graph"]["nodes"], "sha256": manifest["sha256"],
-                "backend": BACKENDS.get(target, target)}
+                "backend": backend(target)}
             if needs_gpu:
                 from .targets.tensorrt import finish_command
                 entries[name]["engine"] = ("needs an NVIDIA GPU with TensorRT; build it there with: "
@@ -108,7 +108,7 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
                        frames_per_step=per, **plan(per, steps_per_round))
         ref = next(r for r in rows if r.name.startswith("open-rppg"))
         for r in rows:
-            e = entries.setdefault(r.name, {"target": "reference", "backend": BACKENDS["reference"]})
+            e = entries.setdefault(r.name, {"target": "reference", "backend": backend("reference")})
             e.update(fps=r.fps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, x_reference=ref.p50_ms / r.p50_ms)
         graph = step_model.trace()
         release = {

@@ -9,20 +9,32 @@ DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "drop-cas
 PIPELINES: dict[str, list[str]] = {"onnx": DEFAULT_PIPELINE}
 
 
-def pipeline_for(target: str, fuse: bool = True, exact_only: bool = False, fixed_inputs: bool = False) -> list[str]:
-    """The target's default pipeline. exact_only drops value-changing passes; fixed_inputs prepends
+def pipeline_for(target, fuse: bool = True, exact_only: bool = False, fixed_inputs: bool = False) -> list[str]:
+    """The target's default pipeline (target: a name, or the Capabilities of a target being designed).
+    exact_only drops value-changing passes; fixed_inputs prepends
     specialize-inputs (which also runs without fusion, followed by constant folding)."""
-    names = list(PIPELINES.get(target, DEFAULT_PIPELINE)) if fuse else []
-    names = [n for n in names if (PASSES[n].targets is None or target in PASSES[n].targets)
-             and (PASSES[n].exact or not exact_only)]
+    names = list(PIPELINES.get(target, DEFAULT_PIPELINE) if isinstance(target, str) else DEFAULT_PIPELINE) \
+        if fuse else []
+    names = [n for n in names if _suits(n, target) and (PASSES[n].exact or not exact_only)]
     if fixed_inputs:
         names = ["specialize-inputs"] + (names if fuse else ["fold-constants", "dce"])
     return names
 
 
-def lowerings_for(target: str) -> list[str]:
+def lowerings_for(target) -> list[str]:
     """The lowering passes the target needs (run after its pipeline, with or without fusion)."""
-    return [n for n in LOWERINGS if PASSES[n].targets is None or target in PASSES[n].targets]
+    return [n for n in LOWERINGS if _suits(n, target)]
+
+
+def _suits(name: str, target) -> bool:
+    """Whether a pass suits a target (a name, or a Capabilities), asked of its declared capabilities."""
+    from graphopt.targets import Capabilities, get
+    if not isinstance(target, Capabilities):
+        try:
+            target = get(target).caps
+        except KeyError:
+            raise PassError(f"unknown target {target!r}: no capabilities to choose passes by") from None
+    return PASSES[name].suits is None or PASSES[name].suits(target)
 
 
 __all__ = ["DEFAULT_PIPELINE", "LOWERINGS", "PASSES", "PIPELINES", "Pass", "PassError", "format_report", "get_pass", "lowerings_for", "pipeline_for",

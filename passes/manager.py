@@ -9,6 +9,7 @@ import numpy as np
 
 from graphopt import state_views
 from graphopt.ir import Graph, Interpreter, verify
+from graphopt.targets import Capabilities
 
 from . import cleanup
 
@@ -22,7 +23,7 @@ class Pass:
     name: str
     run: Callable[[Graph], bool]  # mutates the graph, returns whether it changed anything
     exact: bool = True  # same math up to float rounding; False: value-changing
-    targets: frozenset[str] | None = None  # targets it suits (None: all)
+    suits: Callable[[Capabilities], bool] | None = None  # the targets it suits, by capability (None: all)
     fixpoint: bool = False  # repeat until it reports no change
     doc: str = ""
 
@@ -84,8 +85,7 @@ def _state_layout(graph: Graph) -> bool:
 
 # targets whose convolutions run channels-first (the IR's conv layout); the xla and tf/tflite lowerings
 # run convolutions channels-last themselves
-CHANNELS_FIRST_TARGETS = frozenset({"onnx", "tensorrt", "torch", "torch-compile"})
-register(Pass("state-layout", _state_layout, targets=CHANNELS_FIRST_TARGETS,
+register(Pass("state-layout", _state_layout, suits=lambda caps: caps.channels_first_convs,
               doc="recurrent state stored in the layout its neighbourhood computes in (fewer transposes); "
                   "the state's view maps it back to the model's layout"))
 
@@ -100,7 +100,7 @@ def _onnx_forms(graph: Graph) -> bool:
     return changed
 
 
-register(Pass("onnx-forms", _onnx_forms, targets=frozenset({"onnx", "tensorrt"}),
+register(Pass("onnx-forms", _onnx_forms, suits=lambda caps: caps.onnx_ops,
               doc="forms that lower to fewer or faster ONNX ops: a dot with a vector as a matrix product, a "
                   "whole-image mean of a conv output as a global average pool, a bias next to its dot (Gemm)"))
 
@@ -120,18 +120,15 @@ def _raise_math(graph: Graph) -> bool:
 
 
 # targets whose runtimes have exp, sin and cos as native ops
-NATIVE_MATH_TARGETS = frozenset({"onnx", "xla", "tflite", "tf", "tensorrt", "torch", "torch-compile"})
-register(Pass("raise-math", _raise_math, exact=False, targets=NATIVE_MATH_TARGETS,
+register(Pass("raise-math", _raise_math, exact=False, suits=lambda caps: caps.native_transcendentals,
               doc="polynomial exp/sin/cos with range reduction -> native op (value-changing)"))
 
 
-# targets whose runtimes take a conv with input (lhs) dilation as it is
-register(Pass("expand-lhs-dilation", rule_pass("lowering"),
-              targets=frozenset({"onnx", "tflite", "tf", "tensorrt", "torch", "torch-compile"}),
+# targets whose runtimes do not take a conv with input (lhs) dilation as it is
+register(Pass("expand-lhs-dilation", rule_pass("lowering"), suits=lambda caps: not caps.input_dilated_convs,
               doc="lowering: conv with input dilation (transposed conv) -> zero insertion + conv"))
 # runtimes that add a reduction's terms one after another (XLA sums in a tree)
-SEQUENTIAL_SUM_TARGETS = frozenset({"onnx", "tflite", "tf", "tensorrt", "torch", "torch-compile"})
-register(Pass("split-long-reductions", rule_pass("numerics"), targets=SEQUENTIAL_SUM_TARGETS,
+register(Pass("split-long-reductions", rule_pass("numerics"), suits=lambda caps: caps.sequential_sums,
               doc="lowering: sums over many elements split into short partial sums (float32 rounding "
                   "stays at the noise floor)"))
 LOWERINGS = ["expand-lhs-dilation", "split-long-reductions"]  # run for every target they suit, fused or not

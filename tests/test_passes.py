@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from graphopt.ir import Graph, Interpreter, TensorType, verify
 from graphopt.passes import DEFAULT_PIPELINE, PASSES, Pass, PassError, pipeline_for, register, run_pipeline
-from graphopt.passes.manager import NATIVE_MATH_TARGETS
+from graphopt.targets import Capabilities
 from graphopt.passes import cleanup
 from graphopt.passes.cleanup import FOLD_GROWTH_LIMIT, cse, dce, fold_constants
 from graphopt.passes.rewrite import C, P, Rule, X, apply_rules, match
@@ -563,15 +563,16 @@ def test_pipeline_for():
     assert pipeline_for("onnx", fixed_inputs=True)[0] == "specialize-inputs"
     assert pipeline_for("onnx", fuse=False, fixed_inputs=True) == ["specialize-inputs", "fold-constants", "dce"]
     assert pipeline_for("onnx", exact_only=True, fixed_inputs=True) == ["specialize-inputs"] + exact
-    # an unknown target gets the default pipeline minus the passes that name the targets they suit
-    # (raise-math only suits targets with native exp/sin/cos)
-    assert "no-such-target" not in NATIVE_MATH_TARGETS
-    assert PASSES["raise-math"].targets == NATIVE_MATH_TARGETS
-    expected = [n for n in DEFAULT_PIPELINE if PASSES[n].targets is None or "no-such-target" in PASSES[n].targets]
-    assert pipeline_for("no-such-target") == expected
+    # a target without native exp/sin/cos (an NPU) gets the default pipeline minus raise-math; passes are
+    # chosen by the capabilities a target declares, never by its name
+    npu = Capabilities(native_transcendentals=False)
+    expected = [n for n in DEFAULT_PIPELINE if PASSES[n].suits is None or PASSES[n].suits(npu)]
+    assert pipeline_for(npu) == expected
     assert "raise-math" not in expected and "algebra" in expected and "layout" in expected
-    assert pipeline_for("no-such-target", fuse=False) == []
-    for names in (pipeline_for("onnx"), pipeline_for("onnx", fixed_inputs=True), pipeline_for("no-such-target")):
+    assert pipeline_for(npu, fuse=False) == []
+    with pytest.raises(PassError, match="unknown target 'no-such-target'"):
+        pipeline_for("no-such-target")
+    for names in (pipeline_for("onnx"), pipeline_for("onnx", fixed_inputs=True), pipeline_for(npu)):
         assert all(n in PASSES for n in names)
 
 

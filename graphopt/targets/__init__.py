@@ -1,14 +1,50 @@
-"""Targets: one module per runtime (emit an artifact, load it as a Stream)."""
+"""Targets: one module per runtime (emit an artifact, load it as a Stream), each declaring a `Target`:
+its name, the runtime it needs, and the capabilities the pass pipeline asks about instead of target
+names. The registry (`MODULES`) is the one place that lists them; `get(name)` imports a target's module
+and returns its descriptor.
+
+Adding a target: write its module with `TARGET = Target(...)`, `available()`, `emit()` and
+`open_stream()`, and add its name to MODULES.
+"""
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 # target name -> module in this package
 MODULES = {"onnx": "onnx", "xla": "xla", "tflite": "tflite", "tf": "tf", "torch": "torch_target",
            "torch-compile": "torch_compile", "tensorrt": "tensorrt"}
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a target's runtime can do, as the passes ask it."""
+    channels_first_convs: bool = False  # convs run in the IR's channels-first layout (state-layout suits)
+    native_transcendentals: bool = True  # exp, sin and cos are native ops (raise-math suits)
+    sequential_sums: bool = True  # sums add their terms one after another in float32 (split-long-reductions)
+    input_dilated_convs: bool = False  # a conv with input (lhs) dilation runs as it is (else expand-lhs-dilation)
+    onnx_ops: bool = False  # the graph is emitted as onnxruntime ops (onnx-forms suits)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target's descriptor (see the module docstring)."""
+    name: str
+    emits: str  # what the artifact holds, in words
+    backend: str  # the runtime a Stream uses, for benchmark tables
+    caps: Capabilities = Capabilities()
+
+
+def names() -> list[str]:
+    return list(MODULES)
+
+
 def module_for(target: str):
     if target not in MODULES:
         raise KeyError(target)
     return importlib.import_module(f"{__name__}.{MODULES[target]}")
+
+
+def get(target: str) -> Target:
+    """The descriptor of a target (KeyError for an unknown name)."""
+    return module_for(target).TARGET

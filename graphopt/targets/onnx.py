@@ -17,11 +17,14 @@ from .. import artifact as art
 from ..ir import Graph, Node, Value
 from ..ir.ops import lhs_dilations
 from ..stream import Stream
+from . import Capabilities, Target
 from . import onnx_fusions
 
 OPSET = 18
 IR_VERSION = 10
 NAME = "onnx"
+TARGET = Target(NAME, emits=".onnx (opset 18)", backend="onnxruntime (CPU EP)",
+                caps=Capabilities(channels_first_convs=True, onnx_ops=True))
 
 
 def available() -> tuple[bool, str]:

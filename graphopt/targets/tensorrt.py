@@ -18,10 +18,14 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
+from . import Capabilities, Target
 from . import onnx as onnx_target
 from .trt_support import check_onnx, cuda_gpu_present, import_tensorrt
 
 NAME = "tensorrt"
+TARGET = Target(NAME, emits="TensorRT-legal .onnx + engine",
+                backend="TensorRT (legal ONNX here; engine on an NVIDIA GPU)",
+                caps=Capabilities(channels_first_convs=True, onnx_ops=True))
 # IR ops whose ONNX lowering TensorRT's parser takes; the driver names the first op outside it
 LEGAL_OPS = frozenset({
     "neg", "exp", "log", "sqrt", "rsqrt", "floor", "ceil", "abs", "sign", "sin", "cos", "tanh", "sigmoid", "erf",

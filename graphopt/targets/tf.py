@@ -14,11 +14,13 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
+from . import Capabilities, Target
 from .tf_lowering import import_tensorflow
 from .tf_module import build_module, save
 
 NAME = "tf"
 SUFFIX = ".savedmodel"
+TARGET = Target(NAME, emits="SavedModel", backend="TensorFlow XLA JIT")  # convs channels-last
 
 
 def available() -> tuple[bool, str]:

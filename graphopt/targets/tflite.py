@@ -19,10 +19,12 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
+from . import Capabilities, Target
 from .tf_module import STATE_CHECK, STATE_MODES, WEIGHT_VARIANTS, build_module, to_tflite
 
 NAME = "tflite"
 SUFFIX = ".tflite"
+TARGET = Target(NAME, emits=".tflite (builtin ops)", backend="LiteRT + XNNPACK")  # convs channels-last
 
 
 def available() -> tuple[bool, str]:

@@ -8,7 +8,11 @@ from pathlib import Path
 from .. import artifact as art
 from ..ir import Graph
 from . import torch_target
+from . import Target
 from .torch_target import open_stream  # noqa: F401  (the Stream compiles when the manifest says so)
+
+TARGET = Target("torch-compile", emits=".pt2 (torch.export), run under torch.compile",
+                backend="PyTorch torch.compile (inductor, CPU)", caps=torch_target.TARGET.caps)
 
 
 def available() -> tuple[bool, str]:

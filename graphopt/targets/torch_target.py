@@ -13,8 +13,11 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
+from . import Capabilities, Target
 
 SUFFIX = ".pt2"
+TARGET = Target("torch", emits=".pt2 (torch.export)", backend="PyTorch eager (CPU)",
+                caps=Capabilities(channels_first_convs=True))
 
 
 def available() -> tuple[bool, str]:

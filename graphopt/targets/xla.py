@@ -16,10 +16,13 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
+from . import Capabilities, Target
 
 NAME = "xla"
 SUFFIX = ".jaxexport"
 PLATFORMS = ("cpu", "cuda")
+TARGET = Target(NAME, emits="serialized jax.export (StableHLO)", backend="XLA CPU (jax.export)",
+                caps=Capabilities(sequential_sums=False, input_dilated_convs=True))  # XLA sums in a tree
 
 
 def available() -> tuple[bool, str]:

@@ -1,0 +1,43 @@
+"""The target registry: every target module declares a Target (name, backend, capabilities), and the
+pass pipeline is chosen from those capabilities, never from target names (issue 14, first step)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from graphopt import targets
+from graphopt.passes import LOWERINGS, PASSES, lowerings_for, pipeline_for
+from graphopt.targets import Capabilities
+
+
+@pytest.mark.parametrize("name", targets.names())
+def test_every_target_declares_itself(name):
+    t = targets.get(name)
+    assert t.name == name and t.backend and t.emits
+    module = targets.module_for(name)
+    assert all(callable(getattr(module, f, None)) for f in ("available", "emit", "open_stream"))
+
+
+# each capability and the pass that asks for it
+ASKED_BY = {"channels_first_convs": ("state-layout", True), "onnx_ops": ("onnx-forms", True),
+            "native_transcendentals": ("raise-math", True), "sequential_sums": ("split-long-reductions", True),
+            "input_dilated_convs": ("expand-lhs-dilation", False)}
+
+
+@pytest.mark.parametrize("cap", [f.name for f in dataclasses.fields(Capabilities)])
+def test_each_capability_turns_its_pass_on_or_off(cap):
+    pass_name, when = ASKED_BY[cap]
+    for value in (True, False):
+        caps = dataclasses.replace(Capabilities(), **{cap: value})
+        chosen = pipeline_for(caps) + lowerings_for(caps)
+        assert (pass_name in chosen) == (value == when), (cap, value, chosen)
+
+
+def test_pipelines_follow_the_declared_capabilities():
+    assert "state-layout" in pipeline_for("onnx") and "state-layout" not in pipeline_for("xla")
+    assert lowerings_for("xla") == [] and lowerings_for("tflite") == LOWERINGS
+    for name in targets.names():  # every pass that runs suits the target by what it declares
+        caps = targets.get(name).caps
+        for p in pipeline_for(name) + lowerings_for(name):
+            assert PASSES[p].suits is None or PASSES[p].suits(caps)
