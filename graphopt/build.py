@@ -11,7 +11,7 @@ import numpy as np
 from . import artifact as art
 from . import equivalence, metrics
 from .ir import verify as verify_ir
-from .targets.tensorrt import NeedsGpu as EngineNeedsGpu  # the legal ONNX is written; exit status 3
+from .targets import NeedsDevice as EngineNeedsGpu  # the artifact is written but for a device part; exit 3
 
 MIN_FPS, MAX_FPS = 0.1, 10000.0  # --fps: dt = 1/fps must be a usable float32 number of seconds
 
@@ -139,16 +139,8 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         art.write_json(artifact.manifest_path, manifest)
     final = out / artifact.path.name
     log(f"wrote {final} ({time.perf_counter() - t0:.1f} s)")
-    if target == "tensorrt":
-        check = manifest["tensorrt"]["check"]
-        log(f"      TensorRT check: {check['checker']}: {'parses' if check['ok'] else 'FAILS'}"
-            + (f", engine built by TensorRT-RTX in {check['rtx_build_s']} s" if check.get("rtx_engine_built") else ""))
-        if manifest["tensorrt"]["engine"] is None:
-            from .targets.tensorrt import finish_command
-            raise EngineNeedsGpu("the TensorRT engine needs datacenter TensorRT on an NVIDIA GPU, which this machine "
-                                 f"lacks; {final.parent} holds the complete TensorRT-legal ONNX and manifest. Finish "
-                                 "there with: " + finish_command(final.parent, final.name,
-                                                                 manifest["tensorrt"]["fp16"]))
+    if hasattr(tmod, "after_build"):  # e.g. tensorrt: report its check; raise NeedsDevice without a GPU
+        tmod.after_build(final, manifest, log)
     return art.Artifact(final, manifest)
 
 

@@ -114,11 +114,13 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_build(a) -> int:
     from .build import BuildUsageError, build
     if a.from_artifact:
-        if a.target != "tensorrt":
-            raise BuildUsageError("--from builds a TensorRT engine into a tensorrt artifact; use it with --target tensorrt")
-        from .targets.tensorrt import build_from
-        art = build_from(a.from_artifact, fp16=a.fp16 or None, opt_level=a.opt_level)
-        print(f"wrote {art.path.parent / art.manifest['tensorrt']['engine']}", file=sys.stderr)
+        from .build import target_module
+        tmod = target_module(a.target)
+        if not hasattr(tmod, "build_from"):
+            raise BuildUsageError(f"--from finishes an artifact on this machine (a TensorRT engine); --target "
+                                  f"{a.target} has nothing to finish")
+        art = tmod.build_from(a.from_artifact, fp16=a.fp16 or None, opt_level=a.opt_level)
+        print(f"finished {art.path.parent}: its manifest lists what was added", file=sys.stderr)
         return EXIT_OK
     if not a.model or not a.out:
         raise BuildUsageError("build needs --model and --out (or --target tensorrt --from ARTIFACT)")

@@ -77,7 +77,7 @@ def test_no_gpu_cli_exit_status_and_message(facephys, tmp_path, capsys):
 
 def test_from_needs_a_tensorrt_artifact(tmp_path, capsys, onnx_unfused):
     assert cli.main(["build", "--target", "onnx", "--from", str(onnx_unfused.path.parent)]) == 2
-    assert "use it with --target tensorrt" in capsys.readouterr().err
+    assert "--target onnx has nothing to finish" in capsys.readouterr().err
     with pytest.raises(art.ArtifactError, match="is a onnx artifact, not a tensorrt one"):
         trt_target.build_from(onnx_unfused.path.parent)
 

@@ -4,7 +4,8 @@ names. The registry (`MODULES`) is the one place that lists them; `get(name)` im
 and returns its descriptor.
 
 Adding a target: write its module with `TARGET = Target(...)`, `available()`, `emit()` and
-`open_stream()`, and add its name to MODULES.
+`open_stream()` (optionally `after_build(final, manifest, log)`, run after a build, and
+`build_from(folder, **options)` for `graphopt build --from`), and add its name to MODULES.
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from dataclasses import dataclass
 # target name -> module in this package
 MODULES = {"onnx": "onnx", "xla": "xla", "tflite": "tflite", "tf": "tf", "torch": "torch_target",
            "torch-compile": "torch_compile", "tensorrt": "tensorrt"}
+
+
+class NeedsDevice(RuntimeError):
+    """The artifact is written and verified but for a part that needs a device this machine lacks (a
+    TensorRT engine without a GPU); the message says how to finish it there. The CLI exits 3."""
 
 
 @dataclass(frozen=True)

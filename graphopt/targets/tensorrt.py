@@ -18,7 +18,7 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
-from . import Capabilities, Target
+from . import Capabilities, NeedsDevice, Target
 from . import onnx as onnx_target
 from .trt_support import check_onnx, cuda_gpu_present, import_tensorrt
 
@@ -37,8 +37,20 @@ LEGAL_OPS = frozenset({
 LEGAL_DTYPES = frozenset({"float32", "float16", "int32", "bool"})
 
 
-class NeedsGpu(RuntimeError):
+class NeedsGpu(NeedsDevice):
     """The legal ONNX is written; the engine needs datacenter TensorRT on an NVIDIA GPU."""
+
+
+def after_build(final: Path, manifest: dict, log) -> None:
+    """After `graphopt build`: report the TensorRT check; without an engine, NeedsGpu with the command
+    that finishes the artifact on a GPU machine (exit status 3)."""
+    check = manifest["tensorrt"]["check"]
+    log(f"      TensorRT check: {check['checker']}: {'parses' if check['ok'] else 'FAILS'}"
+        + (f", engine built by TensorRT-RTX in {check['rtx_build_s']} s" if check.get("rtx_engine_built") else ""))
+    if manifest["tensorrt"]["engine"] is None:
+        raise NeedsGpu("the TensorRT engine needs datacenter TensorRT on an NVIDIA GPU, which this machine lacks; "
+                       f"{final.parent} holds the complete TensorRT-legal ONNX and manifest. Finish there with: "
+                       + finish_command(final.parent, final.name, manifest["tensorrt"]["fp16"]))
 
 
 def available() -> tuple[bool, str]:
