@@ -96,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("release", help="build, verify and benchmark every available target into one folder")
     r.add_argument("--model", required=True, help="model name: facephys or physnet")
     r.add_argument("--out", help="release folder (default: artifacts/MODEL-GRAPHOPT_VERSION)")
-    r.add_argument("--variants", help="comma-separated subset of: " + "onnx, xla, tflite, tflite-io, tflite-fp16, "
-                                      "tflite-int8, tf, torch, torch-compile, tensorrt (default: all)")
+    r.add_argument("--variants", help="comma-separated subset of the release variants: every target, and "
+                                      "tflite-io, tflite-fp16, tflite-int8 (default: all)")
     r.add_argument("--frames", type=frames, default=600, help="frames of the verification clip (default 600)")
     r.add_argument("--rounds", type=_number(int, 1, 1000), default=3, help="interleaved benchmark rounds (default 3)")
     r.add_argument("--force", action="store_true", help="replace a release graphopt wrote earlier in --out")

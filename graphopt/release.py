@@ -12,19 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-# artifact name -> (target, build options); TFLite precision variants ride along
-VARIANTS = {
-    "onnx": ("onnx", {}),
-    "xla": ("xla", {}),
-    "tflite": ("tflite", {}),
-    "tflite-io": ("tflite", {"target_options": {"state_mode": "io"}}),
-    "tflite-fp16": ("tflite", {"target_options": {"quantize": "fp16"}}),
-    "tflite-int8": ("tflite", {"target_options": {"quantize": "int8"}}),
-    "tf": ("tf", {}),
-    "torch": ("torch", {}),
-    "torch-compile": ("torch-compile", {}),
-    "tensorrt": ("tensorrt", {}),
-}
 # fields that are timestamps by nature, kept apart so the rest of a release is reproducible
 TIMESTAMP_FIELDS = ("created", "elapsed_s")
 
@@ -34,8 +21,10 @@ class ReleaseError(RuntimeError):
 
 
 def default_variants(step_model) -> list[str]:
-    """Every variant; a model without state has no io/variables distinction, so no tflite-io."""
-    return [n for n in VARIANTS if step_model.initial_state or n != "tflite-io"]
+    """Every target's variants (graphopt.targets declares them); those that carry state as I/O only for
+    models with state."""
+    from .targets import release_variants
+    return [n for n, (_, v) in release_variants().items() if step_model.initial_state or not v.needs_state]
 
 
 def run(model: str, out: str | Path, *, variants: list[str] | None = None, frames: int = 600, rounds: int = 3,
@@ -52,10 +41,12 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
 
     single_thread_env()
     t0 = time.time()
-    unknown = [n for n in variants or () if n not in VARIANTS]
+    from .targets import release_variants
+    known = release_variants()
+    unknown = [n for n in variants or () if n not in known]
     if unknown:
         from .build import BuildUsageError
-        raise BuildUsageError(f"unknown release variants {unknown}; choose from {', '.join(VARIANTS)}")
+        raise BuildUsageError(f"unknown release variants {unknown}; choose from {', '.join(known)}")
     out = check_destination(Path(out), force)  # before the long work
     step_model = models.load(model, None, False)
     check_frames(frames, step_model.frames_per_step)
@@ -63,7 +54,8 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
     entries, failures, streams = {}, {}, {}
     with art.atomic_dir(out, force) as tmp:
         for i, name in enumerate(names, 1):
-            target, kw = VARIANTS[name]
+            target, variant = known[name]
+            kw = {"target_options": dict(variant.options)} if variant.options else {}
             ok, reason = target_module(target).available()
             if not ok:
                 log(f"[{i}/{len(names)}] {name}: skipped ({reason})")

@@ -41,3 +41,17 @@ def test_pipelines_follow_the_declared_capabilities():
         caps = targets.get(name).caps
         for p in pipeline_for(name) + lowerings_for(name):
             assert PASSES[p].suits is None or PASSES[p].suits(caps)
+
+
+def test_release_variants_come_from_the_descriptors():
+    from types import SimpleNamespace
+
+    from graphopt.release import default_variants
+    variants = targets.release_variants()
+    assert list(variants) == ["onnx", "xla", "tflite", "tflite-io", "tflite-fp16", "tflite-int8", "tf", "torch",
+                              "torch-compile", "tensorrt"]
+    assert variants["tflite-io"] == ("tflite", targets.Variant("tflite-io", {"state_mode": "io"}, needs_state=True))
+    assert all(t in targets.MODULES for t, _ in variants.values())
+    # a model without state has no io/variables distinction: no variant that carries the state as I/O
+    assert default_variants(SimpleNamespace(initial_state=[])) == [n for n in variants if n != "tflite-io"]
+    assert default_variants(SimpleNamespace(initial_state=[1])) == list(variants)

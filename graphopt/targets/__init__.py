@@ -10,7 +10,7 @@ Adding a target: write its module with `TARGET = Target(...)`, `available()`, `e
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # target name -> module in this package
 MODULES = {"onnx": "onnx", "xla": "xla", "tflite": "tflite", "tf": "tf", "torch": "torch_target",
@@ -33,12 +33,24 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """An artifact `graphopt release` builds for a target: its folder name and build options."""
+    name: str
+    options: dict = field(default_factory=dict)  # target options (build's target_options)
+    needs_state: bool = False  # only for models with recurrent state (e.g. TFLite with the state as I/O)
+
+
+@dataclass(frozen=True)
 class Target:
     """A target's descriptor (see the module docstring)."""
     name: str
     emits: str  # what the artifact holds, in words
     backend: str  # the runtime a Stream uses, for benchmark tables
     caps: Capabilities = Capabilities()
+    variants: tuple[Variant, ...] = ()  # what a release builds (default: one artifact named after the target)
+
+    def release_variants(self) -> tuple[Variant, ...]:
+        return self.variants or (Variant(self.name),)
 
 
 def names() -> list[str]:
@@ -54,3 +66,8 @@ def module_for(target: str):
 def get(target: str) -> Target:
     """The descriptor of a target (KeyError for an unknown name)."""
     return module_for(target).TARGET
+
+
+def release_variants() -> dict[str, tuple[str, Variant]]:
+    """Every target's release variants in registry order: variant name -> (target name, variant)."""
+    return {v.name: (name, v) for name in MODULES for v in get(name).release_variants()}

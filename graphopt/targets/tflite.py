@@ -19,12 +19,14 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
-from . import Capabilities, Target
+from . import Target, Variant
 from .tf_module import STATE_CHECK, STATE_MODES, WEIGHT_VARIANTS, build_module, to_tflite
 
 NAME = "tflite"
 SUFFIX = ".tflite"
-TARGET = Target(NAME, emits=".tflite (builtin ops)", backend="LiteRT + XNNPACK")  # convs channels-last
+TARGET = Target(NAME, emits=".tflite (builtin ops)", backend="LiteRT + XNNPACK",  # convs channels-last
+                variants=(Variant("tflite"), Variant("tflite-io", {"state_mode": "io"}, needs_state=True),
+                          Variant("tflite-fp16", {"quantize": "fp16"}), Variant("tflite-int8", {"quantize": "int8"})))
 
 
 def available() -> tuple[bool, str]:
