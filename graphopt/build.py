@@ -113,7 +113,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
             # fuse: the emitter may lower groups of nodes as one (--no-fuse: every node on its own)
             artifact = tmod.emit(graph, tmp, {"stem": model, "precision": precision, "fuse": fuse,
                                               **(target_options or {})})
-        except (art.ArtifactError, ValueError, NotImplementedError) as e:  # NotImplementedError: an unlowerable op
+        except (art.ArtifactError, ValueError) as e:  # targets.UnsupportedOpError (a ValueError): an unlowerable op
             raise BuildError(f"the {target} target cannot emit this graph: {e}") from e
         manifest = artifact.manifest
         if manifest.get("precision_tier") and metrics.TIERS.index(manifest["precision_tier"]) > metrics.TIERS.index(tier):

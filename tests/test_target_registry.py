@@ -55,3 +55,18 @@ def test_release_variants_come_from_the_descriptors():
     # a model without state has no io/variables distinction: no variant that carries the state as I/O
     assert default_variants(SimpleNamespace(initial_state=[])) == [n for n in variants if n != "tflite-io"]
     assert default_variants(SimpleNamespace(initial_state=[1])) == list(variants)
+
+
+def test_one_unsupported_op_error_for_every_target(tmp_path):
+    """Every lowering raises targets.UnsupportedOpError (a ValueError), and build reports it as a build error
+    naming the target."""
+    from graphopt.ir import Graph, TensorType
+    from graphopt.targets import UnsupportedOpError, jax_lowering, onnx, tf_lowering, torch_lowering
+    assert {m.UnsupportedOpError for m in (jax_lowering, onnx, tf_lowering, torch_lowering)} == {UnsupportedOpError}
+    g = Graph(name="pool4")  # a pool over four axes: onnx and torch pool at most three
+    x = g.add_input("frame", TensorType((3, 4, 5, 6), "float32"))
+    g.outputs, g.output_names = [g.op("pool", x, mode="max", window=(2, 2, 2, 2), strides=(1, 1, 1, 1),
+                                      pads=((0, 0),) * 4)], ["y"]
+    with pytest.raises(UnsupportedOpError, match="at most 3"):
+        onnx.to_onnx(g)
+    assert issubclass(UnsupportedOpError, ValueError)

@@ -17,6 +17,11 @@ MODULES = {"onnx": "onnx", "xla": "xla", "tflite": "tflite", "tf": "tf", "torch"
            "torch-compile": "torch_compile", "tensorrt": "tensorrt"}
 
 
+class UnsupportedOpError(ValueError):
+    """The graph has an op, or an op configuration, that a target cannot lower; the message names the op and
+    what to do. Every target's lowering raises this one class; build reports it as a build error."""
+
+
 class NeedsDevice(RuntimeError):
     """The artifact is written and verified but for a part that needs a device this machine lacks (a
     TensorRT engine without a GPU); the message says how to finish it there. The CLI exits 3."""

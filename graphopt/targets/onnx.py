@@ -17,8 +17,7 @@ from .. import artifact as art
 from ..ir import Graph, Node, Value
 from ..ir.ops import lhs_dilations
 from ..stream import Stream
-from . import Capabilities, Target
-from . import onnx_fusions
+from . import Capabilities, Target, UnsupportedOpError, onnx_fusions
 
 OPSET = 18
 IR_VERSION = 10
@@ -34,10 +33,6 @@ def available() -> tuple[bool, str]:
     except ImportError as e:
         return False, f"{e.name} is not installed (pip install onnx onnxruntime; see requirements.txt)"
     return True, ""
-
-
-class UnsupportedOpError(NotImplementedError):
-    """The graph has an op this target cannot lower."""
 
 
 class OnnxBuilder:

@@ -20,10 +20,7 @@ import numpy as np
 
 from ..ir import OPS, Graph, Node, Value
 from ..ir.ops import lhs_dilations
-
-
-class UnsupportedOpError(ValueError):
-    """The graph has an op (or an op configuration) the TF lowering does not handle."""
+from . import UnsupportedOpError  # noqa: F401  (one class for every target; raised here)
 
 
 def _inverse(perm):
