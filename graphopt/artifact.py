@@ -56,11 +56,13 @@ def sha256(path: Path) -> str:
 
 
 def sha256_tree(folder: Path) -> str:
-    """sha256 over a folder's files (relative paths and contents, in sorted order)."""
+    """sha256 over a folder's files (relative paths and contents, in sorted order). A link is hashed as
+    the path it names, never followed: hashing reads nothing outside the folder (graphopt writes no links,
+    and the trust check refuses links out of an artifact)."""
     h = hashlib.sha256()
-    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_symlink() or p.is_file()):
         h.update(str(f.relative_to(folder)).encode() + b"\0")
-        h.update(sha256(f).encode())
+        h.update(("link:" + os.readlink(f)).encode() if f.is_symlink() else sha256(f).encode())
     return h.hexdigest()
 
 

@@ -246,3 +246,16 @@ def test_verify_never_takes_its_reference_from_the_manifest(tmp_path):
                                                 "precision": "float32"})
     with pytest.raises(ModelSourceError, match="precision"):
         equivalence.reference_model("physnet", {"weights_sha256": "0" * 64, "precision": "int3"})
+
+
+def test_hashing_a_model_folder_follows_no_link(tmp_path):
+    """sha256_tree (SavedModel folders) hashes a link as its text: a link to a pipe or a huge file outside
+    is never read."""
+    import os
+    folder = tmp_path / "m.savedmodel"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"x")
+    before = art.sha256_tree(folder)
+    os.mkfifo(tmp_path / "pipe")
+    (folder / "variables").symlink_to(tmp_path / "pipe")  # reading it would block forever
+    assert art.sha256_tree(folder) != before
