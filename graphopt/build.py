@@ -74,11 +74,13 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     verify_ir(graph)
     log(f"      traced {len(graph.nodes)} nodes, {graph.flops() / 1e6:.1f} MFLOP/step "
         f"({time.perf_counter() - t0:.1f} s)")
+    fixed_inputs = {}
     if fps is not None:
         dt_input = graph.inputs[1].name if len(graph.inputs) > 1 else None
         if dt_input is None:
             raise BuildUsageError(f"--fps needs a model with a dt input; {model} has none")
-        graph.meta["fixed_inputs"] = {dt_input: 1.0 / fps}
+        fixed_inputs = {dt_input: 1.0 / fps}
+        graph.meta["fixed_inputs"] = fixed_inputs  # for the manifest
     if pass_names is not None:
         names = (["specialize-inputs"] if fps is not None else []) + list(pass_names)
     else:
@@ -92,12 +94,13 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         dt = [np.float32(1.0 / step_model.fps)] if step_model.takes_dt else []
         samples = [[f] + dt for f in clip]
     try:
-        graph, report = passes.run_pipeline(graph, names, verify_each=verify_each_pass, samples=samples, log=log)
+        graph, report = passes.run_pipeline(graph, names, options=passes.PassOptions(fixed_inputs=fixed_inputs),
+                                            verify_each=verify_each_pass, samples=samples, log=log)
     except passes.PassError as e:
         raise BuildError(str(e)) from e
     report["name"] = "custom" if pass_names is not None else ("default" if fuse else "none") + \
         (" (exact only)" if exact and fuse else "")
-    report["raise_math"] = _summarize_raised(graph.meta.get("raise_math", []))
+    report["raise_math"] = _summarize_raised(report.pop("notes").get("raise_math", []))
     if report["raise_math"]:
         log("      raised to native ops: " + ", ".join(
             f"{r['count']} x {r['op']} (approximation error {r['max_error']:.2g} {r['error_kind']})"

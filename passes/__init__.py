@@ -1,7 +1,8 @@
 """The pass library and per-target pipelines (imports as graphopt.passes)."""
 from __future__ import annotations
 
-from .manager import LOWERINGS, PASSES, Pass, PassError, format_report, get_pass, register, run_pipeline
+from .infra import Pass, PassBase, PassManager, PassOptions, PassResult, in_place
+from .manager import LOWERINGS, PASSES, PassError, RulePass, format_report, get_pass, register, run_pipeline
 
 # the passes every fusing pipeline runs, in order; value-changing ones only for targets they suit
 DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "drop-cast-roundtrips", "algebra", "layout",
@@ -37,5 +38,6 @@ def _suits(name: str, target) -> bool:
     return PASSES[name].suits is None or PASSES[name].suits(target)
 
 
-__all__ = ["DEFAULT_PIPELINE", "LOWERINGS", "PASSES", "PIPELINES", "Pass", "PassError", "format_report", "get_pass", "lowerings_for", "pipeline_for",
-           "register", "run_pipeline"]
+__all__ = ["DEFAULT_PIPELINE", "LOWERINGS", "PASSES", "PIPELINES", "Pass", "PassBase", "PassError", "PassManager",
+           "PassOptions", "PassResult", "RulePass", "format_report", "get_pass", "in_place", "lowerings_for",
+           "pipeline_for", "register", "run_pipeline"]

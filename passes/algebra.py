@@ -10,12 +10,20 @@ import numpy as np
 
 from graphopt.ir import Graph, Value, dot_weight_axis, is_float
 
-from .rewrite import C, P, Rule, X
+from .rewrite import C, P, Reject, Rule, X
 from .shapes import aligned, relaid
 
 
 def _scalar(v: Value) -> bool:
     return v.is_param and v.const.size == 1
+
+
+def _unpadded(pads) -> bool:
+    return all(tuple(p) == (0, 0) for p in pads)
+
+
+def _ones(values) -> bool:
+    return all(d == 1 for d in values)
 
 
 def _single_use(b, v: Value) -> bool:
@@ -178,10 +186,10 @@ def _window_conv_to_reduce(g: Graph, b):
     a = node.attrs
     n, ch = x.shape[:2]
     spatial = tuple(range(2, len(x.shape)))
-    if not w.is_param or a["groups"] != ch or w.shape[0] != ch or w.shape[1] != 1 or tuple(w.shape[2:]) != x.shape[2:] \
-            or any(tuple(p) != (0, 0) for p in a["pads"]) or any(d != 1 for d in a["lhs_dilations"]) \
-            or (len(node.inputs) == 3 and not node.inputs[2].is_param):
-        return None
+    if a["groups"] != ch or w.shape[0] != ch or w.shape[1] != 1:
+        return Reject("not a depthwise conv")
+    if tuple(w.shape[2:]) != x.shape[2:]:
+        return Reject(f"the kernel {tuple(w.shape[2:])} does not cover the whole input {x.shape[2:]}")
     k = g.add_param(np.ascontiguousarray(w.const.reshape((1,) + (ch,) + tuple(w.shape[2:]))))
     y = g.op("reduce_sum", g.op("mul", x, k), axes=spatial)
     if len(node.inputs) == 3:
@@ -234,14 +242,17 @@ def _conv_of_conv(g: Graph, b):
     pointwise projection after a downsampling conv)."""
     outer, inner_out = b["_node"], b["inner"]
     inner = inner_out.producer
-    if not _is_pointwise_conv(outer) or not _single_use(b, inner_out) or inner.attrs["groups"] != 1 \
-            or not all(v.is_param for v in inner.inputs[1:]) or (len(outer.inputs) == 3 and not outer.inputs[2].is_param):
-        return None
+    if not _is_pointwise_conv(outer):
+        return Reject("the outer conv is not a plain 1x1 conv")
+    if not _single_use(b, inner_out):
+        return Reject("the inner conv has other readers")
+    if inner.attrs["groups"] != 1 or not all(v.is_param for v in inner.inputs[1:]):
+        return Reject("the inner conv is grouped or has a computed kernel or bias")
     W1, W2 = inner.inputs[1].const.astype(np.float64), outer.inputs[1].const.astype(np.float64)
     o1, c, kernel = W1.shape[0], W1.shape[1], int(np.prod(W1.shape[2:]))
     o2 = W2.shape[0]
     if o2 * c * kernel > o1 * c * kernel + o2 * o1:
-        return None
+        return Reject("merging would add FLOPs")
     M = W2.reshape(o2, o1)
     W = np.tensordot(M, W1, axes=(1, 0))
     bias = np.zeros(o2) if len(inner.inputs) < 3 else M @ inner.inputs[2].const.astype(np.float64)
@@ -295,9 +306,10 @@ def _avg_pool(g: Graph, b):
     """div(pool_sum(x), n) with n the window size -> pool_avg(x) (what an average pool traces into)."""
     pool, n = b["pool"], b["n"]
     a = pool.producer.attrs
-    if a["mode"] != "sum" or not _single_use(b, pool) or float(n.const.reshape(-1)[0]) != float(np.prod(a["window"])) \
-            or b["_node"].outputs[0].type != pool.type:
-        return None
+    if not _single_use(b, pool):
+        return Reject("the sum pool has other readers")
+    if float(n.const.reshape(-1)[0]) != float(np.prod(a["window"])) or b["_node"].outputs[0].type != pool.type:
+        return Reject("the divisor is not the window size")
     return g.op("pool", pool.producer.inputs[0], **dict(a, mode="avg"))
 
 
@@ -323,12 +335,11 @@ RULES = [
          _scalar_scale_into_dot),
     Rule("mean-eps-regroup", P("rsqrt", P("add", P(("div", "mul"), X("s"), C("n", where=_scalar), name="q"),
                                            C("eps", where=_scalar), commute=True, name="a")), _mean_eps_regroup),
-    Rule("window-conv-to-reduce", P("conv", X(), C()), _window_conv_to_reduce),
-    Rule("window-conv-to-reduce", P("conv", X(), C(), C()), _window_conv_to_reduce),
+    Rule("window-conv-to-reduce", P("conv", X(), C(), more=C(), attrs={"pads": _unpadded, "lhs_dilations": _ones}),
+         _window_conv_to_reduce),
     Rule("dot-of-dot", P("dot", X(), C()), _dot_of_dot),
-    Rule("conv-of-conv", P("conv", P("conv", name="inner"), C()), _conv_of_conv),
-    Rule("conv-of-conv", P("conv", P("conv", name="inner"), C(), C()), _conv_of_conv),
+    Rule("conv-of-conv", P("conv", P("conv", name="inner"), C(), more=C()), _conv_of_conv),
     Rule("slice-of-dot", P("slice", P("dot", X(), C(), name="d")), _slice_of_dot),
-    Rule("avg-pool", P("div", P("pool", name="pool"), C("n", where=_scalar)), _avg_pool),
+    Rule("avg-pool", P("div", P("pool", name="pool", attrs={"mode": "sum"}), C("n", where=_scalar)), _avg_pool),
     Rule("mul-reduce-to-dot", P("reduce_sum", P("mul", X("p"), X("q"), name="prod")), _mul_reduce_to_dot),
 ]

@@ -15,7 +15,7 @@ from . import algebra
 from .algebra import _single_use, _unit_reshape_keeps_last
 from .shapes import aligned, regrouped, relaid, unit_reshape
 from .cleanup import dce
-from .rewrite import C, P, Rule, X
+from .rewrite import C, P, Reject, Rule, X
 
 ELEMENTWISE = tuple(sorted(n for n, op in OPS.items() if op.elementwise))
 
@@ -189,9 +189,10 @@ def _conv_input_scale(g: Graph, b):
     x = b["x"]
     w = node.inputs[1]
     vec = _channel_vector(s.const, scaled)
-    if vec is None or not w.is_param or node.attrs["groups"] != 1 or x.shape != scaled.shape \
-            or any(d != 1 for d in node.attrs["lhs_dilations"]):
-        return None
+    if vec is None:
+        return Reject("the scale is not one value per input channel")
+    if x.shape != scaled.shape:
+        return Reject("the scale broadcasts x to a larger shape")
     kernel = (w.const * vec.reshape((1, -1) + (1,) * (w.const.ndim - 2))).astype(w.dtype)
     return g.add_node("conv", [x, g.add_param(kernel)] + node.inputs[2:], **node.attrs).outputs[0]
 
@@ -244,9 +245,8 @@ RULES = [
     # made a conv, and a normalisation's scale moved on to the convs that read it
     *[r for r in algebra.RULES if r.name in ("conv-of-conv", "scale-out-of-add", "dot-output-scale")],
     Rule("conv-scale", P("mul", P("conv", name="conv"), C("s"), commute=True), _conv_scale),
-    Rule("conv-input-scale", P("conv", P("mul", X("x"), C("s"), commute=True, name="scaled"), C()), _conv_input_scale),
-    Rule("conv-input-scale", P("conv", P("mul", X("x"), C("s"), commute=True, name="scaled"), C(), C()),
-         _conv_input_scale),
+    Rule("conv-input-scale", P("conv", P("mul", X("x"), C("s"), commute=True, name="scaled"), C(), more=C(),
+                               attrs={"groups": 1, "lhs_dilations": algebra._ones}), _conv_input_scale),
     Rule("pool-of-transpose", P("pool", P("transpose", X(), name="t")), _pool_of_transpose),
 ]
 

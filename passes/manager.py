@@ -1,4 +1,5 @@
-"""Pass registry and pass manager: per-pass report, fixpoint iteration, --verify-each-pass."""
+"""The pass registry (every built-in pass, by name) and the pipeline driver: per-pass report with rule fire
+counts, --verify-each-pass. Passes, results and nested managers are defined in passes/infra.py."""
 from __future__ import annotations
 
 import time
@@ -11,76 +12,82 @@ from graphopt import state_views
 from graphopt.ir import Graph, Interpreter, verify
 from graphopt.targets import Capabilities
 
-from . import cleanup
+from . import algebra, cleanup, forms, layout, lowering, numerics, raise_math, roundtrip, simplify, specialize, \
+    state_layout
+from .infra import Pass, PassBase, PassManager, PassOptions, PassResult, in_place
+from .rewrite import Rule, apply_rules
 
 
 class PassError(RuntimeError):
     """A pass broke the graph's invariants or its output; the message names the pass."""
 
 
-@dataclass(frozen=True)
-class Pass:
-    name: str
-    run: Callable[[Graph], bool]  # mutates the graph, returns whether it changed anything
-    exact: bool = True  # same math up to float rounding; False: value-changing
-    suits: Callable[[Capabilities], bool] | None = None  # the targets it suits, by capability (None: all)
-    fixpoint: bool = False  # repeat until it reports no change
-    doc: str = ""
+PASSES: dict[str, PassBase] = {}
 
 
-PASSES: dict[str, Pass] = {}
-
-
-def register(p: Pass) -> Pass:
+def register(p: PassBase) -> PassBase:
     PASSES[p.name] = p
     return p
 
 
-def get_pass(name: str) -> Pass:
+def get_pass(name: str) -> PassBase:
     if name not in PASSES:
         raise PassError(f"unknown pass {name!r}; available: {', '.join(sorted(PASSES))}")
     return PASSES[name]
 
 
-register(Pass("dce", cleanup.dce, doc="drop nodes nothing observes"))
-register(Pass("cse", cleanup.cse, doc="merge identical nodes and identical constants"))
-register(Pass("fold-constants", cleanup.fold_constants, doc="evaluate parameter-only subgraphs"))
+@dataclass(frozen=True)
+class RulePass(PassBase):
+    """Applies a rule list to a fixpoint; the result counts how often each rule fired."""
+    name: str
+    rules: tuple[Rule, ...]
+    exact: bool = True
+    suits: Callable[[Capabilities], bool] | None = None
+    doc: str = ""
+
+    def __call__(self, graph: Graph, options: PassOptions) -> PassResult:
+        fired = apply_rules(graph, list(self.rules))
+        return PassResult(graph, bool(fired), fired)
 
 
-def rule_pass(module: str) -> Callable[[Graph], bool]:
-    """A pass that applies the rule list RULES of passes/<module>.py to a fixpoint."""
-    def run(graph: Graph) -> bool:
-        import importlib
-        from .rewrite import apply_rules
-        return apply_rules(graph, importlib.import_module(f"{__package__}.{module}").RULES)
-    return run
+def _specialize(graph: Graph, options: PassOptions) -> bool:
+    return specialize.specialize_inputs(graph, options.fixed_inputs)
 
 
-register(Pass("simplify", rule_pass("simplify"),
-              doc="reshape/transpose/broadcast chains and identities, broadcasts made implicit, x*1, x+0, "
-                  "ops over concats split where a piece folds, flattened concats of reshapes"))
-register(Pass("algebra", rule_pass("algebra"),
-              doc="relu6 -> clamp, a-(a-x), scale chains, scales and back-to-back linear maps folded into "
-                  "dot weights, slices of a dot split, broadcast-multiply + reduce-sum -> dot"))
-register(Pass("drop-cast-roundtrips", rule_pass("roundtrip"), exact=False,
-              doc="float casts to a narrower type and straight back removed (value-changing)"))
-def _layout(graph: Graph) -> bool:
-    from .layout import hoist_unit_reshapes, sink_reshapes, sink_transpose_regions
-    changed = rule_pass("layout")(graph)
-    while sink_transpose_regions(graph) | hoist_unit_reshapes(graph) | sink_reshapes(graph):
-        changed = True
-        rule_pass("layout")(graph)
-    return changed
+def _raise_math(graph: Graph, options: PassOptions) -> PassResult:
+    log = raise_math.raise_math(graph)
+    return PassResult(graph, bool(log), notes={"raise_math": log} if log else {})
 
 
-register(Pass("layout", _layout,
-              doc="transposes sunk through elementwise ops (one op or a whole region) and pools, absorbed by "
-                  "dots/reductions; per-channel scale and bias folded into convs"))
+DCE = register(Pass("dce", in_place(cleanup.dce), doc="drop nodes nothing observes"))
+CSE = register(Pass("cse", in_place(cleanup.cse), doc="merge identical nodes and identical constants"))
+register(Pass("fold-constants", in_place(cleanup.fold_constants), doc="evaluate parameter-only subgraphs"))
+SIMPLIFY = register(RulePass(
+    "simplify", tuple(simplify.RULES),
+    doc="reshape/transpose/broadcast chains and identities, broadcasts made implicit, x*1, x+0, "
+        "ops over concats split where a piece folds, flattened concats of reshapes"))
+register(RulePass("algebra", tuple(algebra.RULES),
+                  doc="relu6 -> clamp, a-(a-x), scale chains, scales and back-to-back linear maps folded into "
+                      "dot weights, slices of a dot split, broadcast-multiply + reduce-sum -> dot"))
+register(RulePass("drop-cast-roundtrips", tuple(roundtrip.RULES), exact=False,
+                  doc="float casts to a narrower type and straight back removed (value-changing)"))
+_SINK_RESHAPES = Pass("sink-reshapes", in_place(layout.sink_reshapes))
+_HOIST_RESHAPES = Pass("hoist-unit-reshapes", in_place(layout.hoist_unit_reshapes))
+# moving reshapes can let a transpose region move, and the reverse: the rules and the region moves repeat
+LAYOUT = register(PassManager(
+    "layout", (RulePass("layout-rules", tuple(layout.RULES)),
+               Pass("sink-transpose-regions", in_place(layout.sink_transpose_regions)), _HOIST_RESHAPES,
+               _SINK_RESHAPES),
+    fixpoint=True,
+    doc="transposes sunk through elementwise ops (one op or a whole region) and pools, absorbed by "
+        "dots/reductions; per-channel scale and bias folded into convs"))
+# the cleanup a state-layout trial runs (a cancelled transpose can let a reshape region move, and the reverse)
+_LAYOUT_CLEANUP = PassManager("layout-cleanup", (LAYOUT, SIMPLIFY, CSE, DCE), fixpoint=True, max_rounds=4)
 
 
-def _state_layout(graph: Graph) -> bool:
-    from .state_layout import state_layout
-    return state_layout(graph)
+def _state_layout(graph: Graph, options: PassOptions) -> PassResult:
+    new = state_layout.state_layout(graph, lambda g: _LAYOUT_CLEANUP(g, options))
+    return PassResult(graph, False) if new is None else PassResult(new, True)
 
 
 # targets whose convolutions run channels-first (the IR's conv layout); the xla and tf/tflite lowerings
@@ -88,49 +95,25 @@ def _state_layout(graph: Graph) -> bool:
 register(Pass("state-layout", _state_layout, suits=lambda caps: caps.channels_first_convs,
               doc="recurrent state stored in the layout its neighbourhood computes in (fewer transposes); "
                   "the state's view maps it back to the model's layout"))
-
-
-def _onnx_forms(graph: Graph) -> bool:
-    from .layout import hoist_unit_reshapes, sink_reshapes
-    changed = rule_pass("forms")(graph)
-    if changed:  # tidy the reshapes the forms add: chains collapsed, then regions moved past them
-        rule_pass("simplify")(graph)
-        while sink_reshapes(graph) | hoist_unit_reshapes(graph):
-            pass
-    return changed
-
-
-register(Pass("onnx-forms", _onnx_forms, suits=lambda caps: caps.onnx_ops,
-              doc="forms that lower to fewer or faster ONNX ops: a dot with a vector as a matrix product, a "
-                  "whole-image mean of a conv output as a global average pool, a bias next to its dot (Gemm)"))
-
-
-def _specialize(graph: Graph) -> bool:
-    from .specialize import specialize_inputs
-    return specialize_inputs(graph)
-
-
+# the reshapes the forms add are tidied: chains collapsed, then regions moved past them
+register(PassManager(
+    "onnx-forms", (RulePass("forms", tuple(forms.RULES)),),
+    then=PassManager("tidy-reshapes", (SIMPLIFY, PassManager("move-reshapes", (_SINK_RESHAPES, _HOIST_RESHAPES), fixpoint=True))),
+    suits=lambda caps: caps.onnx_ops,
+    doc="forms that lower to fewer or faster ONNX ops: a dot with a vector as a matrix product, a "
+        "whole-image mean of a conv output as a global average pool, a bias next to its dot (Gemm)"))
 register(Pass("specialize-inputs", _specialize,
               doc="bake inputs fixed at build time (--fps: dt = 1/fps) into constants"))
-
-
-def _raise_math(graph: Graph) -> bool:
-    from .raise_math import raise_math
-    return raise_math(graph)
-
-
 # targets whose runtimes have exp, sin and cos as native ops
 register(Pass("raise-math", _raise_math, exact=False, suits=lambda caps: caps.native_transcendentals,
               doc="polynomial exp/sin/cos with range reduction -> native op (value-changing)"))
-
-
 # targets whose runtimes do not take a conv with input (lhs) dilation as it is
-register(Pass("expand-lhs-dilation", rule_pass("lowering"), suits=lambda caps: not caps.input_dilated_convs,
-              doc="lowering: conv with input dilation (transposed conv) -> zero insertion + conv"))
+register(RulePass("expand-lhs-dilation", tuple(lowering.RULES), suits=lambda caps: not caps.input_dilated_convs,
+                  doc="lowering: conv with input dilation (transposed conv) -> zero insertion + conv"))
 # runtimes that add a reduction's terms one after another (XLA sums in a tree)
-register(Pass("split-long-reductions", rule_pass("numerics"), suits=lambda caps: caps.sequential_sums,
-              doc="lowering: sums over many elements split into short partial sums (float32 rounding "
-                  "stays at the noise floor)"))
+register(RulePass("split-long-reductions", tuple(numerics.RULES), suits=lambda caps: caps.sequential_sums,
+                  doc="lowering: sums over many elements split into short partial sums (float32 rounding "
+                      "stays at the noise floor)"))
 LOWERINGS = ["expand-lhs-dilation", "split-long-reductions"]  # run for every target they suit, fused or not
 
 
@@ -147,31 +130,33 @@ def _sample_run(graph: Graph, samples: list[list[np.ndarray]]) -> np.ndarray:
     return np.stack(outs)
 
 
-def run_pipeline(graph: Graph, names: list[str], *, verify_each: bool = False,
+def run_pipeline(graph: Graph, names: list[str], *, options: PassOptions | None = None, verify_each: bool = False,
                  samples: list[list[np.ndarray]] | None = None, rtol: float = 1e-3,
                  log: Callable[[str], None] | None = None) -> tuple[Graph, dict]:
-    """Run passes in order, recording node count, FLOPs and time after each.
+    """Run passes in order, recording node count, FLOPs, time and rule fire counts after each. Returns the
+    final graph (a pass may return a new one) and the report; the report's "notes" gather what passes
+    reported (e.g. "raise_math": one entry per approximation replaced).
 
     With verify_each, the structural verifier runs after every pass and, given sample inputs,
     the graph's outputs (and state) are compared with the input graph's; the first pass whose
     outputs move by more than rtol (relative to the largest output magnitude) raises PassError.
     """
     passes = [get_pass(n) for n in names]
+    options = options or PassOptions()
     report = {"passes": [{"name": "(traced)", "nodes": len(graph.nodes), "flops": graph.flops()}],
-              "exact": True}  # False once a value-changing pass has changed the graph
+              "exact": True, "notes": {}}  # exact: False once a value-changing pass has changed the graph
     baseline = _sample_run(graph, samples) if verify_each and samples else None
     for p in passes:
         t0 = time.perf_counter()
-        changed, rounds = False, 0
-        while True:
-            rounds += 1
-            step_changed = p.run(graph)
-            changed |= step_changed
-            if not (p.fixpoint and step_changed) or rounds >= 20:
-                break
+        result = p(graph, options)
+        graph, changed = result.graph, result.changed
+        for kind, entries in result.notes.items():
+            report["notes"].setdefault(kind, []).extend(entries)
         report["exact"] &= p.exact or not changed
         entry = {"name": p.name, "changed": bool(changed), "exact": p.exact, "nodes": len(graph.nodes),
                  "flops": graph.flops(), "time_s": round(time.perf_counter() - t0, 4)}
+        if result.fired:
+            entry["fired"] = dict(sorted(result.fired.items()))
         if verify_each:
             try:
                 verify(graph)

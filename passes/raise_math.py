@@ -15,7 +15,7 @@ two. This pass finds such constructions by structure and identifies them by eval
    The widest match (latest y, earliest c) is replaced by one native op.
 
 The result is value-changing: the native op differs from the approximation by the
-approximation's own error (measured on the probe domain and stored in graph.meta["raise_math"]),
+approximation's own error (measured on the probe domain and returned in the pass result's notes["raise_math"]),
 and outside the approximation's valid range it differs more. It is on by default only for
 targets that have exp, sin and cos natively.
 """
@@ -156,11 +156,11 @@ def _find_match(members: list[Node], cones: _Cones, x: Value):
     return None
 
 
-def raise_math(graph: Graph) -> bool:
-    """Replace every recognised approximation of exp/sin/cos by the native op. Returns whether any was."""
-    log = graph.meta.setdefault("raise_math", [])
+def raise_math(graph: Graph) -> list[dict]:
+    """Replace every recognised approximation of exp/sin/cos by the native op. Returns one entry per
+    replacement (op, approximation error on the probe domain, error kind, domain); empty when none was."""
+    log: list[dict] = []
     changed = True
-    sweeps = 0
     while changed:
         changed = False
         cones = _Cones(graph)
@@ -177,5 +177,4 @@ def raise_math(graph: Graph) -> bool:
         if changed:
             graph.toposort()
             dce(graph)
-            sweeps += 1
-    return sweeps > 0
+    return log

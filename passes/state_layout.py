@@ -14,17 +14,19 @@ candidate layout, the state output the chain applied to the old output, then the
 passes run. The trial is kept if it lowers the cost (elements moved by transposes, then nodes).
 The state's view (graphopt.state_views) records how to get the model's tensor back, so Streams
 still report the authors' state. Exact: only data movement changes.
+
+The layout cleanup that trials run is a pass given by the caller (graphopt.passes.manager builds it
+from the registered layout, simplify, cse and dce passes), so this module needs no pass registry.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
 from graphopt.ir import Graph, Value
 
 from .layout import _inverse, connected
-
-CLEANUP = ("layout", "simplify", "cse", "dce")
-
 
 def _neighbourhood(graph: Graph, pair, users) -> list:
     """Elementwise nodes of the state's shape connected to its input's readers and its output."""
@@ -147,13 +149,7 @@ def cost(graph: Graph) -> tuple[int, int]:
     return moved, len(graph.nodes)
 
 
-def _cleanup(graph: Graph, rounds: int = 4) -> None:
-    """The layout cleanup passes, repeated while they still change the graph (a cancelled transpose
-    can let a reshape region move, and the reverse)."""
-    from .manager import get_pass
-    for _ in range(rounds):
-        if not any([get_pass(name).run(graph) for name in CLEANUP]):
-            break
+Cleanup = Callable[[Graph], None]  # tidies a trial graph in place
 
 
 def _groups(graph: Graph, users) -> list[list[int]]:
@@ -175,7 +171,7 @@ def _groups(graph: Graph, users) -> list[list[int]]:
     return list(groups.values())
 
 
-def _trial(graph: Graph, choices: list[tuple[list[int], tuple]]) -> Graph:
+def _trial(graph: Graph, choices: list[tuple[list[int], tuple]], cleanup: Cleanup) -> Graph:
     """A clone with each group of states re-laid to its candidate layout, cleaned up."""
     trial = graph.clone()
     users = trial.users()
@@ -185,12 +181,13 @@ def _trial(graph: Graph, choices: list[tuple[list[int], tuple]]) -> Graph:
         for i in group:
             _relayout(trial, trial.state[i], cand)
         _relayout_projections(trial, hood, model_shape, cand)
-    _cleanup(trial)
+    cleanup(trial)
     return trial
 
 
-def state_layout(graph: Graph) -> bool:
-    """Re-lay every group of states whose neighbourhood then needs fewer transposes. Returns whether any was.
+def state_layout(graph: Graph, cleanup: Cleanup) -> Graph | None:
+    """Re-lay every group of states whose neighbourhood then needs fewer transposes. Returns the new graph
+    (a cleaned-up clone), or None when no re-laying lowers the cost; `graph` itself is left as it is.
 
     All groups are first tried at once with their first candidate (one cleanup for the whole model);
     where that does not lower the cost, each group and candidate is tried on its own."""
@@ -203,8 +200,8 @@ def state_layout(graph: Graph) -> bool:
         if cands:
             options.append((group, cands))
     if not options:
-        return False
-    trial = _trial(graph, [(group, cands[0]) for group, cands in options])
+        return None
+    trial = _trial(graph, [(group, cands[0]) for group, cands in options], cleanup)
     trial_cost = cost(trial)
     if trial_cost[0] < cost(graph)[0]:
         # fewer elements transposed than the graph as it came (the layout pass ran just before, so the
@@ -212,23 +209,13 @@ def state_layout(graph: Graph) -> bool:
         best, best_cost = trial, trial_cost
     else:
         base = graph.clone()
-        _cleanup(base)  # trials are cleaned up: compare them with the graph cleaned up alike
+        cleanup(base)  # trials are cleaned up: compare them with the graph cleaned up alike
         best, best_cost = (trial, trial_cost) if trial_cost < cost(base) else (None, cost(base))
     if best is None:
         for group, cands in options:
             for cand in cands:
-                trial = _trial(best or graph, [(group, cand)])
+                trial = _trial(best or graph, [(group, cand)], cleanup)
                 trial_cost = cost(trial)
                 if trial_cost < best_cost:
                     best, best_cost = trial, trial_cost
-    if best is None:
-        return False
-    _adopt(graph, best)
-    return True
-
-
-def _adopt(graph: Graph, other: Graph) -> None:
-    """Make graph the trial graph (in place: callers hold the Graph object)."""
-    graph.inputs, graph.outputs, graph.state, graph.nodes = other.inputs, other.outputs, other.state, other.nodes
-    graph.output_names, graph.meta = other.output_names, other.meta
-    graph._names, graph._counter = other._names, other._counter
+    return best

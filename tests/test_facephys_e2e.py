@@ -301,7 +301,7 @@ def test_verify_each_pass_names_a_broken_pass(facephys, tmp_path, capsys):
         for n in hit:
             n.op = "sub"
         return bool(hit)
-    passes.register(passes.Pass("test-break-adds", break_adds))
+    passes.register(passes.Pass("test-break-adds", passes.in_place(break_adds)))
     try:
         with pytest.raises(BuildError, match="pass test-break-adds changed the graph's outputs"):
             build("facephys", "onnx", tmp_path / "out", pass_names=["simplify", "test-break-adds"],

@@ -81,7 +81,7 @@ def test_approximation_is_raised_to_native_op(fn, native):
     np.testing.assert_allclose(after, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(after, before, rtol=1e-2, atol=1e-3)  # it was an approximation of it
     assert report["exact"] is False
-    [entry] = g.meta["raise_math"]
+    [entry] = report["notes"]["raise_math"]
     assert entry["op"] == native and 0 < entry["max_error"] < 1e-2
 
 

@@ -9,7 +9,7 @@ import pytest
 from graphopt import artifact as art
 from graphopt import state_views
 from graphopt.ir import Graph, Interpreter, TensorType, verify
-from graphopt.passes import PassError, Pass, register, run_pipeline
+from graphopt.passes import PassError, Pass, in_place, register, run_pipeline
 from graphopt.passes.manager import PASSES
 
 C, H, W = 4, 3, 5
@@ -123,7 +123,7 @@ def test_state_layout_stores_a_channels_last_state_channels_first_and_cancels_th
     g = running_mean_net()
     before = steps(g)
     assert transposes(g) == 2
-    run_pipeline(g, CLEANUP)
+    g, _ = run_pipeline(g, CLEANUP)
     verify(g)
     assert transposes(g) == 0
     assert [s.input.shape for s in g.state] == [(1, C, H, W)] * 2
@@ -139,7 +139,7 @@ def test_state_layout_moves_a_channels_last_input_projection_to_a_conv():
     of the transposed 3-channel input, so only that small transpose is left."""
     g = running_mean_net(projection=True)
     before = steps(g)
-    run_pipeline(g, CLEANUP)
+    g, _ = run_pipeline(g, CLEANUP)
     verify(g)
     assert [s.input.shape for s in g.state] == [(1, C, H, W)] * 2
     (t,) = [n for n in g.nodes if n.op == "transpose"]
@@ -155,7 +155,7 @@ def test_state_layout_leaves_a_state_alone_when_no_layout_chain_meets_it():
     g.state[0].output = g.op("add", s, x)
     g.outputs, g.output_names = [g.op("mul", g.state[0].output, x)], ["y"]
     text = str(g)
-    _, report = run_pipeline(g, ["state-layout"])
+    g, report = run_pipeline(g, ["state-layout"])
     assert not report["passes"][1]["changed"] and str(g) == text and g.state[0].view == ()
 
 
@@ -169,7 +169,7 @@ def test_state_layout_keeps_the_model_layout_when_the_other_costs_more():
     g.state[0].output = s2
     g.outputs = [g.op("mul", s2, x), g.op("transpose", s2, perm=(0, 3, 1, 2))]
     g.output_names = ["y", "z"]
-    _, report = run_pipeline(g, ["state-layout"])
+    g, report = run_pipeline(g, ["state-layout"])
     assert not report["passes"][1]["changed"] and g.state[0].input.shape == (1, H, W, C)
 
 
@@ -183,7 +183,7 @@ def test_verify_each_pass_compares_state_through_the_views():
         _relayout(graph, graph.state[0], ((1, H, W, C), (0, 3, 1, 2)))
         graph.state[0].view = (("reshape", (1, 1, H, W, C)),)
         return True
-    register(Pass("test-bad-state-view", bad_view))
+    register(Pass("test-bad-state-view", in_place(bad_view)))
     try:
         with pytest.raises(PassError, match="test-bad-state-view"):
             run_pipeline(running_mean_net(), ["test-bad-state-view"], verify_each=True, samples=samples)
@@ -198,7 +198,7 @@ def test_onnx_stream_reports_the_model_layout_and_keeps_the_stored_one_native(tm
     from graphopt.targets import onnx as onnx_target
     g = running_mean_net()
     ref = running_mean_net()
-    run_pipeline(g, CLEANUP)
+    g, _ = run_pipeline(g, CLEANUP)
     g.meta.update(model="net", fps=10.0)
     a = onnx_target.emit(g, tmp_path, {"stem": "net"})
     m = a.manifest

@@ -1,5 +1,6 @@
 """The canonical graph IR."""
-from .graph import DTYPES, Graph, Node, StatePair, TensorType, Value, canonical_dtype, is_float
+from .types import DTYPES, TensorType, canonical_dtype, is_float
+from .graph import Graph, Node, StatePair, Value
 from .interpreter import Interpreter, run_graph
 from .ops import OPS, IRTypeError, OpDef, dot_weight_axis, get_op
 from .printer import format_graph, format_node

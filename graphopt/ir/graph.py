@@ -7,46 +7,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-DTYPES = ("bool", "int32", "int64", "float16", "float32", "float64")
-SHORT_DTYPE = {"bool": "i1", "int32": "i32", "int64": "i64",
-               "float16": "f16", "float32": "f32", "float64": "f64"}
-
-
-def canonical_dtype(dtype: Any) -> str:
-    """Map a NumPy/JAX dtype (or its name) to one of the IR's dtype names."""
-    name = np.dtype(dtype).name
-    if name not in DTYPES:
-        raise TypeError(f"dtype {name!r} is not supported by the graphopt IR (supported: {', '.join(DTYPES)})")
-    return name
-
-
-def is_float(dtype: str) -> bool:
-    return dtype.startswith("float")
-
-
-@dataclass(frozen=True)
-class TensorType:
-    shape: tuple[int, ...]
-    dtype: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        if self.dtype not in DTYPES:
-            raise TypeError(f"unknown dtype {self.dtype!r}")
-        if any(d < 0 for d in self.shape):
-            raise ValueError(f"negative dimension in shape {self.shape}")
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
-
-    def __str__(self) -> str:
-        return f"{SHORT_DTYPE[self.dtype]}[{','.join(map(str, self.shape))}]"
-
+from .ops import get_op
+from .types import DTYPES, SHORT_DTYPE, TensorType, canonical_dtype, is_float  # noqa: F401 (re-exported)
 
 class Value:
     """An SSA value: produced once (by a node, or as a graph input/parameter/state input)."""
@@ -164,7 +126,6 @@ class Graph:
 
     def add_node(self, op: str, inputs: Iterable[Value], **attrs: Any) -> Node:
         """Append a node, inferring its output types from the op registry."""
-        from .ops import get_op
         inputs = list(inputs)
         opdef = get_op(op)
         attrs = opdef.normalize_attrs(attrs)
@@ -272,7 +233,6 @@ class Graph:
         return dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def flops(self) -> int:
-        from .ops import get_op
         return sum(get_op(n.op).flops([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs)
                    for n in self.nodes)
 
@@ -283,5 +243,5 @@ class Graph:
         return sum(s.input.type.nbytes for s in self.state)
 
     def __str__(self) -> str:
-        from .printer import format_graph
+        from .printer import format_graph  # the printer reads graphs: imported when one is printed
         return format_graph(self)

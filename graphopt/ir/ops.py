@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .graph import TensorType, is_float
+from .types import TensorType, is_float
 
 Infer = Callable[[list[TensorType], dict], list[TensorType]]
 Compute = Callable[..., Any]

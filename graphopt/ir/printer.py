@@ -1,9 +1,10 @@
 """Readable text form of a graph: one line per node."""
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from .graph import Graph, Node, Value
+if TYPE_CHECKING:
+    from .graph import Graph, Node, Value
 
 
 def _attr(v) -> str:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Graph, TensorType
+from .graph import Graph
+from .types import TensorType
 from .ops import IRTypeError, get_op
 
 
