@@ -20,6 +20,7 @@ from . import artifact as art
 from .stream import Stream
 
 FRAME_NAMES = ("frame", "input", "x", "image", "input_1")
+SUFFIXES = (".onnx", ".tflite")  # the step-model files a baseline may be
 
 
 class BaselineError(art.ArtifactError):
@@ -210,17 +211,17 @@ def open_baseline(path: str | Path, model: str = "facephys", state_file: str | N
     p = Path(path)
     if not p.is_file():
         raise BaselineError(f"baseline model {p} does not exist")
-    if p.suffix in (".onnx", ".tflite"):
+    if p.suffix in SUFFIXES:
         trust.check_model_file(p, p.parent)  # what loading it may execute or read, before a runtime sees it
     state = load_state_file(state_file) if state_file else None
     if p.suffix == ".onnx":
         return OnnxBaseline(p, model, state, threads)
     if p.suffix == ".tflite":
         return TfliteBaseline(p, model, state, threads)
-    raise BaselineError(f"{p}: a baseline must be an .onnx or .tflite step model")
+    raise BaselineError(f"{p}: a baseline must be an {' or '.join(SUFFIXES)} step model")
 
 
 def is_baseline(path: str | Path) -> bool:
     """A model file with no graphopt manifest beside it."""
     p = Path(path)
-    return p.is_file() and p.suffix in (".onnx", ".tflite") and not art.manifest_path_for(p).is_file()
+    return p.is_file() and p.suffix in SUFFIXES and not art.manifest_path_for(p).is_file()

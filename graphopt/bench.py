@@ -18,14 +18,15 @@ import numpy as np
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 # rows that are not graphopt targets (a target's backend is in its descriptor: backend() below)
-OTHER_BACKENDS = {"baseline-onnx": "onnxruntime (CPU EP)", "baseline-tflite": "LiteRT + XNNPACK",
-                  "reference": "JAX JIT (authors' step)"}
+OTHER_BACKENDS = {"reference": "JAX JIT (authors' step)"}
 
 
 def backend(row_kind: str) -> str:
-    """The runtime behind a row: a target's declared backend, or a baseline's or the reference's."""
+    """The runtime behind a row: a target's declared backend (also for "baseline-<target>", a baseline
+    run on that target's runtime), or the reference's."""
     from .targets import MODULES, get
-    return get(row_kind).backend if row_kind in MODULES else OTHER_BACKENDS.get(row_kind, row_kind)
+    kind = row_kind.removeprefix("baseline-")
+    return get(kind).backend if kind in MODULES else OTHER_BACKENDS.get(row_kind, row_kind)
 
 
 def single_thread_env() -> None:
@@ -84,6 +85,7 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
     from .baseline import open_baseline
     from .benchmark import measure, plan
     from .build import EngineNeedsGpu, build, target_module
+    from .targets import get as get_target
     from .targets import names as target_names
     from .equivalence import Clip
 
@@ -107,8 +109,9 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
             try:
                 a = build(model, t, work / f"{model}-{t}-{'fused' if fused else 'unfused'}", fuse=fused,
                           verify=False, force=force, log=lambda m: None)
-            except EngineNeedsGpu:
-                log(f"skipping {t}: its engine needs an NVIDIA GPU with TensorRT (the legal ONNX is the onnx row)")
+            except EngineNeedsGpu as e:  # a part only a machine with a device builds
+                part = get_target(t).device_part
+                log(f"skipping {t}: {part.bench_note if part else e}")
                 break
             stream = art.load(a.path, threads=1)
             steps[name] = stream.step

@@ -39,12 +39,13 @@ def log_stderr(msg: str) -> None:
 def build(model: str, target: str, out: str | Path, *, weights: str | None = None, as_published: bool = False,
           fuse: bool = True, pass_names: list[str] | None = None, verify_each_pass: bool = False,
           verify: bool = True, frames: int = 600, exact: bool = False, fps: float | None = None,
-          target_options: dict | None = None, force: bool = False,
+          target_options: dict | None = None, force: bool = False, explain: list[str] = (),
           log: Callable[[str], None] = log_stderr) -> art.Artifact:
     """Build one artifact into `out` (a new or empty folder, written atomically; with force, an earlier
     graphopt artifact there is replaced). Raises on any failure, leaving `out` as it was.
 
-    exact: run only exact passes (rounding-level tier); fps: bake dt = 1/fps into the graph.
+    exact: run only exact passes (rounding-level tier); fps: bake dt = 1/fps into the graph;
+    explain: rewrite rules to report on after the pipeline (why each did not fire where it could start).
     """
     from graphopt import models, passes
     from .outdir import check_destination
@@ -58,8 +59,13 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     if verify:
         equivalence.check_frames(frames)
     models.adapter(model)  # an unknown model, pass or weights file fails before any work
-    for name in pass_names or ():
-        passes.get_pass(name)
+    try:
+        for name in pass_names or ():
+            passes.get_pass(name)
+        for name in explain:
+            passes.find_rule(name)
+    except passes.PassError as e:
+        raise BuildUsageError(str(e)) from None
     if weights is not None and not Path(weights).is_file():
         raise BuildUsageError(f"--weights {weights} is not a file")
     out = check_destination(Path(out), force)  # before the long work: a refused --out costs nothing
@@ -106,6 +112,11 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
             f"{r['count']} x {r['op']} (approximation error {r['max_error']:.2g} {r['error_kind']})"
             for r in report["raise_math"]))
     graph.meta["pipeline"] = report
+    for name in explain:
+        fired = sum(p.get("fired", {}).get(name, 0) for p in report["passes"])
+        log(f"      rule {name} fired {fired} time(s) in the pipeline")
+        for line in passes.explain_rule(graph, name):
+            log("      " + line)
     precision = step_model.source["precision"]
     tier = "rounding" if report["exact"] else "signal"
     log(f"      {len(graph.nodes)} nodes after the pipeline; tier claimed: {tier}"

@@ -30,24 +30,47 @@ def _number(kind, lo, hi):
     return parse
 
 
+def _target_flags() -> dict:
+    """Every target's own build flags (their descriptors' options), in registry order: flag -> (the
+    Option, the names of the targets that take it)."""
+    from .targets import MODULES, get
+    flags = {}
+    for name in MODULES:
+        for o in get(name).options:
+            flags.setdefault(o.flag, (o, []))[1].append(name)
+    return flags
+
+
+def _add_target_flags(b) -> None:
+    for flag, (o, owners) in _target_flags().items():
+        kw = {"action": "store_true"} if o.switch else \
+            {"choices": list(o.choices) or None, "type": _number(o.kind, *o.range) if o.range else None}
+        b.add_argument(flag, help=f"{'/'.join(owners)}: {o.help}", **kw)
+
+
+def _or(words: list[str]) -> str:
+    return " or ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .baseline import SUFFIXES
     from .build import MAX_FPS, MIN_FPS
     from .equivalence import MAX_FRAMES
+    from .targets import MODULES, get, release_variants
+    finishing = {n: get(n).device_part for n in MODULES if get(n).device_part}
+    checks = {n: get(n).check for n in MODULES if get(n).check}
+    baseline = "an " + "/".join(SUFFIXES) + " step model"
     frames = _number(int, 1, MAX_FRAMES)  # the lower bound depends on the model (equivalence.check_frames)
     p = _Parser(prog="graphopt", description="Export and optimise streaming rPPG models.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="build a model into a verified artifact")
     b.add_argument("--model", help="model name: facephys or physnet")
-    b.add_argument("--target", required=True,
-                   help="target runtime: onnx, xla, tflite, tf, torch, torch-compile or tensorrt")
+    b.add_argument("--target", required=True, help=f"target runtime: {_or(list(MODULES))}")
     b.add_argument("--out", help="artifact folder to write (replaced atomically)")
     b.add_argument("--from", dest="from_artifact", metavar="ARTIFACT",
-                   help="tensorrt: build the engine into an existing tensorrt artifact (needs a GPU)")
-    b.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 engine")
-    b.add_argument("--quantize", choices=["fp16", "int8"],
-                   help="tflite: float16 weights (signal tier) or int8 dynamic-range weights (quantised tier)")
-    b.add_argument("--opt-level", type=_number(int, 0, 5), help="tensorrt: builder optimization level (0-5, default 3)")
+                   help="; ".join(f"{n}: {d.from_help}" for n, d in finishing.items()))
+    _add_target_flags(b)
     b.add_argument("--weights", help="weights file overriding the one the model package ships")
     b.add_argument("--as-published", action="store_true",
                    help="keep the authors' mixed_float16 convs instead of the canonical float32 form")
@@ -57,8 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run only exact passes (no raising of approximated math): rounding-level tier")
     b.add_argument("--fps", type=_number(float, MIN_FPS, MAX_FPS),
                    help="bake dt = 1/FPS into the graph and fold what follows from it")
-    b.add_argument("--state-mode", choices=["variables", "io"],
-                   help="tflite: state inside the model as resource variables (default) or as inputs/outputs")
+    b.add_argument("--explain", metavar="RULE", action="append", default=[],
+                   help="after the pipeline, say why rewrite rule RULE did not fire on each node it could start "
+                        "at (repeatable)")
     b.add_argument("--verify-each-pass", action="store_true",
                    help="check the IR and its outputs on sample frames after every pass")
     b.add_argument("--no-verify", action="store_true", help="skip the equivalence check (tier not verified)")
@@ -66,8 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace an artifact graphopt wrote earlier in --out")
 
     v = sub.add_parser("verify", help="check an artifact (or a baseline step model) against the authors' step")
-    v.add_argument("artifact", help="artifact folder or model file, or an .onnx/.tflite step model "
-                                    "graphopt did not build")
+    v.add_argument("artifact", help=f"artifact folder or model file, or {baseline} graphopt did not build")
     v.add_argument("--model", help="reference model for a baseline (default facephys)")
     v.add_argument("--weights", help="the reference's weights file (default: the one the model package ships); "
                                      "for an artifact built with --weights")
@@ -84,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "baselines")
     be.add_argument("--model", default="facephys", help="model name: facephys or physnet")
     be.add_argument("--targets", help="comma-separated targets (default: all available)")
-    be.add_argument("--baseline", action="append", default=[], help="an .onnx/.tflite step model to add as a row")
+    be.add_argument("--baseline", action="append", default=[], help=f"{baseline} to add as a row")
     be.add_argument("--state", help="initial state for the baselines (npz or gzip-JSON)")
     be.add_argument("--fused-only", action="store_true", help="skip the unfused builds")
     be.add_argument("--rounds", type=_number(int, 1, 1000), default=5, help="interleaved rounds (default 5)")
@@ -96,63 +119,79 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("release", help="build, verify and benchmark every available target into one folder")
     r.add_argument("--model", required=True, help="model name: facephys or physnet")
     r.add_argument("--out", help="release folder (default: artifacts/MODEL-GRAPHOPT_VERSION)")
-    r.add_argument("--variants", help="comma-separated subset of the release variants: every target, and "
-                                      "tflite-io, tflite-fp16, tflite-int8 (default: all)")
+    extra = [n for n in release_variants() if n not in MODULES]
+    r.add_argument("--variants", help="comma-separated subset of the release variants: every target"
+                                      + (f", and {', '.join(extra)}" if extra else "") + " (default: all)")
     r.add_argument("--frames", type=frames, default=600, help="frames of the verification clip (default 600)")
     r.add_argument("--rounds", type=_number(int, 1, 1000), default=3, help="interleaved benchmark rounds (default 3)")
     r.add_argument("--force", action="store_true", help="replace a release graphopt wrote earlier in --out")
 
     i = sub.add_parser("inspect", help="node count, op histogram, params, state and FLOPs of an artifact")
-    i.add_argument("artifact", help="artifact folder or model file (any .onnx file with --check tensorrt)")
-    i.add_argument("--check", choices=["tensorrt"],
-                   help="check an ONNX file for TensorRT: with TensorRT-RTX by parsing it, else against "
-                        "TensorRT 10's operator table; exit 1 if any node is unsupported")
+    i.add_argument("artifact", help="artifact folder or model file" + "".join(
+        f" ({c.takes} with --check {n})" for n, c in checks.items()))
+    i.add_argument("--check", choices=list(checks), help="; ".join(c.help for c in checks.values()))
     i.add_argument("--json", action="store_true", help="print as JSON")
     return p
 
 
+def _given(value) -> bool:
+    return value is not None and value is not False  # (--opt-level 0 is given)
+
+
+def _target_options(a, finishing: bool = False) -> dict:
+    """The target-only flags, refused for any other target; as emit() takes them (with the target's
+    defaults) or, finishing an artifact, as build_from() does (None where not given)."""
+    from .build import BuildUsageError
+    from .targets import MODULES, get
+    for flag, (o, owners) in _target_flags().items():
+        if _given(getattr(a, o.dest)) and a.target not in owners:
+            raise BuildUsageError(f"{flag} applies to --target {' or '.join(owners)} only")
+    options = {}
+    for o in get(a.target).options if a.target in MODULES else ():
+        value = getattr(a, o.dest)
+        if _given(value) or finishing:
+            options[o.dest] = value if _given(value) else None
+        elif o.default is not None:
+            options[o.dest] = o.default
+    return options
+
+
 def cmd_build(a) -> int:
     from .build import BuildUsageError, build
+    from .targets import MODULES, get
     if a.from_artifact:
         from .build import target_module
         tmod = target_module(a.target)
-        if not hasattr(tmod, "build_from"):
-            raise BuildUsageError(f"--from finishes an artifact on this machine (a TensorRT engine); --target "
+        if get(a.target).device_part is None:
+            what = " or ".join(get(n).device_part.what for n in MODULES if get(n).device_part)
+            raise BuildUsageError(f"--from finishes an artifact on this machine ({what}); --target "
                                   f"{a.target} has nothing to finish")
-        art = tmod.build_from(a.from_artifact, fp16=a.fp16 or None, opt_level=a.opt_level)
+        art = tmod.build_from(a.from_artifact, **_target_options(a, finishing=True))
         print(f"finished {art.path.parent}: its manifest lists what was added", file=sys.stderr)
         return EXIT_OK
     if not a.model or not a.out:
-        raise BuildUsageError("build needs --model and --out (or --target tensorrt --from ARTIFACT)")
-    options = {}
-    for flag, value, target in (("--state-mode", a.state_mode, "tflite"), ("--quantize", a.quantize, "tflite"),
-                                ("--fp16", a.fp16, "tensorrt"), ("--opt-level", a.opt_level, "tensorrt")):
-        if value and a.target != target:
-            raise BuildUsageError(f"{flag} applies to --target {target} only")
-    if a.state_mode:
-        options["state_mode"] = a.state_mode
-    if a.quantize:
-        options["quantize"] = a.quantize
-    if a.target == "tensorrt":
-        options.update(fp16=a.fp16, opt_level=3 if a.opt_level is None else a.opt_level)
+        how = " or ".join(f"--target {n} --from ARTIFACT" for n in MODULES if get(n).device_part)
+        raise BuildUsageError(f"build needs --model and --out{f' (or {how})' if how else ''}")
+    options = _target_options(a)
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
     build(a.model, a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
-          exact=a.exact, fps=a.fps, target_options=options or None, force=a.force)
+          exact=a.exact, fps=a.fps, target_options=options or None, force=a.force, explain=a.explain)
     return EXIT_OK
 
 
 def cmd_verify(a) -> int:
     from . import artifact as art
     from . import equivalence, metrics, models
-    from .baseline import is_baseline, open_baseline
+    from .baseline import SUFFIXES, is_baseline, open_baseline
     from .build import format_result
     from pathlib import Path
     p = Path(a.artifact)
     if p.is_file() and not art.manifest_path_for(p).is_file() and not p.name.endswith(art.MANIFEST_SUFFIX) \
-            and p.suffix not in (".onnx", ".tflite"):
+            and p.suffix not in SUFFIXES:
         from .baseline import BaselineError
-        raise BaselineError(f"{p} has no graphopt manifest, and a baseline must be an .onnx or .tflite step model")
+        raise BaselineError(f"{p} has no graphopt manifest, and a baseline must be an {' or '.join(SUFFIXES)} "
+                            "step model")
     if a.weights and not Path(a.weights).is_file():
         raise art.ArtifactError(f"--weights {a.weights} is not a file")
     if is_baseline(a.artifact):
@@ -231,23 +270,12 @@ def cmd_release(a) -> int:
 
 def cmd_inspect(a) -> int:
     from .inspect import format_summary, inspect
-    if a.check == "tensorrt":
+    if a.check:  # a target's own check of a model file (its descriptor's `check`)
         from pathlib import Path
 
-        from . import trust
-        from .artifact import ArtifactError, open_artifact
-        from .targets.trt_support import check_onnx, format_check
-        p = Path(a.artifact)
-        if p.is_dir():
-            p = open_artifact(p).model_file
-        if not p.is_file() or p.suffix != ".onnx":
-            raise ArtifactError(f"{p} is not an .onnx file; --check tensorrt takes an ONNX model")
-        trust.check_model_file(p, p.parent)  # e.g. external data must lie beside it
-        try:
-            result = check_onnx(p)
-        except Exception as e:  # protobuf decode errors have many types
-            raise ArtifactError(f"{p} is not a readable ONNX model ({type(e).__name__}: {e})") from None
-        print(json.dumps(result, indent=2) if a.json else format_check(result, p))
+        from .targets import hook
+        result, text = hook(a.check, "inspect_check")(Path(a.artifact))
+        print(json.dumps(result, indent=2) if a.json else text)
         return EXIT_OK if result["ok"] else EXIT_FAILED
     s = inspect(a.artifact)
     print(json.dumps(s, indent=2) if a.json else format_summary(s))

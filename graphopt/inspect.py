@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import artifact as art
+from .targets import hook
 
 
 def onnx_summary(model_file: Path) -> dict:
@@ -49,11 +50,9 @@ def _summary(manifest: dict, model_file: Path) -> dict:
                "model": manifest["model"], "pipeline": [p["name"] for p in manifest["pipeline"]["passes"]]}
     if model_file.suffix == ".onnx":
         summary.update(onnx_summary(model_file))
-    if "tflite" in manifest:
-        t = manifest["tflite"]
-        summary.update(state_mode=t["state_mode"], xnnpack_partitions=t["xnnpack_partitions"],
-                       tflite_ops=t["ops"], ops=t["op_histogram"], nodes=t["ops"],
-                       tensor_dtypes=t.get("tensor_dtypes"))
+    extra = hook(manifest["target"], "inspect_summary")  # what the target adds (e.g. TFLite's own ops)
+    if extra:
+        summary.update(extra(manifest))
     g = manifest["graph"]
     summary.setdefault("params", g["params"])  # the IR's, where the model file is not ONNX
     summary.setdefault("param_bytes", g["param_bytes"])
@@ -77,9 +76,9 @@ def format_summary(s: dict) -> str:
              f"  FLOPs/step  {s['flops_per_step'] / 1e6:.1f} M",
              f"  file size   {s['size_bytes'] / 1e6:.2f} MB",
              f"  tier        {s['tier'] or 'not verified'}"]
-    if "xnnpack_partitions" in s:
-        lines.append(f"  XNNPACK     {s['tflite_ops']} TFLite ops cut into {s['xnnpack_partitions']} delegate "
-                     f"partitions (state mode {s['state_mode']})")
+    extra = hook(s["target"], "inspect_lines")
+    if extra:
+        lines += extra(s)
     if s.get("tensor_dtypes"):
         lines.append("  tensors     " + ", ".join(f"{k} {v}" for k, v in s["tensor_dtypes"].items()))
     if "ops" in s:

@@ -175,7 +175,9 @@ def validate(m, where: str) -> dict:
     for k in ("tier_claimed", "tier"):
         if eq.get(k) is not None and eq[k] not in ("rounding", "signal", "quantised"):
             c.fail(f"equivalence.{k}", f"{eq[k]!r:.40} is not a tier (rounding, signal, quantised)")
-    for section, key in (("xla", "mlir"), ("tensorrt", "engine")):
+    from .targets import MODULES, get
+    files = [f.split(".", 1) for name in MODULES for f in get(name).manifest_files]  # e.g. xla.mlir
+    for section, key in files:
         sec = m.get(section)
         if sec is not None:
             if not isinstance(sec, dict):

@@ -2,13 +2,16 @@
 release manifest and a generated model card (README.md).
 
 The folder is built under a temporary name beside the destination and renamed at the end; when any
-target fails, the failure is reported, nothing is left behind and the release exits non-zero. The
-TensorRT target contributes its TensorRT-legal ONNX (proved by TensorRT-RTX where installed) on
-machines without a GPU.
+target fails, the failure is reported, nothing is left behind and the release exits non-zero. A
+target whose artifact has a part only a device builds (its descriptor's device_part: TensorRT's
+engine) contributes the rest on machines without the device, and its release_pending hook says how
+to finish it. The targets, their variants, the runtimes' packages and the model card's code come
+from the target registry (graphopt.targets).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +44,7 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
 
     single_thread_env()
     t0 = time.time()
-    from .targets import release_variants
+    from .targets import hook, release_variants
     known = release_variants()
     unknown = [n for n in variants or () if n not in known]
     if unknown:
@@ -62,13 +65,13 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
                 entries[name] = {"target": target, "skipped": reason}
                 continue
             log(f"[{i}/{len(names)}] building and verifying {name} ...")
-            needs_gpu = None
+            pending = False
             try:
                 a = build(model, target, tmp / name, frames=frames, log=lambda m: None, **kw)
                 manifest, path = a.manifest, Path(a.path)
-            except EngineNeedsGpu as e:  # the legal ONNX and manifest are complete
+            except EngineNeedsGpu:  # complete but for its device part (e.g. the TensorRT engine)
                 manifest, base = art.read_manifest(tmp / name)
-                path, needs_gpu = base / manifest["file"], str(e)
+                path, pending = base / manifest["file"], True
             except Exception as e:  # any failing target fails the release
                 failures[name] = f"{type(e).__name__}: {e}"
                 log(f"      FAILED: {failures[name]}")
@@ -80,11 +83,9 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
                 "pearson": eq["pearson"], "max_abs": eq["max_abs"], "hr_bpm": eq["hr_bpm"],
                 "size_bytes": file_size(path), "nodes": manifest["graph"]["nodes"], "sha256": manifest["sha256"],
                 "backend": backend(target)}
-            if needs_gpu:
-                from .targets.tensorrt import finish_command
-                entries[name]["engine"] = ("needs an NVIDIA GPU with TensorRT; build it there with: "
-                                           + finish_command(out / name, path.name, manifest["tensorrt"]["fp16"]))
-                entries[name]["tensorrt_check"] = manifest["tensorrt"]["check"]["checker"]
+            if pending:  # how to finish it, in the folder it will have in the release
+                finish = hook(target, "release_pending")
+                entries[name].update(finish(out / name, path.name, manifest) if finish else {})
             else:
                 streams[name] = art.load(path, threads=1)
             log(f"      tier {eq['tier']} ({eq['nrmse_over_floor']:.2f}x floor), "
@@ -105,8 +106,7 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
         graph = step_model.trace()
         release = {
             "model": model, "graphopt_version": __version__, "source": step_model.source,
-            "tools": art.tool_versions("jax", "jaxlib", "keras", "onnx", "onnxruntime", "tensorflow-cpu",
-                                       "ai-edge-litert", "torch", "tensorrt-rtx-cu12", "open-rppg"),
+            "tools": art.tool_versions(*tool_packages()),
             "frames_per_step": per, "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype}
                                                for v in graph.inputs],
             "outputs": [{"name": n, "shape": list(v.shape), "dtype": v.dtype}
@@ -123,6 +123,14 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
         (tmp / "README.md").write_text(model_card(release))
     log(f"wrote {out} ({time.time() - t0:.0f} s)")
     return out
+
+
+def tool_packages() -> list[str]:
+    """The packages whose versions a release records: the frontend's, every target runtime's (their
+    descriptors'), the model source's."""
+    from .targets import MODULES, get
+    return list(dict.fromkeys(["jax", "jaxlib", "keras"] + [p for n in MODULES for p in get(n).packages]
+                              + ["open-rppg"]))
 
 
 def model_card(r: dict) -> str:
@@ -153,9 +161,10 @@ def model_card(r: dict) -> str:
                      f"{ref['fps']:.0f} | 1.00 |")
     skipped = {n: e["skipped"] for n, e in arts.items() if "skipped" in e}
     lines += [""] + [f"- `{n}` not built on this machine: {why}" for n, why in skipped.items()]
-    if "tensorrt" in arts and "engine" in arts["tensorrt"]:
-        lines.append(f"- `tensorrt`: TensorRT-legal ONNX checked with {arts['tensorrt']['tensorrt_check']}; "
-                     f"the engine {arts['tensorrt']['engine']}")
+    from .targets import hook
+    for name, e in arts.items():  # a target's own notes, e.g. an engine still to be built
+        note = hook(e.get("target", ""), "card_lines")
+        lines += note(name, e) if note else []
     m = r["machine"]
     per = r.get("frames_per_step", 1)
     how = "state carried" if per == 1 else f"one chunk of {per} frames per call, FPS counting frames"
@@ -193,10 +202,27 @@ def _io_lines(r: dict) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class Snippet:
+    """What a target's card_snippet hook writes the model card's code with."""
+    model: str  # the model's name (the stem of the artifact's files)
+    folder: str  # the artifact's folder in the release
+    x: str  # the frame (or chunk) input's name
+    inputs: list  # the names fed each call: x, and dt where the model takes it
+    stateful: bool  # whether `state` (a dict of the state_in_i arrays) is fed and carried
+
+
 def _run_snippets(r: dict) -> list[str]:
     """Runnable lines per runtime (run from the release folder), with this model's own input names,
-    shapes, dt and state where it has them. Sections are separated by blank lines."""
-    model = r["model"]
+    shapes, dt and state where it has them: one section per built artifact named after its target, from
+    the target's card_snippet hook, in the release's order. Sections are separated by blank lines."""
+    from .targets import hook
+    runs = [(name, hook(e["target"], "card_snippet")) for name, e in r["artifacts"].items()
+            if name == e.get("target") and "file" in e]
+    runs = [(folder, snippet) for folder, snippet in runs if snippet]
+    if not runs:
+        return []
+    model, first = r["model"], runs[0][0]
     names = [i["name"] for i in r["inputs"]]
     has_dt, stateful = "dt" in names, bool(r["state_tensors"])
     x_spec = next(i for i in r["inputs"] if i["name"] != "dt")
@@ -207,24 +233,9 @@ def _run_snippets(r: dict) -> list[str]:
     if has_dt:
         lines.append("dt = np.array(1/30, np.float32)  # seconds since the previous frame")
     if stateful:
-        lines.append(f"state = dict(np.load('onnx/{model}.state.npz'))  # state_in_i arrays, in order")
-    feed = ", ".join(f"'{n}': {n}" for n in inputs) + (", **state" if stateful else "")
-    lines += ["", "# onnxruntime", "import onnxruntime as ort", f"s = ort.InferenceSession('onnx/{model}.onnx')",
-              f"outs = s.run(None, {{{feed}}})"]
-    if stateful:
-        lines.append("bvp, state = outs[0], {f'state_in_{i}': o for i, o in enumerate(outs[1:])}")
-    lines += ["", "# LiteRT" + (" (state inside the model)" if stateful else ""),
-              "from ai_edge_litert.interpreter import Interpreter",
-              f"it = Interpreter('tflite/{model}.tflite', num_threads=1); step = it.get_signature_runner('step')",
-              f"bvp = step({', '.join(f'{n}={n}' for n in inputs)})['bvp']"
-              + ("  # reset: it.get_signature_runner('reset')()" if stateful else "")]
-    tail = ", *state.values()" if stateful else ""
-    lines += ["", "# XLA (jax.export)", "from jax import export",
-              f"exp = export.deserialize(bytearray(open('xla/{model}.jaxexport', 'rb').read()))",
-              f"bvp, *new_state = exp.call({', '.join(inputs)}{tail})"]
-    targs = ", ".join(f"torch.from_numpy({n})" for n in inputs)
-    lines += ["", "# PyTorch", "import torch", f"m = torch.export.load('torch/{model}.pt2').module()",
-              f"bvp, *new_state = m({targs}{', *map(torch.from_numpy, state.values())' if stateful else ''})"]
+        lines.append(f"state = dict(np.load('{first}/{model}.state.npz'))  # state_in_i arrays, in order")
+    for folder, snippet in runs:
+        lines += [""] + snippet(Snippet(model, folder, x, inputs, stateful))
     lines += ["", "# or, with graphopt installed, any of them:", "import graphopt",
-              f"stream = graphopt.load('onnx'); bvp = stream.step({x})", "```"]
+              f"stream = graphopt.load('{first}'); bvp = stream.step({x})", "```"]
     return lines

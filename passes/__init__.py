@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 from .infra import Pass, PassBase, PassManager, PassOptions, PassResult, in_place
-from .manager import LOWERINGS, PASSES, PassError, RulePass, format_report, get_pass, register, run_pipeline
+from .manager import LOWERINGS, PASSES, PassError, RulePass, explain_rule, find_rule, format_report, get_pass, register, \
+    run_pipeline
 
 # the passes every fusing pipeline runs, in order; value-changing ones only for targets they suit
 DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "drop-cast-roundtrips", "algebra", "layout",
                     "state-layout", "onnx-forms", "simplify", "cse", "fold-constants", "dce"]
-PIPELINES: dict[str, list[str]] = {"onnx": DEFAULT_PIPELINE}
 
 
 def pipeline_for(target, fuse: bool = True, exact_only: bool = False, fixed_inputs: bool = False) -> list[str]:
     """The target's default pipeline (target: a name, or the Capabilities of a target being designed).
     exact_only drops value-changing passes; fixed_inputs prepends
     specialize-inputs (which also runs without fusion, followed by constant folding)."""
-    names = list(PIPELINES.get(target, DEFAULT_PIPELINE) if isinstance(target, str) else DEFAULT_PIPELINE) \
-        if fuse else []
+    names = list(DEFAULT_PIPELINE) if fuse else []
     names = [n for n in names if _suits(n, target) and (PASSES[n].exact or not exact_only)]
     if fixed_inputs:
         names = ["specialize-inputs"] + (names if fuse else ["fold-constants", "dce"])
@@ -38,6 +37,6 @@ def _suits(name: str, target) -> bool:
     return PASSES[name].suits is None or PASSES[name].suits(target)
 
 
-__all__ = ["DEFAULT_PIPELINE", "LOWERINGS", "PASSES", "PIPELINES", "Pass", "PassBase", "PassError", "PassManager",
-           "PassOptions", "PassResult", "RulePass", "format_report", "get_pass", "in_place", "lowerings_for",
+__all__ = ["DEFAULT_PIPELINE", "LOWERINGS", "PASSES", "Pass", "PassBase", "PassError", "PassManager",
+           "PassOptions", "PassResult", "RulePass", "explain_rule", "find_rule", "format_report", "get_pass", "in_place", "lowerings_for",
            "pipeline_for", "register", "run_pipeline"]

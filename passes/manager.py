@@ -16,6 +16,7 @@ from . import algebra, cleanup, forms, layout, lowering, numerics, raise_math, r
     state_layout
 from .infra import Pass, PassBase, PassManager, PassOptions, PassResult, in_place
 from .rewrite import Rule, apply_rules
+from .rewrite import explain as rewrite_explain
 
 
 class PassError(RuntimeError):
@@ -115,6 +116,28 @@ register(RulePass("split-long-reductions", tuple(numerics.RULES), suits=lambda c
                   doc="lowering: sums over many elements split into short partial sums (float32 rounding "
                       "stays at the noise floor)"))
 LOWERINGS = ["expand-lhs-dilation", "split-long-reductions"]  # run for every target they suit, fused or not
+
+
+def find_rule(name: str) -> Rule:
+    """A rewrite rule by name, from any registered rule pass (nested ones included)."""
+    def rules(p):
+        if isinstance(p, RulePass):
+            yield from p.rules
+        for sub in (getattr(p, "passes", None) or ()) + ((p.then,) if getattr(p, "then", None) else ()):
+            yield from rules(sub)
+    found = {r.name: r for p in PASSES.values() for r in rules(p)}
+    if name not in found:
+        raise PassError(f"unknown rule {name!r}; rules: {', '.join(sorted(found))}")
+    return found[name]
+
+
+def explain_rule(graph: Graph, name: str) -> list[str]:
+    """Lines saying why rule `name` does not fire on the graph's candidate nodes, most common reason first."""
+    reasons = rewrite_explain(find_rule(name), graph)
+    if not reasons:
+        return [f"rule {name}: no node has an op its pattern starts with"]
+    return [f"rule {name}: {sum(reasons.values())} candidate node(s)"] + [
+        f"  {n:5d} x {why}" for why, n in reasons.most_common()]
 
 
 def _sample_run(graph: Graph, samples: list[list[np.ndarray]]) -> np.ndarray:

@@ -147,6 +147,25 @@ def why_not(rule: Rule, graph: Graph, v: Value) -> str | None:
     return None
 
 
+def explain(rule: Rule, graph: Graph) -> Counter:
+    """Why `rule` does not fire anywhere in the graph: reason -> how many candidate nodes (those whose op is
+    one the pattern starts with) gave it; "fires" counts candidates where it would. The graph is not
+    changed (a rewrite that would apply runs on a clone)."""
+    users = graph.users()
+    uses = _use_counts(graph, users)
+    reasons: Counter = Counter()
+    for node in graph.nodes:
+        if node.op not in (rule.pattern.ops or ()) or len(node.outputs) != 1:
+            continue
+        why = _mismatch(rule.pattern, node.outputs[0], _bindings(node, uses, users), "")
+        if why is None:  # the pattern matches: ask the rewrite, on a copy
+            copy = graph.clone()
+            twin = next(n for n in copy.nodes if n.outputs and n.outputs[0].name == node.outputs[0].name)
+            why = why_not(rule, copy, twin.outputs[0])
+        reasons[why or "fires"] += 1
+    return reasons
+
+
 def apply_rules(graph: Graph, rules: list[Rule], max_sweeps: int = 50) -> Counter:
     """Apply rules bottom-up (producers before consumers) until none fires. Returns how often each fired
     (empty, so false, when none did)."""

@@ -151,3 +151,26 @@ def test_sibling_dots_with_a_bias_on_one_are_one_gemm_and_a_split():
     b = g.op("add", matmul(g, u, g.add_param(rand(6, 4, seed=2))), g.add_param(rand(4, seed=3)))
     finish(g, g.op("exp", a), b)
     assert ops_and_check(g) == Counter({"Gemm": 1, "Split": 1, "Exp": 1})
+
+
+def test_dots_that_share_a_weight_but_not_their_input_are_not_siblings():
+    """Sibling dots read one x: x1 @ W and x2 @ W stay two MatMuls (they were once fused as one MatMul of x1)."""
+    g = Graph()
+    x1, x2 = g.add_input("x1", f32(1, 6)), g.add_input("x2", f32(1, 6))
+    w = g.add_param(rand(6, 3, seed=3))
+    finish(g, matmul(g, x1, w), matmul(g, x2, w))
+    assert ops_and_check(g) == Counter({"MatMul": 2})
+
+
+def test_the_plan_counts_the_groups_each_rule_takes():
+    """The fusions are rules (onnx_fusions.RULES), applied in order; a node joins one group at most."""
+    from graphopt.targets import onnx_fusions
+    assert [r.name for r in onnx_fusions.RULES] == ["sibling-dots", "split", "gemm", "reduce-keepdims", "div-by-sqrt"]
+    g = Graph()
+    x, y = g.add_input("x", f32(2, 4)), g.add_input("y", f32(2, 1))
+    gemm = g.op("add", matmul(g, x, g.add_param(rand(4, 3, seed=1))), g.add_param(rand(3, seed=2)))
+    a, b = slices(g, x, 1, [(0, 1), (1, 4)])
+    div = g.op("mul", g.op("rsqrt", y), g.op("exp", y))  # rsqrt first: the rule tries both orders
+    finish(g, gemm, a, b, div)
+    assert dict(onnx_fusions.plan(g).fired) == {"gemm": 1, "split": 1, "div-by-sqrt": 1}
+    assert ops_and_check(g) == Counter({"Gemm": 1, "Split": 1, "Exp": 1, "Sqrt": 1, "Div": 1})

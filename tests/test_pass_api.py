@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from graphopt.ir import Graph, TensorType, verify
-from graphopt.passes import (PASSES, Pass, PassManager, PassOptions, PassResult, get_pass, in_place,
+from graphopt.passes import (PASSES, Pass, PassError, PassManager, PassOptions, PassResult, get_pass, in_place,
                              run_pipeline)
 from graphopt.passes import algebra
 from graphopt.passes.rewrite import C, P, Reject, Rule, X, apply_rules, match, why_not
@@ -209,6 +209,26 @@ def test_library_rules_say_why_they_do_not_fire():
     x = g3.add_input("x", f32(1, 4, 6, 6))
     finish(g3, conv(g3, x, 4, k=3, groups=4))  # depthwise, padded: the attribute pattern refuses it
     assert why_not(wc, g3, g3.outputs[0]).startswith("the value: attribute pads=")
+
+
+def test_explain_counts_reasons_over_every_candidate_and_leaves_the_graph_alone():
+    from graphopt.passes import explain_rule, find_rule
+    g = Graph()
+    x = g.add_input("x", f32(1, 4, 6, 6))
+    shared = conv(g, x, 8, k=3)
+    blocked = conv(g, shared, 2, seed=3)  # its inner conv is read twice: refused
+    fires = conv(g, conv(g, x, 8, k=3, seed=5), 2, seed=6)  # a private inner conv: merged
+    finish(g, blocked, g.op("neg", shared), fires)
+    before = str(g)
+    lines = explain_rule(g, "conv-of-conv")
+    assert str(g) == before  # the rewrite that would fire ran on a copy
+    assert lines[0] == "rule conv-of-conv: 4 candidate node(s)"
+    reasons = {line.split(" x ", 1)[1]: int(line.split(" x ", 1)[0]) for line in lines[1:]}
+    assert reasons["the inner conv has other readers"] == 1 and reasons["fires"] == 1
+    assert sum(reasons.values()) == 4  # the two inner convs read a graph input: another reason each
+    with pytest.raises(PassError, match="unknown rule 'nope'; rules: .*conv-of-conv"):
+        find_rule("nope")
+    assert explain_rule(Graph(), "conv-of-conv") == ["rule conv-of-conv: no node has an op its pattern starts with"]
 
 
 # ---- imports -------------------------------------------------------------------------------------

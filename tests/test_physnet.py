@@ -177,3 +177,17 @@ def test_release_model_card_code_runs_on_every_runtime(physnet_release, run_mode
     assert sections == ["# onnxruntime", "# LiteRT", "# XLA (jax.export)", "# PyTorch",
                         "# or, with graphopt installed, any of them:"]
     assert last == "bvp shape (1, 128)"
+
+
+def test_build_explains_why_a_rule_did_not_fire(tmp_path, capsys):
+    """--explain RULE: after the pipeline, each candidate node's reason, counted (PhysNet has no conv
+    that reads a conv: its convs read pools, activations and reshapes)."""
+    from graphopt import cli
+    assert cli.main(["build", "--model", "physnet", "--target", "onnx", "--out", str(tmp_path / "b"),
+                     "--no-verify", "--explain", "conv-of-conv"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    at = err.index("      rule conv-of-conv fired 0 time(s) in the pipeline")
+    head = err[at + 1].strip()
+    assert head.startswith("rule conv-of-conv: ") and head.endswith(" candidate node(s)")
+    counts = [int(line.split(" x ")[0]) for line in err[at + 2:] if " x conv input 0 is " in line]
+    assert counts and sum(counts) == int(head.split(": ")[1].split()[0])

@@ -76,6 +76,8 @@ def test_baseline_state_files(tmp_path, tiny_onnx, capsys, name, content, match)
 @pytest.mark.parametrize("argv, says", [
     (["release", "--model", "physnet", "--variants", "bogus", "--out", "{tmp}/r"], "unknown release variants"),
     (["build", "--model", "physnet", "--target", "onnx", "--out", "{tmp}/b", "--passes", "bogus"], "unknown pass"),
+    (["build", "--model", "physnet", "--target", "onnx", "--out", "{tmp}/b", "--explain", "bogus"],
+     "unknown rule 'bogus'; rules: "),
     (["build", "--model", "nosuch", "--target", "onnx", "--out", "{tmp}/b"], "unknown model"),
     (["build", "--model", "physnet", "--target", "onnx", "--out", "{tmp}/b", "--weights", "{tmp}/none.h5"],
      "not a file"),

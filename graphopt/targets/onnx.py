@@ -1,6 +1,7 @@
 """Target `onnx`: IR -> ONNX model (opset 18) for onnxruntime, and its Stream.
 
-Lowering is a table: one function per IR op that emits ONNX nodes through an OnnxBuilder.
+Lowering is a table (`TABLE`, a lowering.LoweringTable): one function per IR op that emits ONNX nodes
+through an OnnxBuilder. Groups of nodes with a smaller ONNX spelling are emitted by onnx_fusions.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from ..ir import Graph, Node, Value
 from ..ir.ops import lhs_dilations
 from ..stream import Stream
 from . import Capabilities, Target, UnsupportedOpError, onnx_fusions
+from .lowering import LoweringTable
 
 OPSET = 18
 IR_VERSION = 10
 NAME = "onnx"
 TARGET = Target(NAME, emits=".onnx (opset 18)", backend="onnxruntime (CPU EP)",
-                caps=Capabilities(channels_first_convs=True, onnx_ops=True))
+                caps=Capabilities(channels_first_convs=True, onnx_ops=True), packages=("onnx", "onnxruntime"))
 
 
 def available() -> tuple[bool, str]:
@@ -72,8 +74,10 @@ class OnnxBuilder:
         return out
 
 
+# lower(builder, node, ONNX names of its inputs, ONNX name of its output)
 Lowering = Callable[[OnnxBuilder, Node, list[str], str], None]
-LOWERINGS: dict[str, Lowering] = {}
+TABLE = LoweringTable("ONNX", "graphopt/targets/onnx.py")
+lowering = TABLE.register
 
 DIRECT = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow",
           "and": "And", "or": "Or", "lt": "Less", "le": "LessOrEqual", "gt": "Greater",
@@ -87,15 +91,7 @@ def _direct(op_type: str) -> Lowering:
 
 
 for _op, _onnx in DIRECT.items():
-    LOWERINGS[_op] = _direct(_onnx)
-
-
-def lowering(*ops: str):
-    def deco(fn: Lowering) -> Lowering:
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-    return deco
+    TABLE.add(_op, _direct(_onnx))
 
 
 def _scalar(b: OnnxBuilder, n: Node, value) -> str:
@@ -217,9 +213,9 @@ def _reduce(op_type: str) -> Lowering:
     return lower
 
 
-LOWERINGS["reduce_sum"] = _reduce("ReduceSum")
-LOWERINGS["reduce_max"] = _reduce("ReduceMax")
-LOWERINGS["reduce_min"] = _reduce("ReduceMin")
+TABLE.add("reduce_sum", _reduce("ReduceSum"))
+TABLE.add("reduce_max", _reduce("ReduceMax"))
+TABLE.add("reduce_min", _reduce("ReduceMin"))
 
 
 @lowering("cumsum")
@@ -366,13 +362,15 @@ def _pool(b, n, ins, out):
     _chain(b, ins[0], steps, out)
 
 
-def to_onnx(graph: Graph, fuse: bool = True):
+def to_onnx(graph: Graph, fuse: bool = True, table: LoweringTable = TABLE):
     """Lower an IR graph to an onnx.ModelProto with stable I/O names (see artifact.state_io_names).
 
     fuse: emit the groups graphopt.targets.onnx_fusions finds as fewer ONNX nodes (exact); without
-    it every IR node is lowered on its own."""
+    it every IR node is lowered on its own. table: the ops allowed (a target emitting ONNX for another
+    runtime passes its own table, based on this one)."""
     import onnx
     from onnx import helper
+    table.check(graph)
     b = OnnxBuilder()
     state_in, state_out = art.state_io_names(len(graph.state))
 
@@ -403,9 +401,7 @@ def to_onnx(graph: Graph, fuse: bool = True):
         if id(node) in fusions.emit:
             fusions.emit[id(node)](b, lambda v: b.name_of[id(v)], out_name)
             continue
-        lower = LOWERINGS.get(node.op)
-        if lower is None:
-            raise UnsupportedOpError(f"op '{node.op}' has no ONNX lowering (graphopt/targets/onnx.py LOWERINGS)")
+        lower = table.lookup(node)
         if len(node.outputs) != 1:
             raise UnsupportedOpError(f"op '{node.op}' with {len(node.outputs)} outputs has no ONNX lowering")
         v = node.outputs[0]
@@ -569,3 +565,11 @@ def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 
 
 def load(path, threads: int = 1) -> OnnxStream:
     return art.load(path, threads=threads)
+
+
+def card_snippet(c) -> list[str]:
+    """The model card's code that runs the artifact (c: release.Snippet)."""
+    feed = ", ".join(f"'{n}': {n}" for n in c.inputs) + (", **state" if c.stateful else "")
+    return ["# onnxruntime", "import onnxruntime as ort", f"s = ort.InferenceSession('{c.folder}/{c.model}.onnx')",
+            f"outs = s.run(None, {{{feed}}})"] + \
+        (["bvp, state = outs[0], {f'state_in_{i}': o for i, o in enumerate(outs[1:])}"] if c.stateful else [])

@@ -18,22 +18,28 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
-from . import Capabilities, NeedsDevice, Target
+from . import Capabilities, Check, DevicePart, NeedsDevice, Option, Target
 from . import onnx as onnx_target
+from .lowering import LoweringTable
 from .trt_support import check_onnx, cuda_gpu_present, import_tensorrt
 
 NAME = "tensorrt"
 TARGET = Target(NAME, emits="TensorRT-legal .onnx + engine",
                 backend="TensorRT (legal ONNX here; engine on an NVIDIA GPU)",
-                caps=Capabilities(channels_first_convs=True, onnx_ops=True))
-# IR ops whose ONNX lowering TensorRT's parser takes; the driver names the first op outside it
-LEGAL_OPS = frozenset({
-    "neg", "exp", "log", "sqrt", "rsqrt", "floor", "ceil", "abs", "sign", "sin", "cos", "tanh", "sigmoid", "erf",
-    "log1p", "expm1", "not", "add", "sub", "mul", "div", "max", "min", "pow", "and", "or", "lt", "le", "gt",
-    "ge", "eq", "ne", "is_finite", "select", "cast", "clamp", "round", "reshape", "transpose", "broadcast",
-    "slice", "concat", "pad", "take", "reduce_sum", "reduce_max", "reduce_min", "cumsum", "dot", "conv", "pool",
-    "reverse",
-})
+                caps=Capabilities(channels_first_convs=True, onnx_ops=True),
+                options=(Option("--fp16", "build an fp16 engine", switch=True, default=False),
+                         Option("--opt-level", "builder optimization level (0-5, default 3)", kind=int, range=(0, 5),
+                                default=3)),
+                device_part=DevicePart("a TensorRT engine", "build the engine into an existing tensorrt artifact "
+                                       "(needs a GPU)", "its engine needs an NVIDIA GPU with TensorRT (the legal "
+                                       "ONNX is the onnx row)"),
+                check=Check("any .onnx file", "check an ONNX file for TensorRT: with TensorRT-RTX by parsing it, "
+                            "else against TensorRT 10's operator table; exit 1 if any node is unsupported"),
+                packages=("onnx", "onnxruntime", "tensorrt-rtx-cu12"), manifest_files=("tensorrt.engine",))
+# the IR ops whose ONNX lowering TensorRT's parser takes: ONNX's table less these
+TABLE = LoweringTable("TensorRT", "graphopt/targets/tensorrt.py", base=onnx_target.TABLE)
+TABLE.unsupported("rem", "its ONNX lowering (Mod with fmod=1) is not in graphopt's TensorRT-legal set (not yet "
+                         "checked against TensorRT's parser); use the onnx target")
 LEGAL_DTYPES = frozenset({"float32", "float16", "int32", "bool"})
 
 
@@ -58,13 +64,12 @@ def available() -> tuple[bool, str]:
 
 
 def legalize(graph: Graph) -> None:
-    """Make the graph TensorRT-legal or fail naming the first illegal op or dtype.
+    """Make the graph TensorRT-legal or fail naming the first illegal op (UnsupportedOpError, from TABLE)
+    or dtype.
 
     int64 values (indices) become int32; everything else must already be legal."""
+    TABLE.check(graph)
     for node in graph.nodes:
-        if node.op not in LEGAL_OPS:
-            raise art.ArtifactError(f"op '{node.op}' (output %{node.outputs[0].name}) has no TensorRT-legal "
-                                    f"lowering; legal ops: {', '.join(sorted(LEGAL_OPS))}")
         if node.op == "conv" and len(node.inputs[0].shape) not in (4, 5):
             raise art.ArtifactError(f"conv %{node.outputs[0].name} has {len(node.inputs[0].shape) - 2} spatial "
                                     "dims; TensorRT takes 2D or 3D convolutions only")
@@ -89,6 +94,37 @@ def finish_command(folder: Path, onnx_name: str, fp16: bool = False) -> str:
             f"{' --fp16' if fp16 else ''})")
 
 
+def release_pending(folder: Path, file_name: str, manifest: dict) -> dict:
+    """A release's entry fields for an artifact (in `folder`, its place in the release) without its engine."""
+    return {"engine": "needs an NVIDIA GPU with TensorRT; build it there with: "
+                      + finish_command(folder, file_name, manifest["tensorrt"]["fp16"]),
+            "tensorrt_check": manifest["tensorrt"]["check"]["checker"]}
+
+
+def card_lines(name: str, entry: dict) -> list[str]:
+    """The model card's note on a release artifact whose engine is still to be built."""
+    if "engine" not in entry:
+        return []
+    return [f"- `{name}`: TensorRT-legal ONNX checked with {entry['tensorrt_check']}; the engine {entry['engine']}"]
+
+
+def inspect_check(path: Path) -> tuple[dict, str]:
+    """`graphopt inspect --check tensorrt`: an ONNX file (or an artifact's) against TensorRT's parser."""
+    from .. import trust
+    from .trt_support import format_check
+    p = Path(path)
+    if p.is_dir():
+        p = art.open_artifact(p).model_file
+    if not p.is_file() or p.suffix != ".onnx":
+        raise art.ArtifactError(f"{p} is not an .onnx file; --check tensorrt takes an ONNX model")
+    trust.check_model_file(p, p.parent)  # e.g. external data must lie beside it
+    try:
+        result = check_onnx(p)
+    except Exception as e:  # protobuf decode errors have many types
+        raise art.ArtifactError(f"{p} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+    return result, format_check(result, p)
+
+
 def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
     options = options or {}
     legalize(graph)
@@ -96,7 +132,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     stem = options.get("stem", graph.name)
     model_file = out_dir / f"{stem}.onnx"
     import onnx
-    model = onnx_target.to_onnx(graph, fuse=options.get("fuse", True))
+    model = onnx_target.to_onnx(graph, fuse=options.get("fuse", True), table=TABLE)
     onnx.save_model(model, str(model_file))
     manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
     manifest["sha256"] = art.sha256(model_file)

@@ -15,12 +15,13 @@ from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
 from . import Capabilities, Target
-from .tf_lowering import import_tensorflow
+from .tf_lowering import TABLE, import_tensorflow  # noqa: F401  (TABLE: the target's lowering table)
 from .tf_module import build_module, save
 
 NAME = "tf"
 SUFFIX = ".savedmodel"
-TARGET = Target(NAME, emits="SavedModel", backend="TensorFlow XLA JIT")  # convs channels-last
+TARGET = Target(NAME, emits="SavedModel", backend="TensorFlow XLA JIT",  # convs channels-last
+                packages=("tensorflow-cpu",))
 
 
 def available() -> tuple[bool, str]:

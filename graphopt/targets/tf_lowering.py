@@ -1,4 +1,7 @@
-"""Lower an IR graph to TensorFlow ops: one function per IR op, plus layout tracking.
+"""Lower an IR graph to TensorFlow ops: one function per IR op, declared in `TABLE` (a
+lowering.LoweringTable) as fn(lowering: TfLowering, node) -> Lowered, plus layout tracking. Most ops
+are plain (`_plain`): fn(tf, node, *tensors) -> tensor, their inputs given in the IR's layout (an
+elementwise op: in its inputs' common layout); conv, pool, reduce, reverse and transpose handle layouts.
 
 The IR's convolutions are channels-first; TensorFlow's CPU kernels and TFLite's (and XNNPACK's)
 are channels-last. Every lowered value therefore carries a permutation: the TF tensor holds
@@ -21,6 +24,9 @@ import numpy as np
 from ..ir import OPS, Graph, Node, Value
 from ..ir.ops import lhs_dilations
 from . import UnsupportedOpError  # noqa: F401  (one class for every target; raised here)
+from .lowering import LoweringTable
+
+TABLE = LoweringTable("TensorFlow", "graphopt/targets/tf_lowering.py")
 
 
 def _inverse(perm):
@@ -61,9 +67,7 @@ class TfLowering:
         self.tf = import_tensorflow()
         self.graph = graph
         self.xla = xla
-        missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS and n.op not in LAYOUT_OPS})
-        if missing:
-            raise UnsupportedOpError(f"ops {missing} have no TensorFlow lowering (graphopt/targets/tf_lowering.py)")
+        TABLE.check(graph)
         self.env: dict[int, Lowered] = {}
 
     # ---- layout helpers ----------------------------------------------------------------
@@ -106,20 +110,18 @@ class TfLowering:
         return outs, new_state
 
     def lower(self, node: Node):
-        out = node.outputs[0]
-        rank = len(out.shape)
-        opdef = OPS[node.op]
-        if node.op in LAYOUT_OPS:
-            self.env[id(out)] = LAYOUT_OPS[node.op](self, node)
-            return
-        if opdef.elementwise:
+        self.env[id(node.outputs[0])] = TABLE.lookup(node)(self, node)
+
+    def lower_plain(self, fn: Callable, node: Node) -> Lowered:
+        """A plain op fn(tf, node, *tensors) -> tensor: elementwise in its inputs' common layout, else in the IR's."""
+        rank = len(node.outputs[0].shape)
+        if OPS[node.op].elementwise:
             perm = self._common_perm(node)
             args = [self.in_layout(v, perm) if len(v.shape) == rank or v.is_param else self.plain(v)
                     for v in node.inputs]
-            self.env[id(out)] = Lowered(LOWERINGS[node.op](self.tf, node, *args), perm)
-            return
+            return Lowered(fn(self.tf, node, *args), perm)
         args = [self.plain(v) for v in node.inputs]
-        self.env[id(out)] = Lowered(LOWERINGS[node.op](self.tf, node, *args), _identity(rank))
+        return Lowered(fn(self.tf, node, *args), _identity(rank))
 
     def _common_perm(self, node: Node):
         """The layout an elementwise op runs in: that of its full-rank non-constant inputs if they agree."""
@@ -132,6 +134,7 @@ class TfLowering:
         return _identity(rank)
 
 
+@TABLE.register("transpose")
 def _transpose(low: TfLowering, node: Node) -> Lowered:
     x = node.inputs[0]
     if x.is_param:
@@ -144,6 +147,7 @@ def _transpose(low: TfLowering, node: Node) -> Lowered:
     return Lowered(lv.t, perm_out)
 
 
+@TABLE.register("reduce_sum", "reduce_max", "reduce_min")
 def _reduce(low: TfLowering, node: Node) -> Lowered:
     x = node.inputs[0]
     lv = low.lowered(x)
@@ -159,6 +163,7 @@ def _reduce(low: TfLowering, node: Node) -> Lowered:
     return Lowered(t, tuple(renum[q] for q in kept))
 
 
+@TABLE.register("reverse")
 def _reverse(low: TfLowering, node: Node) -> Lowered:
     """np.flip in the input's own layout, one reverse per run of neighbouring stored axes (TFLite's
     REVERSE_V2 takes contiguous axes only)."""
@@ -189,6 +194,7 @@ def _runs(axes) -> list[list[int]]:
 # channels-last tensors need no TFLite Flex ops. Sum pools are average pools times the window size.
 
 
+@TABLE.register("pool")
 def _pool(low: TfLowering, node: Node) -> Lowered:
     lv = low.lowered(node.inputs[0])
     a = node.attrs
@@ -231,6 +237,7 @@ def _pool2d(tf, t, axes, mode, window, strides, pads):
 # ---- conv: channels-last 2-D and 3-D convolutions -----------------------------------------------------
 
 
+@TABLE.register("conv")
 def _conv(low: TfLowering, node: Node) -> Lowered:
     tf = low.tf
     x, w = node.inputs[0], node.inputs[1]
@@ -294,17 +301,18 @@ def _conv_padding(a: dict, kernel_shape) -> str | list:
     return [[0, 0]] + [list(p) for p in pads] + [[0, 0]]
 
 
-LAYOUT_OPS: dict[str, Callable[[TfLowering, Node], Lowered]] = {
-    "transpose": _transpose, "reduce_sum": _reduce, "reduce_max": _reduce, "reduce_min": _reduce, "conv": _conv,
-    "pool": _pool, "reverse": _reverse,
-}
-
 # ---- plain ops: fn(tf, node, *tensors) -> tensor -----------------------------------------------
 
-LOWERINGS: dict[str, Callable] = {}
+
+def _plain(*ops):
+    """Decorator: fn(tf, node, *tensors) -> tensor lowers these ops (see TfLowering.lower_plain)."""
+    def deco(fn):
+        TABLE.register(*ops)(lambda low, node: low.lower_plain(fn, node))
+        return fn
+    return deco
 
 
-def _register_table():
+def _direct_ops():
     unary = {"neg": "negative", "exp": "exp", "log": "math.log", "sqrt": "sqrt", "rsqrt": "math.rsqrt",
              "floor": "floor", "ceil": "math.ceil", "abs": "abs", "sign": "sign", "sin": "sin", "cos": "cos",
              "tanh": "tanh", "sigmoid": "sigmoid", "erf": "math.erf", "log1p": "math.log1p",
@@ -320,28 +328,20 @@ def _register_table():
         return obj
 
     for name, path in unary.items():
-        LOWERINGS[name] = (lambda p: lambda tf, n, x: resolve(tf, p)(x))(path)
+        _plain(name)((lambda p: lambda tf, n, x: resolve(tf, p)(x))(path))
     for name, path in binary.items():
-        LOWERINGS[name] = (lambda p: lambda tf, n, x, y: resolve(tf, p)(x, y))(path)
+        _plain(name)((lambda p: lambda tf, n, x, y: resolve(tf, p)(x, y))(path))
 
 
-_register_table()
+_direct_ops()
 
 
-def _lower(*ops):
-    def deco(fn):
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-    return deco
-
-
-@_lower("div")
+@_plain("div")
 def _div(tf, n, x, y):
     return x / y if n.outputs[0].dtype.startswith("float") else tf.truncatediv(x, y)
 
 
-@_lower("rem")
+@_plain("rem")
 def _rem(tf, n, x, y):
     """C fmod semantics, as the interpreter's np.fmod. Integers: x - trunc(x / y) * y, exact, from ops
     the TFLite converter has as builtins (it has no TruncateMod)."""
@@ -350,7 +350,7 @@ def _rem(tf, n, x, y):
     return x - tf.truncatediv(x, y) * y
 
 
-@_lower("round")
+@_plain("round")
 def _round(tf, n, x):
     if n.attrs["mode"] == "half_even":
         return tf.round(x)
@@ -359,7 +359,7 @@ def _round(tf, n, x):
     return tf.sign(x) * tf.where(frac >= 0.5, t + 1, t)
 
 
-@_lower("clamp")
+@_plain("clamp")
 def _clamp(tf, n, x):
     lo, hi = n.attrs["lo"], n.attrs["hi"]
     if (lo, hi) == (0.0, 6.0):
@@ -367,12 +367,12 @@ def _clamp(tf, n, x):
     return tf.minimum(tf.maximum(x, lo), hi)
 
 
-@_lower("select")
+@_plain("select")
 def _select(tf, n, c, x, y):
     return tf.where(c, x, y)
 
 
-@_lower("cast")
+@_plain("cast")
 def _cast(tf, n, x):
     to = n.attrs["to"]
     if n.inputs[0].dtype.startswith("float") and not to.startswith("float") and to != "bool":
@@ -380,12 +380,12 @@ def _cast(tf, n, x):
     return tf.cast(x, to)
 
 
-@_lower("reshape")
+@_plain("reshape")
 def _reshape(tf, n, x):
     return tf.reshape(x, n.attrs["shape"])
 
 
-@_lower("broadcast")
+@_plain("broadcast")
 def _broadcast(tf, n, x):
     shape, dims = n.attrs["shape"], n.attrs["dims"]
     expanded = [1] * len(shape)
@@ -394,18 +394,18 @@ def _broadcast(tf, n, x):
     return tf.broadcast_to(tf.reshape(x, expanded), shape)
 
 
-@_lower("slice")
+@_plain("slice")
 def _slice(tf, n, x):
     a = n.attrs
     return tf.strided_slice(x, a["starts"], a["limits"], a["strides"])
 
 
-@_lower("concat")
+@_plain("concat")
 def _concat(tf, n, *xs):
     return tf.concat(list(xs), axis=n.attrs["axis"])
 
 
-@_lower("pad")
+@_plain("pad")
 def _pad(tf, n, x, v):
     """tf.pad with neighbouring unpadded axes merged (TFLite's PAD takes at most 5 dims; the zero
     insertion of expand-lhs-dilation pads 6-D values). A constant zero value makes it a plain PAD."""
@@ -420,18 +420,18 @@ def _pad(tf, n, x, v):
     return tf.reshape(tf.pad(tf.reshape(x, shape), pads, constant_values=value), n.outputs[0].shape)
 
 
-@_lower("take")
+@_plain("take")
 def _take(tf, n, x, i):
     ax = n.attrs["axis"]
     return tf.gather(x, tf.clip_by_value(i, 0, n.inputs[0].shape[ax] - 1), axis=ax)
 
 
-@_lower("cumsum")
+@_plain("cumsum")
 def _cumsum(tf, n, x):
     return tf.cumsum(x, axis=n.attrs["axis"], reverse=n.attrs["reverse"])
 
 
-@_lower("dot")
+@_plain("dot")
 def _dot(tf, n, x, y):
     a = n.attrs
     lhs, rhs = n.inputs

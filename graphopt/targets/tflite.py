@@ -19,14 +19,20 @@ import numpy as np
 from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
-from . import Target, Variant
+from . import Option, Target, Variant
+from .tf_lowering import TABLE  # noqa: F401  (the target's lowering table)
 from .tf_module import STATE_CHECK, STATE_MODES, WEIGHT_VARIANTS, build_module, to_tflite
 
 NAME = "tflite"
 SUFFIX = ".tflite"
 TARGET = Target(NAME, emits=".tflite (builtin ops)", backend="LiteRT + XNNPACK",  # convs channels-last
                 variants=(Variant("tflite"), Variant("tflite-io", {"state_mode": "io"}, needs_state=True),
-                          Variant("tflite-fp16", {"quantize": "fp16"}), Variant("tflite-int8", {"quantize": "int8"})))
+                          Variant("tflite-fp16", {"quantize": "fp16"}), Variant("tflite-int8", {"quantize": "int8"})),
+                options=(Option("--state-mode", "state inside the model as resource variables (default) or as "
+                                "inputs/outputs", choices=STATE_MODES),
+                         Option("--quantize", "float16 weights (signal tier) or int8 dynamic-range weights "
+                                "(quantised tier)", choices=tuple(k for k in WEIGHT_VARIANTS if k))),
+                packages=("tensorflow-cpu", "ai-edge-litert"))
 
 
 def available() -> tuple[bool, str]:
@@ -206,3 +212,28 @@ class TfliteStream(Stream):
 
 def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> TfliteStream:
     return TfliteStream(model_file, manifest, initial_state, threads=threads)
+
+
+def inspect_summary(manifest: dict) -> dict:
+    """What `graphopt inspect` adds for a TFLite artifact: its own op count and histogram, XNNPACK's cut."""
+    if "tflite" not in manifest:
+        return {}
+    t = manifest["tflite"]
+    return dict(state_mode=t["state_mode"], xnnpack_partitions=t["xnnpack_partitions"], tflite_ops=t["ops"],
+                ops=t["op_histogram"], nodes=t["ops"], tensor_dtypes=t.get("tensor_dtypes"))
+
+
+def inspect_lines(s: dict) -> list[str]:
+    if "xnnpack_partitions" not in s:
+        return []
+    return [f"  XNNPACK     {s['tflite_ops']} TFLite ops cut into {s['xnnpack_partitions']} delegate "
+            f"partitions (state mode {s['state_mode']})"]
+
+
+def card_snippet(c) -> list[str]:
+    """The model card's code that runs the artifact (c: release.Snippet)."""
+    return ["# LiteRT" + (" (state inside the model)" if c.stateful else ""),
+            "from ai_edge_litert.interpreter import Interpreter",
+            f"it = Interpreter('{c.folder}/{c.model}.tflite', num_threads=1); step = it.get_signature_runner('step')",
+            f"bvp = step({', '.join(f'{n}={n}' for n in c.inputs)})['bvp']"
+            + ("  # reset: it.get_signature_runner('reset')()" if c.stateful else "")]

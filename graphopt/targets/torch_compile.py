@@ -10,9 +10,11 @@ from ..ir import Graph
 from . import torch_target
 from . import Target
 from .torch_target import open_stream  # noqa: F401  (the Stream compiles when the manifest says so)
+from .torch_lowering import TABLE  # noqa: F401  (the target's lowering table)
 
 TARGET = Target("torch-compile", emits=".pt2 (torch.export), run under torch.compile",
-                backend="PyTorch torch.compile (inductor, CPU)", caps=torch_target.TARGET.caps)
+                backend="PyTorch torch.compile (inductor, CPU)", caps=torch_target.TARGET.caps,
+                packages=torch_target.TARGET.packages)
 
 
 def available() -> tuple[bool, str]:

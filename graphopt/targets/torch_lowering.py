@@ -1,5 +1,6 @@
 """Lower an IR graph to a torch.fx GraphModule: placeholders for the inputs and state, one
-call_function node per IR op (a table of torch functions), parameters as buffers.
+call_function node per IR op, parameters as buffers. `TABLE` (a lowering.LoweringTable) maps each op
+to fn(node, fx args) -> (function, args, kwargs) of its call; torch is imported when a graph is lowered.
 
 forward(*inputs, *state) -> (*outputs, *new_state). Convolutions keep the IR's channels-first shapes;
 their inputs are laid out channels-last in memory (torch's memory_format), which torch's CPU
@@ -15,6 +16,10 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ir.ops import lhs_dilations
 from . import UnsupportedOpError  # noqa: F401  (one class for every target; raised here)
+from .lowering import LoweringTable
+
+TABLE = LoweringTable("torch", "graphopt/targets/torch_lowering.py")
+lowering = TABLE.register
 
 
 def _slice(x, starts, limits, strides):
@@ -124,81 +129,136 @@ def _pool(x, mode, perm, folded, unfolded, window, strides, pads, inverse):
     return y.permute(inverse) if inverse else y
 
 
-def _table() -> dict[str, Callable]:
+# IR op -> the function its inputs are passed to: a torch function by name, or a callable
+DIRECT = {
+    "neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": _rsqrt, "floor": "floor", "ceil": "ceil",
+    "abs": "abs", "sign": "sign", "sin": "sin", "cos": "cos", "tanh": "tanh", "sigmoid": "sigmoid", "erf": "erf",
+    "log1p": "log1p", "expm1": "expm1", "not": "logical_not", "is_finite": "isfinite",
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": _div, "max": "maximum",
+    "min": "minimum", "pow": "pow", "rem": "fmod", "and": "logical_and", "or": "logical_or", "lt": "lt",
+    "le": "le", "gt": "gt", "ge": "ge", "eq": "eq", "ne": "ne", "select": "where",
+}
+
+
+def _direct(fn) -> Callable:
+    def call(node, args):
+        import torch
+        return (getattr(torch, fn) if isinstance(fn, str) else fn), tuple(args), {}
+    return call
+
+
+for _op, _fn in DIRECT.items():
+    TABLE.add(_op, _direct(_fn))
+
+
+@lowering("round")
+def _round_call(node, args):
     import torch
-    t = {
-        "neg": torch.neg, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": _rsqrt,
-        "floor": torch.floor, "ceil": torch.ceil, "abs": torch.abs, "sign": torch.sign, "sin": torch.sin,
-        "cos": torch.cos, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "erf": torch.erf, "log1p": torch.log1p,
-        "expm1": torch.expm1, "not": torch.logical_not, "is_finite": torch.isfinite,
-        "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": _div, "max": torch.maximum,
-        "min": torch.minimum, "pow": torch.pow, "rem": torch.fmod, "and": torch.logical_and,
-        "or": torch.logical_or, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq,
-        "ne": torch.ne, "select": torch.where,
-    }
-    return t
+    return (torch.round, (args[0],), {}) if node.attrs["mode"] == "half_even" else (_round_away, (args[0],), {})
 
 
-def _call(node: Node, args: list) -> tuple[Callable, tuple, dict]:
-    """(function, args, kwargs) of one IR node, given its (fx) input arguments."""
+@lowering("clamp")
+def _clamp_call(node, args):
     import torch
-    op, a = node.op, node.attrs
-    table = _table()
-    if op in table:
-        return table[op], tuple(args), {}
-    x = args[0]
-    if op == "round":
-        return (torch.round, (x,), {}) if a["mode"] == "half_even" else (_round_away, (x,), {})
-    if op == "clamp":
-        return torch.clamp, (x,), {"min": a["lo"], "max": a["hi"]}
-    if op == "cast":
-        return _cast, (x, getattr(torch, a["to"])), {}
-    if op == "reshape":
-        return torch.reshape, (x, tuple(a["shape"])), {}
-    if op == "transpose":
-        return torch.permute, (x, tuple(a["perm"])), {}
-    if op == "broadcast":
-        return _broadcast, (x, node.inputs[0].shape, tuple(a["shape"]), tuple(a["dims"])), {}
-    if op == "slice":
-        return _slice, (x, a["starts"], a["limits"], a["strides"]), {}
-    if op == "concat":
-        return torch.cat, (tuple(args),), {"dim": a["axis"]}
-    if op == "pad":
-        return _pad, (x, node.inputs[1].const.item() if node.inputs[1].is_param else 0.0,
-                      [tuple(p) for p in a["pads"]]), {}
-    if op == "take":
-        return _take, (x, args[1], a["axis"], node.inputs[0].shape[a["axis"]]), {}
-    if op in ("reduce_sum", "reduce_max", "reduce_min"):
-        fn = {"reduce_sum": torch.sum, "reduce_max": torch.amax, "reduce_min": torch.amin}[op]
-        if not a["axes"]:
-            return torch.clone, (x,), {}
-        return fn, (x,), {"dim": tuple(a["axes"])}
-    if op == "cumsum":
-        return _cumsum, (x, a["axis"], a["reverse"]), {}
-    if op == "dot":
-        from .onnx import einsum_equation
-        lhs, rhs = node.inputs
-        matmul = (not a["lhs_batch"] and a["lhs_contract"] == (len(lhs.shape) - 1,) and len(rhs.shape) == 2
-                  and a["rhs_contract"] == (0,))
-        return _dot, (x, args[1], einsum_equation(len(lhs.shape), len(rhs.shape), a), matmul), {}
-    if op == "reverse":
-        return torch.flip, (x, tuple(a["axes"])), {}
-    if op == "pool":
-        return _pool_call(node, x)
-    if op == "conv":
-        if any(d != 1 for d in lhs_dilations(a, len(node.inputs[0].shape) - 2)):
-            raise UnsupportedOpError(f"conv %{node.outputs[0].name} has lhs_dilations {a['lhs_dilations']}, which "
-                                     "torch's conv lacks; run the expand-lhs-dilation lowering pass first (graphopt "
-                                     "build does for this target)")
-        b = args[2] if len(args) == 3 else None
-        return _conv, (x, args[1], b, a["strides"], [tuple(p) for p in a["pads"]], a["dilations"], a["groups"]), {}
-    raise UnsupportedOpError(f"op '{op}' has no torch lowering (graphopt/targets/torch_lowering.py)")
+    return torch.clamp, (args[0],), {"min": node.attrs["lo"], "max": node.attrs["hi"]}
 
 
-def _pool_call(node: Node, x) -> tuple[Callable, tuple, dict]:
+@lowering("cast")
+def _cast_call(node, args):
+    import torch
+    return _cast, (args[0], getattr(torch, node.attrs["to"])), {}
+
+
+@lowering("reshape")
+def _reshape_call(node, args):
+    import torch
+    return torch.reshape, (args[0], tuple(node.attrs["shape"])), {}
+
+
+@lowering("transpose")
+def _transpose_call(node, args):
+    import torch
+    return torch.permute, (args[0], tuple(node.attrs["perm"])), {}
+
+
+@lowering("broadcast")
+def _broadcast_call(node, args):
+    return _broadcast, (args[0], node.inputs[0].shape, tuple(node.attrs["shape"]), tuple(node.attrs["dims"])), {}
+
+
+@lowering("slice")
+def _slice_call(node, args):
+    a = node.attrs
+    return _slice, (args[0], a["starts"], a["limits"], a["strides"]), {}
+
+
+@lowering("concat")
+def _concat_call(node, args):
+    import torch
+    return torch.cat, (tuple(args),), {"dim": node.attrs["axis"]}
+
+
+@lowering("pad")
+def _pad_call(node, args):
+    if not node.inputs[1].is_param:
+        raise UnsupportedOpError(f"pad %{node.outputs[0].name} has a non-constant padding value, which the torch "
+                                 "lowering lacks; use the xla or onnx target")
+    return _pad, (args[0], node.inputs[1].const.item(), [tuple(p) for p in node.attrs["pads"]]), {}
+
+
+@lowering("take")
+def _take_call(node, args):
+    axis = node.attrs["axis"]
+    return _take, (args[0], args[1], axis, node.inputs[0].shape[axis]), {}
+
+
+@lowering("reduce_sum", "reduce_max", "reduce_min")
+def _reduce_call(node, args):
+    import torch
+    if not node.attrs["axes"]:
+        return torch.clone, (args[0],), {}
+    fn = {"reduce_sum": torch.sum, "reduce_max": torch.amax, "reduce_min": torch.amin}[node.op]
+    return fn, (args[0],), {"dim": tuple(node.attrs["axes"])}
+
+
+@lowering("cumsum")
+def _cumsum_call(node, args):
+    return _cumsum, (args[0], node.attrs["axis"], node.attrs["reverse"]), {}
+
+
+@lowering("dot")
+def _dot_call(node, args):
+    from .onnx import einsum_equation
+    a = node.attrs
+    lhs, rhs = node.inputs
+    matmul = (not a["lhs_batch"] and a["lhs_contract"] == (len(lhs.shape) - 1,) and len(rhs.shape) == 2
+              and a["rhs_contract"] == (0,))
+    return _dot, (args[0], args[1], einsum_equation(len(lhs.shape), len(rhs.shape), a), matmul), {}
+
+
+@lowering("reverse")
+def _reverse_call(node, args):
+    import torch
+    return torch.flip, (args[0], tuple(node.attrs["axes"])), {}
+
+
+@lowering("conv")
+def _conv_call(node, args):
+    a = node.attrs
+    if any(d != 1 for d in lhs_dilations(a, len(node.inputs[0].shape) - 2)):
+        raise UnsupportedOpError(f"conv %{node.outputs[0].name} has lhs_dilations {a['lhs_dilations']}, which "
+                                 "torch's conv lacks; run the expand-lhs-dilation lowering pass first (graphopt "
+                                 "build does for this target)")
+    b = args[2] if len(args) == 3 else None
+    return _conv, (args[0], args[1], b, a["strides"], [tuple(p) for p in a["pads"]], a["dilations"], a["groups"]), {}
+
+
+@lowering("pool")
+def _pool_call(node: Node, args) -> tuple[Callable, tuple, dict]:
     import torch
 
     from .onnx import pool_plan
+    x = args[0]
     plan = pool_plan(node.inputs[0].shape, node.outputs[0].shape, node.attrs)
     if not plan.window:
         return torch.clone, (x,), {}
@@ -214,8 +274,7 @@ def to_graph_module(graph: Graph):
     import torch
     import torch.fx as fx
 
-    if any(n.op == "pad" and not n.inputs[1].is_param for n in graph.nodes):
-        raise UnsupportedOpError("pad with a non-constant padding value has no torch lowering")
+    TABLE.check(graph)
     root = torch.nn.Module()
     g = fx.Graph()
     env: dict[int, fx.Node] = {}
@@ -236,7 +295,7 @@ def to_graph_module(graph: Graph):
 
     for node in graph.nodes:
         args = [read(v) for v in node.inputs]
-        fn, fargs, kwargs = _call(node, args)
+        fn, fargs, kwargs = TABLE.lookup(node)(node, args)
         env[id(node.outputs[0])] = g.call_function(fn, fargs, kwargs)
     outs = [read(v) for v in graph.outputs] + [read(s.output) for s in graph.state]
     g.output(tuple(outs))

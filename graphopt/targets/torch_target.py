@@ -14,10 +14,11 @@ from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
 from . import Capabilities, Target
+from .torch_lowering import TABLE  # noqa: F401  (the target's lowering table)
 
 SUFFIX = ".pt2"
 TARGET = Target("torch", emits=".pt2 (torch.export)", backend="PyTorch eager (CPU)",
-                caps=Capabilities(channels_first_convs=True))
+                caps=Capabilities(channels_first_convs=True), packages=("torch",))
 
 
 def available() -> tuple[bool, str]:
@@ -86,3 +87,11 @@ class TorchStream(Stream):
 
 def open_stream(model_file: Path, manifest: dict, initial_state, threads: int = 1) -> TorchStream:
     return TorchStream(model_file, manifest, initial_state, threads, compiled=manifest["target"] == "torch-compile")
+
+
+def card_snippet(c) -> list[str]:
+    """The model card's code that runs the artifact (c: release.Snippet); the torch-compile module has
+    none (its artifact is the same program)."""
+    args = ", ".join(f"torch.from_numpy({n})" for n in c.inputs)
+    return ["# PyTorch", "import torch", f"m = torch.export.load('{c.folder}/{c.model}.pt2').module()",
+            f"bvp, *new_state = m({args}{', *map(torch.from_numpy, state.values())' if c.stateful else ''})"]

@@ -17,12 +17,14 @@ from .. import artifact as art
 from ..ir import Graph
 from ..stream import Stream
 from . import Capabilities, Target
+from .jax_lowering import TABLE  # noqa: F401  (the target's lowering table)
 
 NAME = "xla"
 SUFFIX = ".jaxexport"
 PLATFORMS = ("cpu", "cuda")
 TARGET = Target(NAME, emits="serialized jax.export (StableHLO)", backend="XLA CPU (jax.export)",
-                caps=Capabilities(sequential_sums=False, input_dilated_convs=True))  # XLA sums in a tree
+                caps=Capabilities(sequential_sums=False, input_dilated_convs=True),  # XLA sums in a tree
+                packages=("jax", "jaxlib"), manifest_files=("xla.mlir",))
 
 
 def available() -> tuple[bool, str]:
@@ -106,3 +108,10 @@ class XlaStream(Stream):
 
 def open_stream(model_file: Path, manifest: dict, initial_state, **options) -> XlaStream:
     return XlaStream(model_file, manifest, initial_state)
+
+
+def card_snippet(c) -> list[str]:
+    """The model card's code that runs the artifact (c: release.Snippet)."""
+    return ["# XLA (jax.export)", "from jax import export",
+            f"exp = export.deserialize(bytearray(open('{c.folder}/{c.model}.jaxexport', 'rb').read()))",
+            f"bvp, *new_state = exp.call({', '.join(c.inputs)}{', *state.values()' if c.stateful else ''})"]
