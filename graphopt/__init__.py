@@ -6,6 +6,15 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from .artifact import load  # noqa: E402
+from .spec import ModelSpec, from_keras  # noqa: E402
 
-__all__ = ["load"]
+__all__ = ["ModelSpec", "build", "from_keras", "load"]
 __version__ = "0.1.0"
+
+
+def build(model, target: str, out, **options):
+    """Build `model` (a ModelSpec, a built-in model's name, or "FILE.py:FUNC") for `target` into the folder
+    `out`, verified against the model's own reference; returns the Artifact. Options as
+    graphopt.builder.build (verify, frames, exact, fps, fuse, target_options, force, log, ...)."""
+    from .builder import build as _build
+    return _build(model, target, out, **options)

@@ -333,14 +333,21 @@ def _max_dt(graph) -> float | None:
     """The longest dt a Stream steps with (a longer camera stall is stepped as this; see graphopt.stream)."""
     from .stream import MAX_DT_FRAMES
     fps = graph.meta.get("fps")
-    return MAX_DT_FRAMES / float(fps) if fps and any(v.name == "dt" for v in graph.inputs) else None
+    dt = (graph.meta.get("roles") or {}).get("dt", "dt")
+    return MAX_DT_FRAMES / float(fps) if fps and any(v.name == dt for v in graph.inputs) else None
 
 
 def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
     """The manifest fields every target shares, derived from the IR graph it emitted."""
     spec = lambda name, v, **kw: {"name": name, "shape": list(v.shape), "dtype": v.dtype, **kw}
     ins, outs = state_io_names(len(graph.state))
-    role = lambda v: v.name if v.name in ("frame", "dt") else "input"
+    roles = graph.meta.get("roles")  # set from the ModelSpec; graphs made otherwise: by input name
+    if roles is None:
+        roles = {"frame": "frame" if any(v.name == "frame" and len(v.shape) >= 3 and v.dtype.startswith("float")
+                                         for v in graph.inputs) else None,
+                 "dt": "dt" if any(v.name == "dt" for v in graph.inputs) else None}
+    role = lambda v: "frame" if v.name == roles.get("frame") else "dt" if v.name == roles.get("dt") else "input"
+    pulse = lambda n: {"role": "pulse"} if n == roles.get("pulse") else {}
     return {
         "format": FORMAT,
         "model": graph.meta.get("model", graph.name),
@@ -351,7 +358,7 @@ def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
         "max_dt": _max_dt(graph),
         "frames_per_step": int(graph.meta.get("frames_per_step") or 1),
         "inputs": [spec(v.name, v, role=role(v)) for v in graph.inputs],
-        "outputs": [spec(n, v) for n, v in zip(graph.output_names, graph.outputs)],
+        "outputs": [spec(n, v, **pulse(n)) for n, v in zip(graph.output_names, graph.outputs)],
         "state": [spec(s.name, s.input, input=i, output=o, **_view_fields(s)) for s, i, o in zip(graph.state, ins, outs)],
         "initial_state": {"file": file_name.rsplit(".", 1)[0] + STATE_SUFFIX,
                           "format": "npz, one array per state input name"},

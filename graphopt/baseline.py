@@ -123,7 +123,7 @@ def fit_state(state: list[np.ndarray], shapes: list[tuple], source: str) -> list
 
 
 def _manifest(model: str, target: str, file: Path, frame_shape, out_shape, state_shapes, state_names) -> dict:
-    return {"format": art.FORMAT, "model": model, "target": target, "precision": "as exported", "file": file.name,
+    return {"format": art.FORMAT, "model": getattr(model, "name", model), "target": target, "precision": "as exported", "file": file.name,
             "fps": 30.0, "baseline": True,
             "inputs": [{"name": "frame", "shape": list(frame_shape), "dtype": "float32", "role": "frame"},
                        {"name": "dt", "shape": [], "dtype": "float32", "role": "dt"}],
@@ -152,11 +152,12 @@ class OnnxBaseline(Stream):
                                    self._states), _initial_state(model, state, state_shapes))
         self._reset()
 
-    def _run(self, frame, dt, state):
+    def _run(self, feeds, state):
+        frame, dt = feeds
         feed = {self._frame: frame, self._dt: np.asarray(dt, np.float32).reshape(self._dt_shape)}
         feed.update(zip(self._states, state))
         res = self.session.run([self._out] + self._out_states, feed)
-        return res[0], res[1:]
+        return [res[0]], res[1:]
 
 
 class TfliteBaseline(Stream):
@@ -183,29 +184,31 @@ class TfliteBaseline(Stream):
                                    state_shapes, self._states), _initial_state(model, state, state_shapes))
         self._reset()
 
-    def _run(self, frame, dt, state):
+    def _run(self, feeds, state):
+        frame, dt = feeds
         dt = np.asarray(dt, np.float32).reshape(self._dt_shape)
         if self._runner is not None:
             res = self._runner(**{self._frame: frame, self._dt: dt}, **dict(zip(self._states, state)))
-            return res[self._out], [res[n] for n in self._out_states]
+            return [res[self._out]], [res[n] for n in self._out_states]
         it = self.interpreter
         it.set_tensor(self._in[self._frame], frame)
         it.set_tensor(self._in[self._dt], dt)
         for n, s in zip(self._states, state):
             it.set_tensor(self._in[n], s)
         it.invoke()
-        return it.get_tensor(self._outs[self._out]), [it.get_tensor(self._outs[n]) for n in self._out_states]
+        return [it.get_tensor(self._outs[self._out])], [it.get_tensor(self._outs[n]) for n in self._out_states]
 
 
-def _initial_state(model: str, state: list | None, shapes: list[tuple]) -> list[np.ndarray]:
+def _initial_state(model, state: list | None, shapes: list[tuple]) -> list[np.ndarray]:
+    """The baseline's initial state: the state file's, or the reference model's (a name or a ModelSpec)."""
     if state is not None:
         return fit_state(state, shapes, "the state file")
     from . import models
-    ref = models.load(model, None, False)
-    return fit_state([np.asarray(s) for s in ref.initial_state], shapes, f"the {model} reference's initial state")
+    ref = models.resolve(model)
+    return fit_state([np.asarray(s) for s in ref.initial_state], shapes, f"the {ref.name} reference's initial state")
 
 
-def open_baseline(path: str | Path, model: str = "facephys", state_file: str | None = None,
+def open_baseline(path: str | Path, model="facephys", state_file: str | None = None,
                   threads: int = 1) -> Stream:
     from . import trust
     p = Path(path)

@@ -61,22 +61,23 @@ def sgemm_gflops(n: int = 512, repeats: int = 20) -> float:
     return 2 * n ** 3 / float(np.median(times)) / 1e9
 
 
-def reference_step(model: str) -> Callable:
-    """The authors' step as open-rppg runs it: jax.jit, as published, state carried on the device."""
+def reference_step(model) -> Callable:
+    """The model's own step under jax.jit (a built-in: as its authors publish it), state carried on the
+    device: a callable over one step's feeds (input name -> array)."""
     from . import models
-    m = models.load(model, None, True)
+    m = models.resolve(model, None, True) if models.is_builtin(model) else models.resolve(model)
     step = m.reference()
+    names = list(m.inputs)
     state = [np.asarray(s) for s in m.initial_state]
-    dt = np.float32(1.0 / m.fps)
 
-    def one(frame):
+    def one(feeds):
         nonlocal state
-        y, state = step(frame, dt, state)
-        return np.asarray(y)
+        y, state = step(*(feeds[n] for n in names), *state)
+        return y
     return one
 
 
-def run(model: str = "facephys", targets: list[str] | None = None, baselines: list[str] = (),
+def run(model="facephys", targets: list[str] | None = None, baselines: list[str] = (),
         state_file: str | None = None, out_dir: str | None = None, rounds: int = 5, steps_per_round: int = 100,
         unfused: bool = True, force: bool = False, log: Callable[[str], None] = print) -> dict:
     single_thread_env()
@@ -84,7 +85,7 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
     from . import models
     from .baseline import open_baseline
     from .benchmark import measure, plan
-    from .build import EngineNeedsGpu, build, target_module
+    from .builder import EngineNeedsGpu, build, target_module
     from .targets import get as get_target
     from .targets import names as target_names
     from .equivalence import Clip
@@ -93,9 +94,9 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
     for t in targets:
         target_module(t)  # unknown targets fail before any work
     work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="graphopt-bench-"))
-    ref_model = models.load(model, None, False)
+    ref_model = models.resolve(model)
     per = ref_model.frames_per_step
-    frames = Clip(frames=max(64, 2 * per)).array(ref_model.frame_shape)
+    frames = Clip(frames=max(64, 2 * per), fps=ref_model.fps).feeds(ref_model)
     steps: dict[str, Callable] = {}
     meta: dict[str, dict] = {}
     for t in targets:
@@ -107,27 +108,28 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
             name = f"graphopt {t} {'fused' if fused else 'unfused'}"
             log(f"building {name} ...")
             try:
-                a = build(model, t, work / f"{model}-{t}-{'fused' if fused else 'unfused'}", fuse=fused,
+                a = build(ref_model, t, work / f"{ref_model.name}-{t}-{'fused' if fused else 'unfused'}", fuse=fused,
                           verify=False, force=force, log=lambda m: None)
             except EngineNeedsGpu as e:  # a part only a machine with a device builds
                 part = get_target(t).device_part
                 log(f"skipping {t}: {part.bench_note if part else e}")
                 break
             stream = art.load(a.path, threads=1)
-            steps[name] = stream.step
+            steps[name] = _feed_step(stream, ref_model)
             meta[name] = {"backend": backend(t), "nodes": a.manifest["graph"]["nodes"], "target": t,
                           "fused": fused, "artifact": str(a.path)}
-    steps["open-rppg JAX JIT (reference)"] = reference_step(model)
-    meta["open-rppg JAX JIT (reference)"] = {"backend": backend("reference"), "target": "reference"}
+    ref_row = "open-rppg JAX JIT (reference)" if models.is_builtin(model) else f"{ref_model.name} JAX JIT (reference)"
+    steps[ref_row] = reference_step(model if models.is_builtin(model) else ref_model)
+    meta[ref_row] = {"backend": backend("reference"), "target": "reference"}
     for path in baselines:
-        stream = open_baseline(path, model, state_file, threads=1)
+        stream = open_baseline(path, ref_model, state_file, threads=1)
         kind = "baseline-" + stream.manifest["target"]
         name = f"baseline {Path(path).name}"
         if name in steps:  # two baselines with the same file name: tell them apart by their folder
             name = f"baseline {Path(path).parent.name}/{Path(path).name}"
         while name in steps:
             name += "'"
-        steps[name] = stream.step
+        steps[name] = _feed_step(stream, ref_model)
         meta[name] = {"backend": backend(kind), "target": kind, "artifact": str(path)}
     timing = plan(per, steps_per_round)
     log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {timing['steps_per_round']} steps, 1 thread ...")
@@ -135,8 +137,8 @@ def run(model: str = "facephys", targets: list[str] | None = None, baselines: li
     gflops = sgemm_gflops()
     flops = ref_model.trace().flops() / per
     bound_fps = gflops * 1e9 / flops if flops else None
-    ref = next(r for r in rows if r.name.startswith("open-rppg"))
-    result = {"model": model, "frames_per_step": per, "machine": machine(), "sgemm_gflops_1thread": gflops, "flops_per_frame": flops,
+    ref = next(r for r in rows if r.name == ref_row)
+    result = {"model": ref_model.name, "frames_per_step": per, "machine": machine(), "sgemm_gflops_1thread": gflops, "flops_per_frame": flops,
               "compute_bound_fps": bound_fps, "rows": []}
     for r in rows:
         result["rows"].append({"name": r.name, "fps": r.fps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
@@ -160,7 +162,7 @@ def machine() -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| Runtime | FPS | Backend | p50 ms | p99 ms | x open-rppg JAX JIT | of compute bound | nodes |",
+    lines = ["| Runtime | FPS | Backend | p50 ms | p99 ms | x reference (JAX JIT) | of compute bound | nodes |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in sorted(result["rows"], key=lambda r: -r["fps"]):
         bound = f"{r['of_compute_bound'] * 100:.0f}%" if r.get("of_compute_bound") else ""
@@ -175,3 +177,10 @@ def markdown(result: dict) -> str:
                  f"{(result['flops_per_frame'] or 0) / 1e6:.1f} MFLOP/frame -> compute bound "
                  f"{result['compute_bound_fps'] or 0:.0f} FPS.")
     return "\n".join(lines)
+
+
+def _feed_step(stream, spec) -> Callable:
+    """A Stream as a callable over one step's feeds (input name -> array), as bench measures it."""
+    from .equivalence import stream_step
+    step = stream_step(stream, spec)
+    return lambda feeds: step(feeds, None)

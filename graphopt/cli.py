@@ -54,7 +54,7 @@ def _or(words: list[str]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     from .baseline import SUFFIXES
-    from .build import MAX_FPS, MIN_FPS
+    from .builder import MAX_FPS, MIN_FPS
     from .equivalence import MAX_FRAMES
     from .targets import MODULES, get, release_variants
     finishing = {n: get(n).device_part for n in MODULES if get(n).device_part}
@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="build a model into a verified artifact")
-    b.add_argument("--model", help="model name: facephys or physnet")
+    b.add_argument("--model", help="model: facephys or physnet, or FILE.py:FUNC / package.module:FUNC where "
+                                   "FUNC() returns a graphopt.ModelSpec")
     b.add_argument("--target", required=True, help=f"target runtime: {_or(list(MODULES))}")
     b.add_argument("--out", help="artifact folder to write (replaced atomically)")
     b.add_argument("--from", dest="from_artifact", metavar="ARTIFACT",
@@ -91,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check an artifact (or a baseline step model) against the authors' step")
     v.add_argument("artifact", help=f"artifact folder or model file, or {baseline} graphopt did not build")
-    v.add_argument("--model", help="reference model for a baseline (default facephys)")
+    v.add_argument("--model", help="reference model for a baseline (default facephys), or the FILE.py:FUNC an "
+                                   "artifact was built from")
     v.add_argument("--weights", help="the reference's weights file (default: the one the model package ships); "
                                      "for an artifact built with --weights")
     v.add_argument("--state", help="baseline's initial state (npz or the authors' gzip-JSON); default: the "
@@ -141,7 +143,7 @@ def _given(value) -> bool:
 def _target_options(a, finishing: bool = False) -> dict:
     """The target-only flags, refused for any other target; as emit() takes them (with the target's
     defaults) or, finishing an artifact, as build_from() does (None where not given)."""
-    from .build import BuildUsageError
+    from .builder import BuildUsageError
     from .targets import MODULES, get
     for flag, (o, owners) in _target_flags().items():
         if _given(getattr(a, o.dest)) and a.target not in owners:
@@ -157,10 +159,10 @@ def _target_options(a, finishing: bool = False) -> dict:
 
 
 def cmd_build(a) -> int:
-    from .build import BuildUsageError, build
+    from .builder import BuildUsageError, build
     from .targets import MODULES, get
     if a.from_artifact:
-        from .build import target_module
+        from .builder import target_module
         tmod = target_module(a.target)
         if get(a.target).device_part is None:
             what = " or ".join(get(n).device_part.what for n in MODULES if get(n).device_part)
@@ -184,7 +186,7 @@ def cmd_verify(a) -> int:
     from . import artifact as art
     from . import equivalence, metrics, models
     from .baseline import SUFFIXES, is_baseline, open_baseline
-    from .build import format_result
+    from .builder import format_result
     from pathlib import Path
     p = Path(a.artifact)
     if p.is_file() and not art.manifest_path_for(p).is_file() and not p.name.endswith(art.MANIFEST_SUFFIX) \
@@ -196,23 +198,34 @@ def cmd_verify(a) -> int:
         raise art.ArtifactError(f"--weights {a.weights} is not a file")
     if is_baseline(a.artifact):
         model = a.model or "facephys"
-        models.adapter(model)  # an unknown --model fails before the baseline is opened
-        stream = open_baseline(a.artifact, model, a.state)
-        source = models.load(model, a.weights, False).source
+        models.check(model)  # an unknown --model fails before the baseline is opened
+        spec = models.resolve(model, a.weights)
+        if spec.frame_input is None or spec.dt_input is None:
+            raise art.ArtifactError(f"a baseline is a step model taking a frame and dt; {spec.name} is not one")
+        stream = open_baseline(a.artifact, spec, a.state)
         claimed = a.tier
-        ref_shape = equivalence.reference_frame_shape(model)
-        if tuple(stream.frame_shape) != tuple(ref_shape):
-            raise art.ArtifactError(f"{p} takes frames of shape {stream.frame_shape}, the {model} reference "
-                                    f"{tuple(ref_shape)}: it is not a {model} step model (see --model)")
+        if tuple(stream.frame_shape) != tuple(spec.frame_shape):
+            raise art.ArtifactError(f"{p} takes frames of shape {stream.frame_shape}, the {spec.name} reference "
+                                    f"{tuple(spec.frame_shape)}: it is not a {spec.name} step model (see --model)")
     else:
         stream = art.load(a.artifact)
+        equivalence.check_frames(a.frames, stream.frames_per_step, float(stream.manifest.get("fps") or 30.0))
         model = stream.manifest["model"]
-        if a.model and a.model != model:
-            raise art.ArtifactError(f"{p} is a {model} artifact; --model {a.model} applies to baselines only")
         source = stream.manifest.get("source")
         if not isinstance(source, dict):
             raise art.ArtifactError(f"the manifest of {p} has no source (which model and weights it was built "
                                     "from); rebuild the artifact")
+        if a.model and models.is_user_ref(a.model):
+            spec = models.resolve(a.model)
+            equivalence.check_fingerprint(spec, source)
+        elif a.model and a.model != model:
+            raise art.ArtifactError(f"{p} is a {model} artifact, not {a.model}; give --model only for a baseline "
+                                    "or for an artifact built from FILE.py:FUNC")
+        elif models.is_builtin(model):
+            spec = equivalence.reference_model(model, source, a.weights)
+        else:
+            raise art.ArtifactError(f"{p} was built from a user's model ({model!r:.40}); pass the spec it was built "
+                                    "from: --model FILE.py:FUNC")
         claimed = a.tier or stream.manifest.get("equivalence", {}).get("tier_claimed", "rounding")
     m = stream.manifest
     fps = float(m.get("fps") or 30.0)
@@ -221,8 +234,7 @@ def cmd_verify(a) -> int:
     print(f"verifying {a.artifact} ({m['target']}, {m.get('precision', '?')}) over {a.frames} frames",
           file=sys.stderr)
     try:
-        result = equivalence.check(equivalence.stream_step(stream), stream.state, model, source, clip,
-                                   weights=a.weights)
+        result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec, clip)
     except equivalence.VerificationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -257,6 +269,9 @@ def cmd_bench(a) -> int:
 
 def cmd_release(a) -> int:
     from . import __version__, release
+    from . import models
+    if models.is_user_ref(a.model) and not a.out:
+        raise models.ModelSourceError("release --model FILE.py:FUNC needs --out DIR (the folder to write)")
     out = a.out or f"artifacts/{a.model}-{__version__}"
     variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
     try:
@@ -291,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import single_thread_env
         single_thread_env()  # before anything imports jax
     from .artifact import ArtifactError
-    from .build import BuildError, EngineNeedsGpu
+    from .builder import BuildError, EngineNeedsGpu
     from .stream import FrameError
     from graphopt.models import ModelSourceError
     from graphopt.passes import PassError
@@ -307,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     except (ArtifactError, BuildError, ModelSourceError, FrameError, OSError, PassError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
-        from .build import BuildUsageError
+        from .builder import BuildUsageError
         return EXIT_FAILED if isinstance(e, BuildError) and not isinstance(e, BuildUsageError) else EXIT_USAGE
 
 

@@ -1,8 +1,11 @@
-"""Numerical equivalence of anything that steps a model against the authors' reference step.
+"""Numerical equivalence of anything that steps a model against the model's own reference.
 
-A run feeds a clip frame by frame with state carried (a chunk model: chunk by chunk). The reference is the authors' step under
-jax.jit; its output on the clip, and on the clip with every pixel moved by one ulp (the noise
-floor), are cached on disk per model, weights, precision and clip.
+The reference is the ModelSpec's `fn` under jax.jit. A run feeds a verification clip step by step with
+state carried: the synthetic face clip for the spec's face-frame input (a chunk model: chunk by chunk),
+dt = 1/fps for its dt input, and deterministic uniform random values in `input_range` for any other
+input. The reference's outputs on the clip, and on the clip with every float input moved by one ulp (the
+noise floor), are cached on disk per model fingerprint (its jaxpr, weights and initial state) and clip.
+Every output is compared; the heart-rate criterion applies to the spec's pulse output.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ import numpy as np
 from . import metrics
 from .clip import perturb_one_ulp, synthetic_clip
 
-StepFn = Callable[[np.ndarray, np.ndarray, list], tuple[np.ndarray, list]]
-
+# step(feeds: input name -> array, state) -> (outputs in the reference's order, new state)
+StepFn = Callable[[dict, list], tuple[list, list]]
 
 MIN_FRAMES, MAX_FRAMES = 32, 9000  # a clip long enough for a heart rate, short enough to fit in memory
 
@@ -40,14 +43,15 @@ class VerificationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Clip:
-    """A deterministic synthetic face clip (see graphopt.clip)."""
+    """A deterministic verification clip: `frames` face frames (see graphopt.clip), or as many steps of a
+    model without a face input."""
     frames: int = 600
     hr_bpm: float = 72.0
     seed: int = 0
     fps: float = 30.0
 
     def array(self, frame_shape: tuple[int, ...], perturbed: bool = False) -> np.ndarray:
-        """The clip as model inputs: (steps, *frame_shape). A frame_shape holding several frames (a
+        """The face clip as model inputs: (steps, *frame_shape). A frame_shape holding several frames (a
         chunk model's) takes as many whole chunks as the clip has; the frames left over are dropped."""
         per_step = int(np.prod(frame_shape[:-3], dtype=np.int64))
         steps = self.frames // per_step
@@ -59,6 +63,41 @@ class Clip:
             clip = perturb_one_ulp(clip, seed=self.seed + 1)
         return clip[:steps * per_step].reshape((steps,) + tuple(frame_shape))
 
+    def feeds(self, spec, perturbed: bool = False) -> list[dict]:
+        """The spec's inputs for every step of the clip: name -> array."""
+        steps = self.frames // spec.frames_per_step
+        if steps < 1:
+            raise ValueError(f"a clip of {self.frames} frames holds no whole step of {spec.frames_per_step} "
+                             f"frames; use at least {spec.frames_per_step} frames")
+        lo, hi = spec.input_range
+        columns = {}
+        for i, (name, example) in enumerate(spec.inputs.items()):
+            shape, dtype = tuple(example.shape), example.dtype
+            if name == spec.frame_input:
+                columns[name] = self.array(shape, perturbed).astype(dtype, copy=False)[:steps]
+            elif name == spec.dt_input:
+                columns[name] = np.full((steps,) + shape, 1.0 / self.fps, dtype)
+            else:
+                rng = np.random.default_rng([self.seed, 1000 + i])
+                if dtype.kind == "f":
+                    x = rng.uniform(lo, hi, (steps,) + shape).astype(dtype)
+                    columns[name] = _perturb(x, lo, hi, self.seed + 1 + i) if perturbed else x
+                elif dtype.kind == "b":
+                    columns[name] = rng.random((steps,) + shape) < 0.5
+                else:
+                    columns[name] = rng.integers(int(np.ceil(lo)), max(int(np.ceil(lo)) + 1, int(np.ceil(hi))),
+                                                 (steps,) + shape).astype(dtype)
+        return [{k: v[t] for k, v in columns.items()} for t in range(steps)]
+
+
+def _perturb(values: np.ndarray, lo: float, hi: float, seed: int) -> np.ndarray:
+    """Every element moved by one ulp of its dtype, in a random direction, kept inside [lo, hi]."""
+    rng = np.random.default_rng(seed)
+    up = rng.integers(0, 2, values.shape, dtype=np.int8).astype(bool)
+    up = (up | (values <= lo)) & ~(values >= hi)
+    target = np.where(up, np.array(np.inf, values.dtype), np.array(-np.inf, values.dtype))
+    return np.clip(np.nextafter(values, target), values.dtype.type(lo), values.dtype.type(hi))
+
 
 def cache_dir() -> Path:
     root = os.environ.get("GRAPHOPT_CACHE_DIR") or os.path.join(
@@ -68,14 +107,28 @@ def cache_dir() -> Path:
     return path
 
 
-def run_steps(step: StepFn, frames: np.ndarray, dt: float, state: list) -> tuple[np.ndarray, list]:
-    """Run a step function over frames with state carried; returns (outputs concatenated, final state)."""
-    dt = np.float32(dt)
-    outs = []
-    for frame in frames:
-        y, state = step(frame, dt, state)
-        outs.append(np.asarray(y, dtype=np.float64).reshape(-1))
-    return np.concatenate(outs), [np.asarray(s) for s in state]
+def run_steps(step: StepFn, feeds: list[dict], state: list) -> tuple[list[np.ndarray], list]:
+    """Run a step function over the clip's feeds with state carried; returns (each output's values over the
+    clip, flattened and concatenated, float64; the final state)."""
+    per_output: list[list[np.ndarray]] | None = None
+    for f in feeds:
+        outs, state = step(f, state)
+        if per_output is None:
+            per_output = [[] for _ in outs]
+        for acc, y in zip(per_output, outs):
+            acc.append(np.asarray(y, dtype=np.float64).reshape(-1))
+    return [np.concatenate(a) for a in per_output or []], [np.asarray(s) for s in state]
+
+
+def spec_step(spec) -> StepFn:
+    """The spec's reference (fn under jax.jit) as a StepFn."""
+    jitted = spec.reference()
+    names = list(spec.inputs)
+
+    def step(feeds, state):
+        outs, new = jitted(*(feeds[n] for n in names), *state)
+        return [np.asarray(y) for y in outs], [np.asarray(s) for s in new]
+    return step
 
 
 class _StreamState:
@@ -89,20 +142,44 @@ class _StreamState:
         return iter(self._stream.state)
 
 
-def stream_step(stream) -> StepFn:
-    """Adapt a Stream to a StepFn (the Stream carries its own state; reset before use)."""
+def stream_step(stream, spec) -> StepFn:
+    """Adapt a Stream to a StepFn over the spec's feeds (the Stream carries its own state; reset here).
+    The Stream's frame and dt inputs take the spec's by role, its other inputs by name (or by position
+    where the names differ); its outputs are matched to the spec's by name, else by position."""
     stream.reset()
     state = _StreamState(stream)
+    roles = spec.roles()
+    by_role = {r: n for n, r in roles.items() if r != "input"}
+    plain = [n for n, r in roles.items() if r == "input"]
+    s_plain = [n for n, r in zip(stream.input_names, stream.input_roles) if r == "input"]
+    if len(s_plain) != len(plain):
+        raise VerificationError(f"the candidate takes inputs {stream.input_names}, the reference {list(roles)}")
+    rename = dict(zip(s_plain, plain)) if set(s_plain) != set(plain) else {n: n for n in plain}
+    source = [by_role.get(r) if r != "input" else rename[n] for n, r in zip(stream.input_names, stream.input_roles)]
+    if None in source:
+        raise VerificationError(f"the candidate takes inputs {stream.input_names} with roles {stream.input_roles}; "
+                                f"the reference has no input for each of them ({list(roles)})")
+    want = spec.output_names(len(stream.output_names)) if spec.outputs is not None else stream.output_names
+    order = [stream.output_names.index(n) for n in want] if set(want) == set(stream.output_names) \
+        else list(range(len(stream.output_names)))
 
-    def step(frame, dt, _):
-        return stream.step(frame, dt if stream.takes_dt else None), state
+    def step(feeds, _):
+        got = stream.step(*(feeds[n] for n in source))
+        outs = list(got.values()) if isinstance(got, dict) else [got]
+        return [outs[i] for i in order], state
     return step
 
 
-def _source_key(model: str, source: dict) -> dict:
+def fingerprint(spec) -> str:
+    """The spec's fingerprint, computed once per spec object."""
+    if getattr(spec, "_fingerprint", None) is None:
+        spec._fingerprint = spec.fingerprint()
+    return spec._fingerprint
+
+
+def _source_key(spec) -> dict:
     import jax
-    return {"model": model, "weights_sha256": source.get("weights_sha256"),
-            "precision": source.get("precision", "float32"), "jax": jax.__version__}
+    return {"model": spec.name, "fingerprint": fingerprint(spec), "jax": jax.__version__}
 
 
 def _cache_path(kind: str, key: dict) -> Path:
@@ -110,29 +187,30 @@ def _cache_path(kind: str, key: dict) -> Path:
     return cache_dir() / f"{kind}-{key['model']}-{digest}.npz"
 
 
-def reference_run(model: str, source: dict, clip: Clip, perturbed: bool = False,
-                  weights: str | None = None) -> tuple[np.ndarray, list]:
-    """The authors' step on the clip (cached): (outputs[N], final state). The cache is keyed by the
-    weights' sha256, and an entry is only ever written from weights whose sha256 was computed here."""
-    key = {**_source_key(model, source), **asdict(clip), "perturbed": perturbed}
+def reference_run(spec, clip: Clip, perturbed: bool = False) -> tuple[list[np.ndarray], list]:
+    """The spec's reference on the clip (cached): (each output over the clip, final state)."""
+    key = {**_source_key(spec), **asdict(clip), "perturbed": perturbed}
     path = _cache_path("reference", key)
     if path.is_file():
-        with np.load(path) as data:
-            return data["outputs"], [data[f"s{i}"] for i in range(int(data["n_state"]))]
-    step_model = reference_model(model, source, weights)
-    outputs, state = run_steps(step_model.reference(), clip.array(step_model.frame_shape, perturbed),
-                               1.0 / clip.fps, list(step_model.initial_state))
+        try:
+            with np.load(path) as data:
+                return ([data[f"o{i}"] for i in range(int(data["n_out"]))],
+                        [data[f"s{i}"] for i in range(int(data["n_state"]))])
+        except (KeyError, ValueError, OSError):
+            pass  # a cache entry from another version, or a damaged one: computed again below
+    outputs, state = run_steps(spec_step(spec), clip.feeds(spec, perturbed), spec.state_leaves)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, outputs=outputs, n_state=len(state), **{f"s{i}": s for i, s in enumerate(state)})
+        np.savez(f, n_out=len(outputs), n_state=len(state), **{f"o{i}": o for i, o in enumerate(outputs)},
+                 **{f"s{i}": s for i, s in enumerate(state)})
     os.replace(tmp, path)
     return outputs, state
 
 
 def reference_model(model: str, source: dict, weights: str | None = None):
-    """The reference: the model package's own weights, or the weights file the user names (build's and
-    verify's --weights). Never a path from a manifest: an artifact cannot choose what it is checked
-    against. Its recorded weights sha256 must match the weights used."""
+    """The reference for a built-in model: its package's own weights, or the weights file the user names
+    (build's and verify's --weights). Never a path from a manifest: an artifact cannot choose what it is
+    checked against. Its recorded weights sha256 must match the weights used."""
     from graphopt import models
     precision = source.get("precision", "float32")
     if precision not in ("float32", "mixed_float16"):
@@ -150,38 +228,55 @@ def reference_model(model: str, source: dict, weights: str | None = None):
     return m
 
 
-def noise_floor(model: str, source: dict, clip: Clip, weights: str | None = None) -> dict:
-    """NRMSE and max abs between the reference on the clip and on the clip moved by one ulp."""
-    ref, _ = reference_run(model, source, clip, weights=weights)
-    perturbed, _ = reference_run(model, source, clip, perturbed=True, weights=weights)
-    return {"nrmse": float(np.sqrt(np.mean((perturbed - ref) ** 2)) / np.std(ref)),
-            "max_abs": float(np.max(np.abs(perturbed - ref)))}
+def check_fingerprint(spec, source: dict) -> None:
+    """A user's spec must be the model the artifact was built from (the manifest's source.fingerprint)."""
+    from .spec import SpecError
+    want = source.get("fingerprint")
+    if want is not None and want != fingerprint(spec):
+        raise SpecError(f"the artifact was built from another model than {spec.name} (fingerprint "
+                        f"{str(want)[:12]}..., the spec's {fingerprint(spec)[:12]}...); pass the --model it was "
+                        "built from")
 
 
-def check(step: StepFn, initial_state: list, model: str, source: dict, clip: Clip = Clip(),
-          weights: str | None = None) -> dict:
-    """Run `step` over the clip and compare with the reference: metrics, noise floor and tier reached.
-    weights: the reference's weights file (default: the model package's)."""
-    ref_out, ref_state = reference_run(model, source, clip, weights=weights)
-    floor = noise_floor(model, source, clip, weights)
-    frame_shape = tuple(reference_frame_shape(model))
+def noise_floor(spec, clip: Clip) -> list[dict]:
+    """Per output: NRMSE and max abs between the reference on the clip and on the clip moved by one ulp."""
+    ref, _ = reference_run(spec, clip)
+    perturbed, _ = reference_run(spec, clip, perturbed=True)
+    return [{"nrmse": float(np.sqrt(np.mean((p - r) ** 2)) / max(float(np.std(r)), 1e-30)),
+             "max_abs": float(np.max(np.abs(p - r))) if r.size else 0.0} for r, p in zip(ref, perturbed)]
+
+
+def check(step: StepFn, initial_state: list, spec, clip: Clip = Clip()) -> dict:
+    """Run `step` over the clip and compare every output with the spec's reference: metrics, noise floor
+    and tier reached (the loosest over the outputs). The top-level metrics are the pulse output's (else
+    the first output's); "outputs" has each output's."""
+    ref_outs, ref_state = reference_run(spec, clip)
+    floors = noise_floor(spec, clip)
     from .stream import StepError
     try:
-        out, state = run_steps(step, clip.array(frame_shape), 1.0 / clip.fps, list(initial_state))
+        outs, state = run_steps(step, clip.feeds(spec), list(initial_state))
     except StepError as e:
         raise VerificationError(f"the candidate failed on the synthetic clip: {e}") from None
+    if len(outs) != len(ref_outs):
+        raise VerificationError(f"the candidate has {len(outs)} outputs, the reference {len(ref_outs)}")
+    names = spec.output_names(len(ref_outs))
     same_layout = len(state) == len(ref_state) and all(np.shape(a) == np.shape(b) for a, b in zip(state, ref_state))
-    result = metrics.with_floor(metrics.compare(ref_out, out, fps=clip.fps, ref_state=ref_state if same_layout else None,
-                                                cand_state=state if same_layout else None), floor["nrmse"])
+    per_output = {}
+    for name, r, c, floor in zip(names, ref_outs, outs, floors):
+        try:
+            m = metrics.compare(r, c, fps=clip.fps, hr=name == spec.pulse_output)
+        except ValueError as e:
+            raise VerificationError(f"output {name}: {e}") from None
+        per_output[name] = {**metrics.with_floor(m, floor["nrmse"]), "noise_floor": floor}
+    primary = spec.pulse_output if spec.pulse_output in per_output else names[0]
+    result = dict(per_output[primary])
+    result["tier"] = metrics.loosest([o["tier"] for o in per_output.values()])
+    result["state_max_rel"] = metrics.state_max_rel(ref_state, state) if same_layout else None
     if not same_layout:  # e.g. a baseline model with its own state layout
         result["state_note"] = (f"the candidate's state ({len(state)} tensors) is not laid out like the reference's "
                                 f"({len(ref_state)} tensors): final state not compared")
-    result["noise_floor"] = floor
+    if len(per_output) > 1:
+        result["outputs"] = per_output
     result["clip"] = asdict(clip)
-    result["reference"] = f"{model} authors' step ({source.get('precision', 'float32')}, jax.jit)"
+    result["reference"] = f"{spec.name} ({spec.source.get('precision', 'float32')}, its own fn under jax.jit)"
     return result
-
-
-def reference_frame_shape(model: str) -> tuple[int, ...]:
-    from graphopt import models
-    return tuple(models.adapter(model).FRAME_SHAPE)

@@ -120,16 +120,20 @@ def validate(m, where: str) -> dict:
         c.fail("inputs/outputs", "must not be empty")
     for i, spec in enumerate(inputs):
         _tensor(c, spec, f"inputs[{i}]", role_allowed=True)
-    if not inputs[0]["shape"]:
-        c.fail("inputs[0].shape", "must have at least one dimension (a frame, or a chunk of frames)")
     roles = [s.get("role", "input") for s in inputs]
-    if roles.count("frame") != 1 or roles[0] != "frame" or roles.count("dt") > 1 or "input" in roles:
-        c.fail("inputs", f"must be the frame first, then at most one dt (roles {roles})")
+    if roles.count("frame") > 1 or roles.count("dt") > 1:
+        c.fail("inputs", f"must have at most one frame and at most one dt input (roles {roles})")
+    for s in inputs:
+        if s.get("role") == "frame" and len(s["shape"]) < 3:
+            c.fail("inputs (frame)", f"must be (..., H, W, C) frames, not shape {s['shape']}")
     for s in inputs:
         if s.get("role") == "dt" and math.prod(s["shape"]) != 1:
             c.fail("inputs (dt)", f"must hold one number, not shape {s['shape']}")
     for i, spec in enumerate(outputs):
         _tensor(c, spec, f"outputs[{i}]")
+    names = [s["name"] for s in inputs] + [s["name"] for s in outputs]
+    if len(set(names)) != len(names):
+        c.fail("inputs/outputs", "names must be distinct")
     state = c.get(m, "state", list, "state")
     total = 0
     for i, spec in enumerate(state):

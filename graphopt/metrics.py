@@ -133,12 +133,14 @@ def compare(
     fps: float = 30.0,
     ref_state: StateTensors | None = None,
     cand_state: StateTensors | None = None,
+    hr: bool = True,
 ) -> dict[str, float | bool | None]:
     """Compare a candidate waveform (and optionally final states) with the reference.
 
     Returns max_abs, nrmse (RMS error over the reference's std), pearson (0.0 if
     the candidate is constant), hr_ref_bpm, hr_bpm, hr_bin_bpm, same_hr (HRs
     within one bin) and state_max_rel (None unless both states are given).
+    hr=False (an output that is not a pulse waveform): the heart-rate fields are None.
     """
     ref = _as_waveform(reference, "reference")
     cand = np.asarray(candidate, dtype=np.float64).ravel()
@@ -153,9 +155,11 @@ def compare(
 
     err = cand - ref
     pearson = float(np.corrcoef(ref, cand)[0, 1]) if np.std(cand) > 0.0 else 0.0
-    hr_ref = estimate_hr(ref, fps)
-    hr_cand = estimate_hr(cand, fps)
-    bin_bpm = hr_bin_bpm(ref.size, fps)
+    if hr:
+        hr_ref, hr_cand, bin_bpm = estimate_hr(ref, fps), estimate_hr(cand, fps), hr_bin_bpm(ref.size, fps)
+        same_hr = bool(abs(hr_cand - hr_ref) <= bin_bpm + HR_EPS_BPM)
+    else:
+        hr_ref = hr_cand = bin_bpm = same_hr = None
     return {
         "max_abs": float(np.max(np.abs(err))),
         "nrmse": float(np.sqrt(np.mean(err**2)) / ref_std),
@@ -163,7 +167,7 @@ def compare(
         "hr_ref_bpm": hr_ref,
         "hr_bpm": hr_cand,
         "hr_bin_bpm": bin_bpm,
-        "same_hr": bool(abs(hr_cand - hr_ref) <= bin_bpm + HR_EPS_BPM),
+        "same_hr": same_hr,
         "state_max_rel": None if ref_state is None else state_max_rel(ref_state, cand_state),
     }
 
@@ -179,9 +183,10 @@ def tier_reached(metrics: Mapping[str, Any], noise_floor_nrmse: float) -> str | 
     _check_floor(noise_floor_nrmse)
     if metrics["nrmse"] <= ROUNDING_FLOOR_FACTOR * noise_floor_nrmse:
         return "rounding"
-    if metrics["same_hr"] and metrics["pearson"] >= SIGNAL_MIN_PEARSON:
+    same_hr = metrics["same_hr"] is not False  # None: not a pulse waveform, no heart-rate criterion
+    if same_hr and metrics["pearson"] >= SIGNAL_MIN_PEARSON:
         return "signal"
-    if metrics["same_hr"] and metrics["pearson"] >= QUANTISED_MIN_PEARSON:
+    if same_hr and metrics["pearson"] >= QUANTISED_MIN_PEARSON:
         return "quantised"
     return None
 
@@ -194,6 +199,13 @@ def meets(tier_claimed: str, tier_reached: str | None) -> bool:
     if tier_reached is None:
         return False
     return TIERS.index(tier_reached) <= TIERS.index(tier_claimed)
+
+
+def loosest(tiers: Sequence[str | None]) -> str | None:
+    """The loosest of several outputs' tiers (None if any output reaches none)."""
+    if any(t is None for t in tiers):
+        return None
+    return max(tiers, key=TIERS.index) if tiers else None
 
 
 def with_floor(metrics: Mapping[str, Any], noise_floor_nrmse: float) -> dict[str, Any]:

@@ -30,14 +30,14 @@ def default_variants(step_model) -> list[str]:
     return [n for n, (_, v) in release_variants().items() if step_model.initial_state or not v.needs_state]
 
 
-def run(model: str, out: str | Path, *, variants: list[str] | None = None, frames: int = 600, rounds: int = 3,
+def run(model, out: str | Path, *, variants: list[str] | None = None, frames: int = 600, rounds: int = 3,
         steps_per_round: int = 100, force: bool = False, log: Callable[[str], None] = print) -> Path:
     from . import __version__
     from . import artifact as art
     from . import models
-    from .bench import backend, machine, reference_step, sgemm_gflops, single_thread_env
+    from .bench import _feed_step, backend, machine, reference_step, sgemm_gflops, single_thread_env
     from .benchmark import measure, plan
-    from .build import EngineNeedsGpu, build, target_module
+    from .builder import EngineNeedsGpu, build, target_module
     from .equivalence import Clip, check_frames
     from .inspect import file_size
     from .outdir import check_destination
@@ -48,11 +48,11 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
     known = release_variants()
     unknown = [n for n in variants or () if n not in known]
     if unknown:
-        from .build import BuildUsageError
+        from .builder import BuildUsageError
         raise BuildUsageError(f"unknown release variants {unknown}; choose from {', '.join(known)}")
     out = check_destination(Path(out), force)  # before the long work
-    step_model = models.load(model, None, False)
-    check_frames(frames, step_model.frames_per_step)
+    step_model = models.resolve(model)
+    check_frames(frames, step_model.frames_per_step, step_model.fps)
     names = variants or default_variants(step_model)
     entries, failures, streams = {}, {}, {}
     with art.atomic_dir(out, force) as tmp:
@@ -67,7 +67,7 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
             log(f"[{i}/{len(names)}] building and verifying {name} ...")
             pending = False
             try:
-                a = build(model, target, tmp / name, frames=frames, log=lambda m: None, **kw)
+                a = build(step_model, target, tmp / name, frames=frames, log=lambda m: None, **kw)
                 manifest, path = a.manifest, Path(a.path)
             except EngineNeedsGpu:  # complete but for its device part (e.g. the TensorRT engine)
                 manifest, base = art.read_manifest(tmp / name)
@@ -94,10 +94,10 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
             raise ReleaseError("release failed; nothing was written. Failing targets: "
                                + "; ".join(f"{k}: {v}" for k, v in failures.items()))
         log(f"benchmarking {len(streams)} artifacts and the authors' step ({rounds} interleaved rounds) ...")
-        steps = {n: s.step for n, s in streams.items()}
-        steps["open-rppg JAX JIT (reference)"] = reference_step(model)
+        steps = {n: _feed_step(s, step_model) for n, s in streams.items()}
+        steps["open-rppg JAX JIT (reference)"] = reference_step(model if models.is_builtin(model) else step_model)
         per = step_model.frames_per_step
-        rows = measure(steps, Clip(frames=max(64, 2 * per)).array(step_model.frame_shape), rounds=rounds,
+        rows = measure(steps, Clip(frames=max(64, 2 * per), fps=step_model.fps).feeds(step_model), rounds=rounds,
                        frames_per_step=per, **plan(per, steps_per_round))
         ref = next(r for r in rows if r.name.startswith("open-rppg"))
         for r in rows:
@@ -105,7 +105,7 @@ def run(model: str, out: str | Path, *, variants: list[str] | None = None, frame
             e.update(fps=r.fps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, x_reference=ref.p50_ms / r.p50_ms)
         graph = step_model.trace()
         release = {
-            "model": model, "graphopt_version": __version__, "source": step_model.source,
+            "model": step_model.name, "graphopt_version": __version__, "source": step_model.source,
             "tools": art.tool_versions(*tool_packages()),
             "frames_per_step": per, "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype}
                                                for v in graph.inputs],

@@ -27,6 +27,11 @@ from . import state_views
 MAX_DT_FRAMES = 4  # a longer gap between frames is stepped as this many frame intervals
 
 
+def _finite(y) -> bool:
+    y = np.asarray(y)
+    return y.dtype.kind != "f" or bool(np.isfinite(y).all())
+
+
 class FrameError(ValueError):
     """A frame the model cannot take (wrong shape or dtype, NaN/Inf values); the state is left unchanged."""
 
@@ -44,14 +49,16 @@ class Stream:
 
     def __init__(self, manifest: dict, initial_state: list[np.ndarray]):
         self.manifest = manifest
-        frame_spec = manifest["inputs"][0]
-        self.frame_shape = tuple(frame_spec["shape"])
-        self.frame_dtype = np.dtype(frame_spec["dtype"])
         self.input_names = [i["name"] for i in manifest["inputs"]]
         self.input_roles = [i.get("role", "input") for i in manifest["inputs"]]
+        self._input_specs = [(tuple(i["shape"]), np.dtype(i["dtype"])) for i in manifest["inputs"]]
+        self.output_names = [o["name"] for o in manifest["outputs"]]
+        frame = self.input_roles.index("frame") if "frame" in self.input_roles else 0
+        self.frame_shape, self.frame_dtype = self._input_specs[frame]
         self.takes_dt = "dt" in self.input_roles
         self.frames_per_step = int(manifest.get("frames_per_step") or 1)
-        self.fixed_dt = (manifest.get("fixed_inputs") or {}).get("dt")
+        self.fixed_dt = (manifest.get("fixed_inputs") or {}).get(
+            self.input_names[self.input_roles.index("dt")] if self.takes_dt else "dt")
         self.default_dt = self.fixed_dt or 1.0 / float(manifest.get("fps") or 30.0)
         self.max_dt = float(manifest.get("max_dt") or MAX_DT_FRAMES * self.default_dt)
         self._initial_state = list(initial_state)
@@ -63,14 +70,16 @@ class Stream:
         self.stats = {"steps": 0, "dt_clamped": 0, "refused": 0}
 
     # ---- user API ------------------------------------------------------------------------
-    def step(self, frame, dt: float | None = None) -> np.ndarray:
-        frame = self.check_frame(frame)
-        dt, clamped = self._check_dt(dt)
+    def step(self, *inputs, **named):
+        """One step: the inputs in manifest order or by name (`step(frame)`, `step(frame, dt)`,
+        `step(x=..., y=...)`; a dt input may be left out, or given as dt=, for the artifact's default).
+        Returns the output, or a dict name -> output for a model with several."""
+        feeds, clamped = self._bind(inputs, named)
         with self._lock:
             self.stats["dt_clamped"] += clamped
             before = self._state
-            out, new = self._run(frame, dt, before)
-            if self.check_finite and not (np.isfinite(out).all() and self._state_finite(new)):
+            outs, new = self._run(feeds, before)
+            if self.check_finite and not (all(_finite(y) for y in outs) and self._state_finite(new)):
                 what = self._restore(before)
                 self.stats["refused"] += 1
                 raise StepError("the step produced NaN/Inf (the frame is far outside the model's input range, "
@@ -78,7 +87,43 @@ class Stream:
                                 "with the next one")
             self._state = new
             self.stats["steps"] += 1
-            return out
+            return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
+
+    def _bind(self, inputs: tuple, named: dict) -> tuple[list[np.ndarray], bool]:
+        """The checked input values in manifest order, and whether dt was clamped."""
+        names, roles = self.input_names, self.input_roles
+        if len(inputs) == len(names) + 1 and not self.takes_dt and inputs[-1] is None:
+            inputs = inputs[:-1]  # step(chunk, None): no dt, as the model takes none
+        if len(inputs) > len(names):
+            if not self.takes_dt and len(inputs) == len(names) + 1 and "frame" in roles:
+                raise FrameError(f"this model takes no dt (it is a {self.kind} model); call step(frame) alone")
+            raise FrameError(f"step() takes {len(names)} input(s) ({', '.join(names)}), got {len(inputs)}")
+        given = dict(zip(names, inputs))
+        for key, value in named.items():
+            if key not in names and key == "dt":
+                if not self.takes_dt:
+                    if value is None:
+                        continue
+                    raise FrameError(f"this model takes no dt (it is a {self.kind} model); call step(frame) alone")
+                key = names[roles.index("dt")]
+            if key not in names:
+                raise FrameError(f"step() got an unknown input {key!r:.40}; this model takes {', '.join(names)}")
+            if key in given:
+                raise FrameError(f"step() got input {key} twice (by position and by name)")
+            given[key] = value
+        feeds, clamped = [], False
+        for i, (name, role) in enumerate(zip(names, roles)):
+            if name not in given and role != "dt":
+                raise FrameError(f"step() is missing input {name}; this model takes {', '.join(names)}")
+            value = given.get(name)
+            if role == "frame":
+                feeds.append(self.check_frame(value))
+            elif role == "dt":
+                dt, clamped = self._check_dt(value)
+                feeds.append(dt)
+            else:
+                feeds.append(self.check_input(i, value))
+        return feeds, clamped
 
     @property
     def kind(self) -> str:
@@ -88,6 +133,9 @@ class Stream:
         """Step through a clip (frames along axis 0); returns the outputs concatenated.
 
         A chunk model's clip is cut into chunks of frames_per_step frames; its length must divide."""
+        if len(self.output_names) != 1 or any(r == "input" for r in self.input_roles):
+            raise FrameError("run() steps a face-frame model with one output; call step() for each step of "
+                             f"this model (inputs {', '.join(self.input_names)})")
         if not hasattr(frames, "__len__") and hasattr(frames, "__iter__"):  # a generator of frames
             frames = list(frames)
         try:
@@ -104,11 +152,6 @@ class Stream:
             frames = frames.reshape((-1,) + self.frame_shape)
         outs = [np.asarray(self.step(f, dt)).reshape(-1) for f in frames]
         return np.concatenate(outs) if outs else np.zeros(0, np.float32)
-
-    def feeds(self, frame: np.ndarray, dt) -> list[np.ndarray]:
-        """The model's input values in manifest order (frame and dt placed by their roles)."""
-        by_role = {"frame": frame, "dt": dt}
-        return [by_role[r] for r in self.input_roles]
 
     def reset(self) -> None:
         with self._lock:
@@ -133,15 +176,19 @@ class Stream:
         inputs and give the output and state its manifest describes (names, shapes, dtypes), so a manifest
         that does not fit its model is an error at load, not at the first frame. Raises ArtifactError."""
         from .errors import ArtifactError
-        frame = np.full(self.frame_shape, 0.5, self.frame_dtype)
-        spec = self.manifest["outputs"][0]
+        feeds = [np.full(shape, 0.5 if role == "frame" else 0, dtype) for (shape, dtype), role
+                 in zip(self._input_specs, self.input_roles)]
+        feeds = [self.check_dt(None) if role == "dt" else f for f, role in zip(feeds, self.input_roles)]
         with self._lock:
             try:
-                out, new = self._run(frame, self.check_dt(None), self._state)
-                got = np.asarray(out)
-                if got.shape != tuple(spec["shape"]) or got.dtype != np.dtype(spec["dtype"]):
-                    raise ValueError(f"output {spec['name']} is {got.dtype} {got.shape}, the manifest says "
-                                     f"{spec['dtype']} {tuple(spec['shape'])}")
+                outs, new = self._run(feeds, self._state)
+                if len(outs) != len(self.manifest["outputs"]):
+                    raise ValueError(f"{len(outs)} outputs, the manifest says {len(self.manifest['outputs'])}")
+                for got, spec in zip(outs, self.manifest["outputs"]):
+                    got = np.asarray(got)
+                    if got.shape != tuple(spec["shape"]) or got.dtype != np.dtype(spec["dtype"]):
+                        raise ValueError(f"output {spec['name']} is {got.dtype} {got.shape}, the manifest says "
+                                         f"{spec['dtype']} {tuple(spec['shape'])}")
                 if self.manifest["state"]:
                     shapes = [tuple(np.shape(s)) for s in (new if new is not None else self.native_state)]
                     want = [tuple(s["shape"]) for s in self.manifest["state"]]
@@ -190,6 +237,33 @@ class Stream:
                              "Drop or repair the frame (e.g. repeat the previous one) before calling step()")
         return frame
 
+    def check_input(self, index: int, value) -> np.ndarray:
+        """An input other than the face frame and dt, checked against its manifest shape and dtype."""
+        name = self.input_names[index]
+        shape, dtype = self._input_specs[index]
+        if np.ma.isMaskedArray(value) and np.ma.getmaskarray(value).any():
+            raise FrameError(f"input {name} has masked values; fill them first")
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            raise FrameError(f"input {name} is not an array ({first}); pass {dtype.name} of shape {shape}") from None
+        kinds = {"f": "f", "i": "iu", "u": "iu", "b": "b"}[dtype.kind]
+        if value.dtype.kind not in kinds and not (dtype.kind == "f" and value.dtype.kind in "iu"):
+            raise FrameError(f"input {name} has dtype {value.dtype}; this model takes {dtype.name}: convert it")
+        if value.shape != shape:
+            if value.size != int(np.prod(shape)) or tuple(d for d in value.shape if d != 1) != \
+                    tuple(d for d in shape if d != 1):
+                raise FrameError(f"input {name} has shape {value.shape}, but this model takes {shape}")
+            value = value.reshape(shape)
+        if dtype.kind in "iu" and value.size and (value.min() < np.iinfo(dtype).min or value.max() > np.iinfo(dtype).max):
+            raise FrameError(f"input {name} has values outside {dtype.name}'s range")
+        with np.errstate(over="ignore"):
+            value = value.astype(dtype, copy=False)
+        if dtype.kind == "f" and not np.isfinite(value).all():
+            raise FrameError(f"input {name} contains NaN/Inf values; the state was not updated")
+        return value
+
     def check_dt(self, dt):
         """dt as a float32 scalar (None: the artifact's default); a stall above max_dt is clamped."""
         return self._check_dt(dt)[0]
@@ -225,7 +299,9 @@ class Stream:
         return np.asarray(value, dtype=np.float32), clamped
 
     # ---- for subclasses ------------------------------------------------------------------
-    def _run(self, frame: np.ndarray, dt: np.ndarray, state: list) -> tuple[np.ndarray, list]:
+    def _run(self, feeds: list[np.ndarray], state: list) -> tuple[list[np.ndarray], list]:
+        """One step of the runtime: the checked inputs in manifest order -> (outputs in manifest order,
+        new state)."""
         raise NotImplementedError
 
     def _state_finite(self, state) -> bool:

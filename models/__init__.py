@@ -1,28 +1,72 @@
-"""Model adapters: where each model's code and weights come from (imports as graphopt.models)."""
+"""Built-in models (imports as graphopt.models): each adapter's load() returns a graphopt.ModelSpec made
+with nothing a user's spec cannot use. `resolve` turns what a user names (a built-in name,
+FILE.py:FUNC, package.module:FUNC, or a ModelSpec) into a ModelSpec."""
 from __future__ import annotations
 
 import functools
 import importlib
 
-from .source import ModelSourceError, StepModel
+from .source import ModelSourceError
 
 MODELS = {"facephys": "graphopt.models.facephys", "physnet": "graphopt.models.physnet"}
 
 
+def is_builtin(name) -> bool:
+    return isinstance(name, str) and name in MODELS
+
+
+def is_user_ref(name) -> bool:
+    """FILE.py:FUNC or package.module:FUNC (a user's spec function)."""
+    return isinstance(name, str) and ":" in name
+
+
 def adapter(name: str):
-    if name not in MODELS:
-        raise ModelSourceError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    if not is_builtin(name):
+        raise ModelSourceError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}, or give "
+                               "FILE.py:FUNC (or package.module:FUNC) where FUNC() returns a graphopt.ModelSpec")
     return importlib.import_module(MODELS[name])
 
 
-def load(name: str, weights: str | None = None, as_published: bool = False) -> StepModel:
-    """Build a model once per process (building the authors' Keras model takes tens of seconds)."""
+def check(model, weights: str | None = None, as_published: bool = False) -> None:
+    """Fail fast on a model reference that cannot resolve, or options it does not take (before any long
+    work)."""
+    from ..spec import ModelSpec, SpecError, check_ref
+    if isinstance(model, ModelSpec) or is_user_ref(model):
+        if weights is not None or as_published:
+            raise SpecError("--weights and --as-published apply to built-in models; a ModelSpec carries its "
+                            "own weights")
+        if is_user_ref(model):
+            check_ref(model)
+        return
+    adapter(model)
+
+
+def resolve(model, weights: str | None = None, as_published: bool = False):
+    """The ModelSpec for a built-in name (weights / as_published: its adapter's options), a user's
+    FILE.py:FUNC or package.module:FUNC, or a ModelSpec given as is."""
+    from ..spec import ModelSpec, SpecError, load_spec
+    if isinstance(model, ModelSpec) or is_user_ref(model):
+        if weights is not None or as_published:
+            raise SpecError("--weights and --as-published apply to built-in models; a ModelSpec carries its "
+                            "own weights")
+        return model if isinstance(model, ModelSpec) else _load_user(model)
+    return load(model, weights, as_published)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_user(ref: str):
+    from ..spec import load_spec
+    return load_spec(ref)
+
+
+def load(name: str, weights: str | None = None, as_published: bool = False):
+    """Build a built-in model once per process (building the authors' Keras model takes tens of seconds)."""
     return _load(name, weights, bool(as_published))
 
 
 @functools.lru_cache(maxsize=4)
-def _load(name: str, weights: str | None, as_published: bool) -> StepModel:
+def _load(name: str, weights: str | None, as_published: bool):
     return adapter(name).load(weights=weights, as_published=as_published)
 
 
-__all__ = ["MODELS", "ModelSourceError", "StepModel", "adapter", "load"]
+__all__ = ["MODELS", "ModelSourceError", "adapter", "check", "is_builtin", "is_user_ref", "load", "resolve"]

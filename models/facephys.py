@@ -11,7 +11,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from .source import (StepModel, check_weights_file, keras_source, load_module, load_weights,  # noqa: E402
+from ..spec import ModelSpec  # noqa: E402
+from .source import (check_weights_file, keras_source, load_module, load_weights,  # noqa: E402
                      locate_package_file, require_keras_jax)
 
 PACKAGE, VERSION = "open-rppg", "0.1.1"
@@ -21,7 +22,7 @@ FRAME_SHAPE = (1, 1, 36, 36, 3)
 FPS = 30.0
 
 
-def load(weights: str | None = None, as_published: bool = False) -> StepModel:
+def load(weights: str | None = None, as_published: bool = False) -> ModelSpec:
     """Build the authors' FacePhys([2]*4, [32]*4) with trained weights.
 
     The authors run their sixteen 3x3 convs under Keras `mixed_float16`; graphopt's canonical form
@@ -43,21 +44,14 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
         for layer in mixed:
             layer.dtype_policy = keras.DTypePolicy("float32")
 
-    state = model.init_state(FRAME_SHAPE)
-    leaves, treedef = jax.tree_util.tree_flatten(state)
+    import numpy as np
 
-    def step(frame, dt, state_leaves):
-        bvp, new_state = model.step(frame, jax.tree_util.tree_unflatten(treedef, state_leaves), dt=dt)
-        return bvp, jax.tree_util.tree_leaves(new_state)
+    def step(frame, dt, state):
+        return model.step(frame, state, dt=dt)
 
     fields = keras_source(model, PACKAGE, VERSION, CODE, weights_path, as_published)
     fields["source"]["mixed_float16_layers"] = len(mixed)
-    return StepModel(
-        name="facephys",
-        step=step,
-        initial_state=[jax.device_get(x) for x in leaves],
-        frame_shape=FRAME_SHAPE,
-        fps=FPS,
-        output_name="bvp",
-        **fields,
-    )
+    state = jax.tree_util.tree_map(np.asarray, model.init_state(FRAME_SHAPE))
+    return ModelSpec(name="facephys", fn=step, state=state, outputs=["bvp"], fps=FPS, pulse_output="bvp",
+                     inputs={"frame": np.zeros(FRAME_SHAPE, np.float32), "dt": np.float32(1.0 / FPS)},
+                     dt_input="dt", frame_input="frame", **fields)

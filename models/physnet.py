@@ -15,7 +15,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from .source import (StepModel, check_weights_file, keras_source, load_package_module, load_weights,  # noqa: E402
+from ..spec import ModelSpec  # noqa: E402
+from .source import (check_weights_file, keras_source, load_package_module, load_weights,  # noqa: E402
                      locate_package_file, require_keras_jax)
 
 PACKAGE, VERSION = "open-rppg", "0.1.1"
@@ -36,7 +37,7 @@ def _authors_module(code_path: str):
         keras.config.set_dtype_policy(previous)  # the module sets mixed_float16 globally on import
 
 
-def load(weights: str | None = None, as_published: bool = False) -> StepModel:
+def load(weights: str | None = None, as_published: bool = False) -> ModelSpec:
     """Build the authors' PhysNet with trained weights (rlap by default), in float32 unless as_published."""
     code_path = locate_package_file(PACKAGE, VERSION, CODE)
     weights_path = weights or locate_package_file(PACKAGE, VERSION, WEIGHTS)
@@ -55,17 +56,6 @@ def load(weights: str | None = None, as_published: bool = False) -> StepModel:
         keras.config.set_dtype_policy(previous)
     load_weights(model, weights_path, "PhysNet", PACKAGE, VERSION)
 
-    def step(chunk, dt, state):
-        return model(chunk), state
-
-    return StepModel(
-        name="physnet",
-        step=step,
-        initial_state=[],
-        frame_shape=FRAME_SHAPE,
-        fps=FPS,
-        output_name="bvp",
-        **keras_source(model, PACKAGE, VERSION, CODE, weights_path, as_published),
-        takes_dt=False,
-        frames_per_step=CHUNK,
-    )
+    fields = keras_source(model, PACKAGE, VERSION, CODE, weights_path, as_published)
+    return ModelSpec(name="physnet", fn=model, inputs={"frame": np.zeros(FRAME_SHAPE, np.float32)},
+                     outputs=["bvp"], fps=FPS, pulse_output="bvp", frame_input="frame", **fields)

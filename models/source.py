@@ -5,9 +5,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
 
 import numpy as np
 
@@ -107,7 +105,7 @@ def load_weights(model, path: str, model_name: str, package: str, version: str) 
 
 
 def keras_source(model, package: str, version: str, code: str, weights_path: str, as_published: bool) -> dict:
-    """The StepModel fields every Keras adapter fills alike: readable parameter names and the source record."""
+    """The ModelSpec fields every Keras adapter fills alike: readable parameter names and the source record."""
     return {"param_names": {id(v.value): v.path for v in model.variables},
             "source": {"package": package, "version": version, "code": code,
                        "weights": os.path.abspath(weights_path), "weights_sha256": sha256_file(weights_path),
@@ -117,42 +115,3 @@ def keras_source(model, package: str, version: str, code: str, weights_path: str
 def sha256_file(path: str) -> str:
     from graphopt.artifact import sha256
     return sha256(path)
-
-
-@dataclass
-class StepModel:
-    """A streaming model as its authors wrote it: step(frame, dt, state_leaves) -> (out, new_leaves)."""
-    name: str
-    step: Callable[[Any, Any, list], tuple[Any, list]]
-    initial_state: list[np.ndarray]
-    frame_shape: tuple[int, ...]
-    fps: float
-    output_name: str
-    param_names: dict[int, str] = field(default_factory=dict)
-    source: dict[str, Any] = field(default_factory=dict)
-    takes_dt: bool = True  # False: the step ignores dt and the graph has no dt input
-    frames_per_step: int = 1  # > 1: a chunk model (frame_shape holds that many frames; no state)
-    _jitted: Callable | None = None
-
-    def trace(self):
-        """The model's step as an IR graph (inputs frame[, dt]; one state pair per state tensor)."""
-        from graphopt.frontends.jax import trace
-        example = {"frame": np.zeros(self.frame_shape, np.float32)}
-        if self.takes_dt:
-            example["dt"] = np.float32(1.0 / self.fps)
-            fn = lambda frame, dt, state: self.step(frame, dt, state)
-        else:
-            fn = lambda frame, state: self.step(frame, None, state)
-        graph = trace(fn, example, list(self.initial_state),
-                      name=self.name, output_names=[self.output_name],
-                      state_names=[f"state_{i}" for i in range(len(self.initial_state))],
-                      param_names=self.param_names)
-        graph.meta.update(model=self.name, fps=self.fps, source=self.source, frames_per_step=self.frames_per_step)
-        return graph
-
-    def reference(self) -> Callable[[np.ndarray, float, list], tuple[np.ndarray, list]]:
-        """The authors' step under jax.jit (the reference semantics), returning NumPy arrays."""
-        if self._jitted is None:
-            import jax
-            self._jitted = jax.jit(lambda frame, dt, state: self.step(frame, dt, state))
-        return self._jitted

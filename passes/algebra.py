@@ -190,7 +190,7 @@ def _window_conv_to_reduce(g: Graph, b):
         return Reject("not a depthwise conv")
     if tuple(w.shape[2:]) != x.shape[2:]:
         return Reject(f"the kernel {tuple(w.shape[2:])} does not cover the whole input {x.shape[2:]}")
-    k = g.add_param(np.ascontiguousarray(w.const.reshape((1,) + (ch,) + tuple(w.shape[2:]))))
+    k = g.add_param(np.asarray(w.const.reshape((1,) + (ch,) + tuple(w.shape[2:])), order="C"))
     y = g.op("reduce_sum", g.op("mul", x, k), axes=spatial)
     if len(node.inputs) == 3:
         y = g.op("add", y, g.add_param(node.inputs[2].const.reshape(1, ch)))
@@ -276,7 +276,7 @@ def _slice_of_dot(g: Graph, b):
         if i != last and (s, l, st) != (0, d.shape[i], 1):
             return None
     W = dn.inputs[1].const[:, a["starts"][last]:a["limits"][last]:a["strides"][last]]
-    return g.op("dot", dn.inputs[0], g.add_param(np.ascontiguousarray(W)), **dn.attrs)
+    return g.op("dot", dn.inputs[0], g.add_param(np.asarray(W, order="C")), **dn.attrs)
 
 
 def _mul_reduce_to_dot(g: Graph, b):

@@ -58,7 +58,7 @@ def _sink_transpose(g: Graph, b):
         elif v.type.size == 1 and len(v.shape) <= rank:
             inputs.append(v)
         elif v.is_param and len(v.shape) <= rank:
-            inputs.append(g.add_param(np.ascontiguousarray(np.transpose(aligned(v.const, rank), inv))))
+            inputs.append(g.add_param(np.asarray(np.transpose(aligned(v.const, rank), inv), order="C")))
         else:
             return None
     y = g.add_node(node.op, inputs, **node.attrs).outputs[0]
@@ -78,7 +78,7 @@ def _transpose_of_concat(g: Graph, b):
     parts = cat.producer.inputs
     if not _single_use(b, cat) or not all(x.is_param or _moves_unit_dims_only(x.shape, perm) for x in parts):
         return None
-    moved = [g.add_param(np.ascontiguousarray(np.transpose(x.const, perm))) if x.is_param
+    moved = [g.add_param(np.asarray(np.transpose(x.const, perm), order="C")) if x.is_param
              else g.op("reshape", x, shape=tuple(x.shape[p] for p in perm)) for x in parts]
     return g.op("concat", *moved, axis=_inverse(perm)[cat.producer.attrs["axis"]])
 
@@ -112,7 +112,7 @@ def _dot_as_conv1x1(g: Graph, b):
             or a["lhs_contract"] != (rank - 1,) or a["rhs_contract"] != (0,) or node.inputs[1].const.ndim != 2:
         return None
     W = node.inputs[1].const
-    kernel = np.ascontiguousarray(W.T.reshape(W.shape[1], W.shape[0], *([1] * (rank - 2))))
+    kernel = np.asarray(W.T.reshape(W.shape[1], W.shape[0], *([1] * (rank - 2))), order="C")
     y = g.op("conv", x, g.add_param(kernel), strides=(1,) * (rank - 2), pads=((0, 0),) * (rank - 2),
              dilations=(1,) * (rank - 2), groups=1)
     return g.op("transpose", y, perm=perm)
@@ -375,7 +375,7 @@ def sink_transpose_regions(graph: Graph) -> bool:
             if id(x) in feeds:
                 return x.producer.inputs[0]
             if x.is_param and len(x.shape) > 0 and x.type.size > 1:
-                return graph.add_param(np.ascontiguousarray(np.transpose(aligned(x.const, len(perm)), inv)))
+                return graph.add_param(np.asarray(np.transpose(aligned(x.const, len(perm)), inv), order="C"))
             if _needs_relaying(x):  # a computed per-channel operand: one reshape
                 return graph.op("reshape", x, shape=_relaid_broadcast(x.shape, perm))
             return x

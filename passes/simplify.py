@@ -162,7 +162,7 @@ def _distribute_over_concat(g, b):
             if c.shape[axis] == 1:
                 per_operand.append([v] * len(sizes))
             else:
-                per_operand.append([g.add_param(np.ascontiguousarray(np.take(c, range(lo, hi), axis=axis)))
+                per_operand.append([g.add_param(np.asarray(np.take(c, range(lo, hi), axis=axis), order="C"))
                                     for lo, hi in zip(bounds[:-1], bounds[1:])])
         elif len(v.shape) <= rank and aligned_shape(v.shape, rank)[axis] == 1:
             per_operand.append([v] * len(sizes))
@@ -173,7 +173,7 @@ def _distribute_over_concat(g, b):
         want = tuple(sizes[i] if k == axis else d for k, d in enumerate(out.shape))
         if x.is_param and y.is_param:
             r = OPS[node.op].compute(x.const, y.const, node.attrs)[0]
-            plan.append(("const", np.ascontiguousarray(np.broadcast_to(np.asarray(r, out.dtype), want))))
+            plan.append(("const", np.asarray(np.broadcast_to(np.asarray(r, out.dtype), want), order="C")))
         elif _is_identity(y, node.op, right=True) and x.shape == want:
             plan.append(("keep", x))
         elif _is_identity(x, node.op, right=False) and y.shape == want:

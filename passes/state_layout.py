@@ -103,7 +103,7 @@ def _relayout(graph: Graph, pair, cand) -> None:
         out = graph.op("reshape", out, shape=tuple(reshape))
     out = graph.op("transpose", out, perm=tuple(perm))
     init = pair.init if reshape is None else pair.init.reshape(reshape)
-    pair.init = np.ascontiguousarray(np.transpose(init, perm))
+    pair.init = np.asarray(np.transpose(init, perm), order="C")
     pair.view = (("transpose", _inverse(perm)),) + ((("reshape", model_type.shape),) if reshape is not None
                                                      else ()) + tuple(pair.view)
     pair.input, pair.output = new_in, out
@@ -135,7 +135,7 @@ def _relayout_projections(graph: Graph, nodes: list, model_shape: tuple, cand) -
         if int(np.prod(xs)) != x.type.size:
             continue
         xt = graph.op("transpose", graph.op("reshape", x, shape=xs) if xs != x.shape else x, perm=tuple(perm))
-        kernel = np.ascontiguousarray(W.const.T.reshape(W.shape[1], W.shape[0], *([1] * (rank - 2))))
+        kernel = np.asarray(W.const.T.reshape(W.shape[1], W.shape[0], *([1] * (rank - 2))), order="C")
         y = graph.op("conv", xt, graph.add_param(kernel), strides=(1,) * (rank - 2), pads=((0, 0),) * (rank - 2),
                      dilations=(1,) * (rank - 2), groups=1)
         back = graph.op("transpose", y, perm=_inverse(perm))

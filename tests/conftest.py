@@ -38,7 +38,7 @@ def facephys_graph(facephys):
 @pytest.fixture(scope="session")
 def onnx_unfused(tmp_path_factory, facephys):
     """The unfused FacePhys ONNX artifact, built and verified once."""
-    from graphopt.build import build
+    from graphopt.builder import build
     out = tmp_path_factory.mktemp("artifacts") / "facephys-onnx-unfused"
     return build("facephys", "onnx", out, fuse=False, log=lambda m: None)
 
@@ -46,7 +46,7 @@ def onnx_unfused(tmp_path_factory, facephys):
 @pytest.fixture(scope="session")
 def onnx_fused(tmp_path_factory, facephys):
     """FacePhys ONNX through the default pipeline, built and verified once."""
-    from graphopt.build import build
+    from graphopt.builder import build
     out = tmp_path_factory.mktemp("artifacts") / "facephys-onnx"
     return build("facephys", "onnx", out, log=lambda m: None)
 
@@ -54,7 +54,7 @@ def onnx_fused(tmp_path_factory, facephys):
 @pytest.fixture(scope="session")
 def onnx_exact(tmp_path_factory, facephys):
     """FacePhys ONNX through the default pipeline's exact passes only (--exact)."""
-    from graphopt.build import build
+    from graphopt.builder import build
     out = tmp_path_factory.mktemp("artifacts") / "facephys-onnx-exact"
     return build("facephys", "onnx", out, exact=True, log=lambda m: None)
 

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from graphopt import artifact as art
 from graphopt import cli, equivalence, metrics
-from graphopt.build import BuildError
+from graphopt.builder import BuildError
 from graphopt.ir import Interpreter, verify
 from graphopt.stream import FrameError
 
@@ -21,11 +21,12 @@ CLIP = equivalence.Clip(frames=600, hr_bpm=72.0)
 
 
 def interpreter_step(graph, precision):
+    """The IR interpreter as an equivalence StepFn (feeds by input name)."""
     it = Interpreter(graph, precision)
+    names = [v.name for v in graph.inputs]
 
-    def step(frame, dt, state):
-        (y,), new_state = it.run([frame, dt], state)
-        return y, new_state
+    def step(feeds, state):
+        return it.run([feeds[n] for n in names], state)
     return step
 
 
@@ -44,7 +45,7 @@ def test_trace_structure(facephys, facephys_graph):
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_interpreter_matches_reference_fp32(facephys, facephys_graph, precision):
     result = equivalence.check(interpreter_step(facephys_graph, precision), list(facephys.initial_state),
-                               "facephys", facephys.source, CLIP)
+                               facephys, CLIP)
     assert result["nrmse_over_floor"] <= metrics.ROUNDING_FLOOR_FACTOR, result
     assert result["tier"] == "rounding"
     assert result["same_hr"]
@@ -58,15 +59,14 @@ def test_interpreter_matches_published_mixed_precision():
     graph = published.trace()
     assert graph.op_histogram()["cast"] > 76  # the float16 casts around the 16 convs are traced
     assert any(n.op == "cast" and n.attrs["to"] == "float16" for n in graph.nodes)
-    result = equivalence.check(interpreter_step(graph, "float32"), list(published.initial_state),
-                               "facephys", published.source, CLIP)
+    result = equivalence.check(interpreter_step(graph, "float32"), list(published.initial_state), published, CLIP)
     assert result["tier"] == "rounding", result
     # the published step differs from the canonical fp32 one by more than the fp32 noise floor
     fp32 = models.load("facephys")
-    ref32, _ = equivalence.reference_run("facephys", fp32.source, CLIP)
-    ref16, _ = equivalence.reference_run("facephys", published.source, CLIP)
+    (ref32,), _ = equivalence.reference_run(fp32, CLIP)
+    (ref16,), _ = equivalence.reference_run(published, CLIP)
     assert np.sqrt(np.mean((ref16 - ref32) ** 2)) / np.std(ref32) > \
-        4 * equivalence.noise_floor("facephys", fp32.source, CLIP)["nrmse"]
+        4 * equivalence.noise_floor(fp32, CLIP)[0]["nrmse"]
 
 
 def test_onnx_artifact_rounding_tier_and_hr(onnx_unfused, facephys):
@@ -79,8 +79,8 @@ def test_onnx_artifact_rounding_tier_and_hr(onnx_unfused, facephys):
     assert abs(ref_hr - 72.0) <= 5.0
     # and independently of the build: a fresh 1-thread Stream over the same clip
     stream = art.load(onnx_unfused.path, threads=1)
-    out, _ = equivalence.run_steps(equivalence.stream_step(stream), CLIP.array((1, 1, 36, 36, 3)), 1 / 30,
-                                   stream.state)
+    (out,), _ = equivalence.run_steps(equivalence.stream_step(stream, facephys), CLIP.feeds(facephys),
+                                      stream.state)
     assert abs(metrics.estimate_hr(out) - 72.0) <= 5.0
 
 
@@ -274,7 +274,7 @@ def test_exact_pipeline_keeps_rounding_tier(onnx_exact, onnx_unfused):
 
 
 def test_fps_specialisation_bakes_dt(facephys, onnx_fused, tmp_path):
-    from graphopt.build import build
+    from graphopt.builder import build
     a = build("facephys", "onnx", tmp_path / "fps30", fps=30, log=lambda m: None)
     m = a.manifest
     assert m["fixed_inputs"] == {"dt": pytest.approx(1 / 30)}
@@ -294,7 +294,7 @@ def test_fps_specialisation_bakes_dt(facephys, onnx_fused, tmp_path):
 
 def test_verify_each_pass_names_a_broken_pass(facephys, tmp_path, capsys):
     from graphopt import passes
-    from graphopt.build import build
+    from graphopt.builder import build
 
     def break_adds(graph):  # a wrong "optimisation": add -> sub
         hit = [n for n in graph.nodes if n.op == "add"]

@@ -397,12 +397,12 @@ def test_state_shape_mismatch_raises():
 # ---- unsupported primitives -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn,prim", [
-    (lambda x: lax.sort(x), "sort"),
-    (lambda x: lax.scan(lambda c, a: (c + a, c * a), 0.0, x)[1], "scan"),
-    (lambda x: lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 2), (0, x))[1], "while"),
-    (lambda x: jnp.sort(x) + 1, "sort"),  # inside jnp.sort's own jit: the location is still the user's line
-    (lambda x: jax.jit(lambda y: lax.cummax(y, axis=0))(x), "cummax"),
+@pytest.mark.parametrize("fn,prim", [  # scan, cond, sort, cummax, ... translate now: tests/test_frontend_coverage.py
+    (lambda x: jnp.arctan2(x, 1.0), "atan2"),
+    (lambda x: lax.while_loop(lambda c: c.sum() < 30.0, lambda c: c * 2.0, x), "while"),  # trip count not static
+    (lambda x: jnp.sort(jnp.tile(x, 1000)) + 1, "sort"),  # too long to sort, inside jnp.sort's own jit: the location
+    (lambda x: jax.jit(lambda y: jnp.arcsin(y))(x), "asin"),  # is still the user's line
+    (lambda x: x.at[1:3].set(7.0), "scatter"),
 ])
 def test_unsupported_primitive(fn, prim):
     with pytest.raises(UnsupportedPrimitiveError) as info:

@@ -67,7 +67,7 @@ def test_trace_is_a_chunk_graph_matching_the_authors_model(physnet, physnet_grap
     assert hist["conv"] == 12 and hist["pool"] == 5 and hist["reverse"] == 6
     assert sum(1 for n in g.nodes if n.op == "conv" and n.attrs["lhs_dilations"]) == 2
     assert 6.5e9 < g.flops() < 7.5e9
-    ref, _ = physnet.reference()(chunk, None, [])
+    (ref,), _ = physnet.reference()(chunk)
     ref = np.asarray(ref, np.float64)
     (out,), _ = Interpreter(g, "float64").run([chunk.astype(np.float64)], [])
     assert out.shape == (1, CHUNK)
@@ -97,7 +97,7 @@ def test_fusion_folds_batch_norm_and_the_layout_transposes(physnet, chunk):
 
 @pytest.fixture(scope="module")
 def physnet_onnx(tmp_path_factory, physnet):
-    from graphopt.build import build
+    from graphopt.builder import build
     return build("physnet", "onnx", tmp_path_factory.mktemp("pn") / "onnx", frames=2 * CHUNK, log=lambda m: None)
 
 

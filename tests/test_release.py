@@ -10,7 +10,7 @@ import pytest
 
 from graphopt import artifact as art
 from graphopt import cli, release
-from graphopt.build import EngineNeedsGpu, build
+from graphopt.builder import EngineNeedsGpu, build
 from graphopt.targets import trt_support
 
 

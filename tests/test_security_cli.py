@@ -12,7 +12,7 @@ import pytest
 from conftest import cli_error
 
 from graphopt import cli
-from graphopt.build import BuildUsageError, build
+from graphopt.builder import BuildUsageError, build
 
 
 @pytest.mark.parametrize("fps", ["inf", "-inf", "nan", "0", "-30", "1e-300", "1e300", "thirty"])

@@ -96,7 +96,9 @@ def test_state_file_must_match_its_sha256(copy):
     (lambda m: m["state"][0].update(view=[{"op": "exec", "code": "x"}]), "view"),
     (lambda m: m["state"][0].update(view=[{"op": "transpose", "perm": [0, 0, 1, 2]}]), "permutation"),
     (lambda m: m["pipeline"].update(passes=[3]), "pipeline.passes"),
-    (lambda m: m.update(inputs=[m["inputs"][1], m["inputs"][0]]), "frame first|at least one dimension"),
+    (lambda m: m["inputs"][1].update(role="frame"), "at most one frame"),
+    (lambda m: m["inputs"][0].update(shape=[36]), r"\(\.\.\., H, W, C\) frames"),
+    (lambda m: m["outputs"][0].update(name=m["inputs"][0]["name"]), "names must be distinct"),
 ])
 def test_malformed_manifests_are_one_line_errors(copy, capsys, mutate, match):
     folder, mpath, m = copy

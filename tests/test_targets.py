@@ -29,7 +29,7 @@ VARIANTS = {
 @pytest.fixture(scope="module")
 def exact_artifacts(tmp_path_factory, facephys):
     """Each target built and verified over 600 frames at build time (exact pipeline unless noted)."""
-    from graphopt.build import build
+    from graphopt.builder import build
     out = tmp_path_factory.mktemp("targets")
     return {name: build("facephys", target, out / name, exact=exact, target_options=opts, log=lambda m: None)
             for name, (target, opts, exact) in VARIANTS.items()}
@@ -151,7 +151,7 @@ def test_fused_graph_is_fewer_xnnpack_partitions(exact_artifacts):
 
 
 def test_tflite_rejects_unknown_state_mode(facephys, tmp_path):
-    from graphopt.build import BuildError, build
+    from graphopt.builder import BuildError, build
     with pytest.raises(BuildError, match="state mode 'shared' is not one of variables, io"):
         build("facephys", "tflite", tmp_path / "x", target_options={"state_mode": "shared"}, verify=False,
               log=lambda m: None)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from graphopt import artifact as art
 from graphopt import cli
-from graphopt.build import EngineNeedsGpu, build
+from graphopt.builder import EngineNeedsGpu, build
 from graphopt.ir import Graph, TensorType
 from graphopt.targets import tensorrt as trt_target
 from graphopt.targets import trt_support
@@ -170,13 +170,12 @@ def test_engine_equivalence_and_fp16(trt_artifact, tmp_path):
     stream = art.load(out)
     assert type(stream).__name__ == "TensorRTStream"
     m = stream.manifest
-    r = equivalence.check(equivalence.stream_step(stream), stream.state, "facephys", m["source"],
-                          equivalence.Clip(frames=600))
+    spec = equivalence.reference_model("facephys", m["source"])
+    r = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec, equivalence.Clip(frames=600))
     assert r["tier"] in ("rounding", "signal") and r["pearson"] >= 0.9999, r
     a16 = trt_target.build_from(out, fp16=True)
     s16 = art.load(a16.path)
-    r16 = equivalence.check(equivalence.stream_step(s16), s16.state, "facephys", m["source"],
-                            equivalence.Clip(frames=600))
+    r16 = equivalence.check(equivalence.stream_step(s16, spec), s16.state, spec, equivalence.Clip(frames=600))
     assert r16["pearson"] >= 0.9999 and r16["hr_bpm"] == r16["hr_ref_bpm"], r16
 
 

@@ -194,7 +194,7 @@ def test_tf_allowlist_is_what_the_lowering_emits(built):
 def test_physnet_artifacts_pass(tmp_path):
     """Real PhysNet artifacts pass (FacePhys's pass this check in every graphopt.load of test_targets,
     test_tensorrt_torch and the e2e tests, which load through it)."""
-    from graphopt.build import build
+    from graphopt.builder import build
     for model in ("physnet",):
         for target in ("torch", "tf", "xla"):
             a = build(model, target, tmp_path / f"{model}-{target}", verify=False, log=lambda m: None)

@@ -161,7 +161,7 @@ def test_onnx_reduce_over_no_axes_is_the_identity(tmp_path):
 
 def test_build_turns_an_unlowerable_op_into_a_build_error(tmp_path, monkeypatch):
     """An op a target cannot lower fails the build with BuildError (exit 1), naming the op, and leaves nothing."""
-    from graphopt import build as build_mod
+    from graphopt import builder as build_mod
     from graphopt.targets import onnx as onnx_mod
     monkeypatch.delitem(onnx_mod.TABLE.lowerings, "conv")
     with pytest.raises(build_mod.BuildError, match=r"cannot emit this graph: op 'conv' \(%\S+\) has no ONNX lowering "

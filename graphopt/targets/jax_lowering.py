@@ -198,7 +198,7 @@ def to_jax_function(graph: Graph) -> Callable:
             env[id(v)] = x
         read = lambda v: env[id(v)] if id(v) in env else jnp.asarray(v.const)
         for node in graph.nodes:
-            outs = TABLE.lookup(node)(node, *[read(v) for v in node.inputs])
+            outs = TABLE.lower(node, node, *[read(v) for v in node.inputs])
             for v, o in zip(node.outputs, outs):
                 env[id(v)] = o
         return tuple(read(v) for v in graph.outputs) + tuple(read(s.output) for s in graph.state)

@@ -3,9 +3,10 @@
 Each lowering module declares, once at import time, a `LoweringTable`: per IR op the function that
 lowers it, or a declaration that the runtime does not lower the op and why. A lowering function's
 signature is the runtime's own (an ONNX builder, jnp, a TF layout tracker, an fx call); the table
-only maps ops to them. Emitters `check` the graph before emitting anything and `lookup` every node;
-both raise the one `UnsupportedOpError`, naming the op, the node's output, the runtime, the targets
-that use the table and the reason or what to do, so an unlowerable op is a clear build error.
+only maps ops to them. Emitters `check` the graph before emitting anything and `lower` every node
+(`lookup` and call); both raise the one `UnsupportedOpError`, naming the op, the node's output, the
+runtime, the targets that use the table and the reason or what to do, so an unlowerable op is a clear
+build error (a lowering function that lacks a form of its op raises it too, and `lower` adds the rest).
 `status`/`coverage` are what tests check against the op registry (every op lowered or declared
 unsupported with a reason).
 
@@ -79,13 +80,23 @@ class LoweringTable:
             fn = self.base.lookup(node)
         return fn
 
+    def lower(self, node, *args):
+        """Call the node's lowering function with args. An UnsupportedOpError it raises (a form of the op this
+        runtime lacks, e.g. a grouped 3-D conv) is re-raised naming the op, its output, the runtime and the
+        targets, as lookup's are."""
+        fn = self.lookup(node)
+        try:
+            return fn(*args)
+        except UnsupportedOpError as e:
+            raise UnsupportedOpError(self._message(node, str(e), form=True)) from None
+
     def check(self, graph) -> None:
         """UnsupportedOpError at the graph's first node whose op this table does not lower."""
         for node in graph.nodes:
             if node.op not in self:
                 raise UnsupportedOpError(self._message(node, self.status(node.op)[1]))
 
-    def _message(self, node, reason: str) -> str:
+    def _message(self, node, reason: str, form: bool = False) -> str:
         out = f"%{node.outputs[0].name}" if node.outputs else "no output"
         users = self.targets()
         used_by = f" (target{'s' if len(users) > 1 else ''} {', '.join(users)})" if users else ""
@@ -95,7 +106,8 @@ class LoweringTable:
                 chain, t = chain + [t.where], t.base
             reason = f"{' (based on '.join(chain)}{')' * (len(chain) - 1)} declares none; add one to its table, " \
                      "or build for a target that lowers it"
-        return f"op '{node.op}' ({out}) has no {self.runtime} lowering{used_by}: {reason}"
+        form = " in this form" if form else ""
+        return f"op '{node.op}' ({out}) has no {self.runtime} lowering{form}{used_by}: {reason}"
 
     def targets(self) -> list[str]:
         """The registered targets that emit through this table."""

@@ -401,12 +401,12 @@ def to_onnx(graph: Graph, fuse: bool = True, table: LoweringTable = TABLE):
         if id(node) in fusions.emit:
             fusions.emit[id(node)](b, lambda v: b.name_of[id(v)], out_name)
             continue
-        lower = table.lookup(node)
+        table.lookup(node)
         if len(node.outputs) != 1:
             raise UnsupportedOpError(f"op '{node.op}' with {len(node.outputs)} outputs has no ONNX lowering")
         v = node.outputs[0]
         out = claimed.get(id(v)) or b.fresh(v.name)
-        lower(b, node, [b.name_of[id(x)] for x in node.inputs], out)
+        table.lower(node, b, node, [b.name_of[id(x)] for x in node.inputs], out)
         b.name_of[id(v)] = out
     outputs = []
     for name, v in sinks:
@@ -460,7 +460,7 @@ class OnnxStream(Stream):
         session = self._shared.session
         value = ort.OrtValue.ortvalue_from_numpy  # wraps the array's memory (CPU), no copy
         self._in = [np.zeros(i["shape"], np.dtype(i["dtype"])) for i in manifest["inputs"]]
-        self._out = np.zeros(manifest["outputs"][0]["shape"], np.dtype(manifest["outputs"][0]["dtype"]))
+        self._out = [np.zeros(o["shape"], np.dtype(o["dtype"])) for o in manifest["outputs"]]
         self._flat, self._bufs = zip(*(_state_buffers(self._initial_state) for _ in range(2)))
         self._bufs = list(self._bufs)
         self._bindings = []
@@ -468,7 +468,8 @@ class OnnxStream(Stream):
             b = session.io_binding()
             for spec, buf in zip(manifest["inputs"], self._in):
                 b.bind_ortvalue_input(spec["name"], value(buf))
-            b.bind_ortvalue_output(manifest["outputs"][0]["name"], value(self._out))
+            for spec, buf in zip(manifest["outputs"], self._out):
+                b.bind_ortvalue_output(spec["name"], value(buf))
             for spec, s_in, s_out in zip(manifest["state"], src, dst):
                 b.bind_ortvalue_input(spec["input"], value(s_in))
                 b.bind_ortvalue_output(spec["output"], value(s_out))
@@ -479,12 +480,12 @@ class OnnxStream(Stream):
     def session(self):
         return self._shared.session
 
-    def _run(self, frame, dt, state):
+    def _run(self, feeds, state):
         side = 0 if state is self._bufs[0] else 1
-        for buf, x in zip(self._in, self.feeds(frame, dt)):
+        for buf, x in zip(self._in, feeds):
             np.copyto(buf, np.asarray(x).reshape(buf.shape))
         self._shared.session.run_with_iobinding(self._bindings[side])
-        return self._out.copy(), self._bufs[1 - side]
+        return [o.copy() for o in self._out], self._bufs[1 - side]
 
     def _state_finite(self, state) -> bool:
         flat = self._flat[0 if state is self._bufs[0] else 1]

@@ -221,7 +221,7 @@ class TensorRTStream(Stream):
         self._engine = runtime.deserialize_cuda_engine(Path(engine_file).read_bytes())
         if self._engine is None:
             raise art.ArtifactError(f"TensorRT cannot deserialize {engine_file}; rebuild it on this machine")
-        specs = manifest["inputs"] + manifest["outputs"][:1] + \
+        specs = manifest["inputs"] + manifest["outputs"] + \
             [{"name": s[k], "shape": s["shape"]} for s in manifest["state"] for k in ("input", "output")]
         for spec in specs:  # the buffers below are sized from the manifest: it must match the engine exactly
             got = tuple(self._engine.get_tensor_shape(spec["name"]))
@@ -231,33 +231,36 @@ class TensorRTStream(Stream):
         self._ctx = self._engine.create_execution_context()
         self._cuda = torch.cuda.Stream()
         dev = torch.device("cuda")
-        self._in = [torch.empty(tuple(i["shape"]), dtype=torch.float32, device=dev) for i in manifest["inputs"]]
-        self._out = torch.empty(tuple(manifest["outputs"][0]["shape"]), dtype=torch.float32, device=dev)
-        self._out_host = torch.empty(self._out.shape, dtype=torch.float32).pin_memory()
+        tdtype = lambda spec: getattr(torch, np.dtype(spec["dtype"]).name)  # float32 / int32: TensorRT's types
+        self._in = [torch.empty(tuple(i["shape"]), dtype=tdtype(i), device=dev) for i in manifest["inputs"]]
+        self._out = [torch.empty(tuple(o["shape"]), dtype=tdtype(o), device=dev) for o in manifest["outputs"]]
+        self._out_host = [torch.empty(o.shape, dtype=o.dtype).pin_memory() for o in self._out]
         self._names_in = [s["input"] for s in manifest["state"]]
         self._names_out = [s["output"] for s in manifest["state"]]
         for spec, buf in zip(manifest["inputs"], self._in):
             self._ctx.set_tensor_address(spec["name"], buf.data_ptr())
-        self._ctx.set_tensor_address(manifest["outputs"][0]["name"], self._out.data_ptr())
+        for spec, buf in zip(manifest["outputs"], self._out):
+            self._ctx.set_tensor_address(spec["name"], buf.data_ptr())
         self._bufs = [[torch.from_numpy(np.array(s)).to(dev) for s in self._initial_state],
                       [torch.empty(s.shape, dtype=torch.float32, device=dev) for s in self._initial_state]]
         self._reset()
 
-    def _run(self, frame, dt, state):
+    def _run(self, feeds, state):
         torch = self._torch
         src, dst = (self._bufs[0], self._bufs[1]) if state is self._bufs[0] else (self._bufs[1], self._bufs[0])
         with torch.cuda.stream(self._cuda):
-            for buf, x in zip(self._in, self.feeds(frame, dt)):
-                buf.copy_(torch.from_numpy(np.asarray(x, np.float32).reshape(buf.shape)), non_blocking=True)
+            for buf, x in zip(self._in, feeds):
+                buf.copy_(torch.from_numpy(np.asarray(x, order="C").reshape(buf.shape)), non_blocking=True)
             for n, b in zip(self._names_in, src):
                 self._ctx.set_tensor_address(n, b.data_ptr())
             for n, b in zip(self._names_out, dst):
                 self._ctx.set_tensor_address(n, b.data_ptr())
             if not self._ctx.execute_async_v3(self._cuda.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
-            self._out_host.copy_(self._out, non_blocking=True)
+            for host, dev_out in zip(self._out_host, self._out):
+                host.copy_(dev_out, non_blocking=True)
         self._cuda.synchronize()
-        return self._out_host.numpy().copy(), dst
+        return [h.numpy().copy() for h in self._out_host], dst
 
     def _reset(self) -> None:
         for b, s in zip(self._bufs[0], self._initial_state):

@@ -55,7 +55,7 @@ class TfStream(Stream):
         except Exception as e:
             raise art.ArtifactError(f"TensorFlow cannot load the SavedModel {model_dir}: {e}") from None
         sig = self._loaded.signatures["step"]
-        self._out = manifest["outputs"][0]["name"]
+        self._out = [o["name"] for o in manifest["outputs"]]
         self._state_out = [s["output"] for s in manifest["state"]]
         names = [i["name"] for i in manifest["inputs"]] + [s["input"] for s in manifest["state"]]
         state_out = self._state_out
@@ -68,9 +68,9 @@ class TfStream(Stream):
         self._tf = tf
         self._reset()
 
-    def _run(self, frame, dt, state):
-        out, self._finite = self._fn(*self.feeds(frame, dt), *state)
-        return out[self._out].numpy(), [out[n] for n in self._state_out]
+    def _run(self, feeds, state):
+        out, self._finite = self._fn(*feeds, *state)
+        return [out[n].numpy() for n in self._out], [out[n] for n in self._state_out]
 
     def _state_finite(self, state) -> bool:
         return bool(self._finite)

@@ -90,7 +90,7 @@ class TfLowering:
         """The TF tensor as transpose(ir_value, perm)."""
         if v.is_param:
             c = v.const.reshape((1,) * (len(perm) - v.const.ndim) + v.const.shape) if v.const.size > 1 else v.const
-            return self.tf.constant(np.ascontiguousarray(np.transpose(c, perm)) if c.ndim == len(perm) else c)
+            return self.tf.constant(np.asarray(np.transpose(c, perm), order="C") if c.ndim == len(perm) else c)
         lv = self.env[id(v)]
         if lv.perm == tuple(perm):
             return lv.t
@@ -110,7 +110,7 @@ class TfLowering:
         return outs, new_state
 
     def lower(self, node: Node):
-        self.env[id(node.outputs[0])] = TABLE.lookup(node)(self, node)
+        self.env[id(node.outputs[0])] = TABLE.lower(node, self, node)
 
     def lower_plain(self, fn: Callable, node: Node) -> Lowered:
         """A plain op fn(tf, node, *tensors) -> tensor: elementwise in its inputs' common layout, else in the IR's."""
@@ -234,7 +234,7 @@ def _pool2d(tf, t, axes, mode, window, strides, pads):
     return tf.reshape(y, shape[:first] + y.shape.as_list()[1:1 + len(axes)] + shape[last + 1:])
 
 
-# ---- conv: channels-last 2-D and 3-D convolutions -----------------------------------------------------
+# ---- conv: channels-last 1-D (as 2-D), 2-D and 3-D convolutions -------------------------------------
 
 
 @TABLE.register("conv")
@@ -245,14 +245,20 @@ def _conv(low: TfLowering, node: Node) -> Lowered:
     nsp = len(x.shape) - 2
     _check_conv(node, nsp)
     channels_last = (0, *range(2, nsp + 2), 1)
-    spatial = tuple(range(2, nsp + 2))
     xt = low.in_layout(x, channels_last)
+    one_d = nsp == 1
+    if one_d:  # TF and TFLite have no 1-D convolutions: a 2-D one over a unit H axis
+        xt = tf.reshape(xt, [x.shape[0], 1, x.shape[2], x.shape[1]])
+        a = dict(a, strides=(1, *a["strides"]), pads=((0, 0), *a["pads"]), dilations=(1, *a["dilations"]))
+        nsp = 2
+    spatial = tuple(range(2, nsp + 2))
+    kernel_shape = (w.shape[0], w.shape[1], *((1,) if one_d else ()), *w.shape[2:])
 
     def kernel(perm):  # the kernel (O, I/groups, *k) in TF's order; folded by the converters
         if w.is_param:
-            return tf.constant(np.ascontiguousarray(w.const.transpose(perm)))
-        return tf.transpose(low.plain(w), perm)
-    padding = _conv_padding(a, w.shape[2:])
+            return tf.constant(np.asarray(w.const.reshape(kernel_shape).transpose(perm), order="C"))
+        return tf.transpose(tf.reshape(low.plain(w), kernel_shape), perm)
+    padding = _conv_padding(a, kernel_shape[2:])
     strides = [1, *a["strides"], 1]
     if a["groups"] == 1 and nsp == 2:
         y = tf.nn.conv2d(xt, kernel(spatial + (1, 0)), strides, padding, dilations=list(a["dilations"]))
@@ -264,6 +270,9 @@ def _conv(low: TfLowering, node: Node) -> Lowered:
         else:
             y = tf.nn.depthwise_conv2d(xt, kernel(spatial + (0, 1)), strides, padding,
                                        dilations=list(a["dilations"]))
+    if one_d:
+        n, o, width = node.outputs[0].shape
+        y = tf.reshape(y, [n, width, o])
     if len(node.inputs) == 3:
         y = tf.nn.bias_add(y, low.plain(node.inputs[2]))
     return Lowered(y, channels_last)
@@ -272,9 +281,9 @@ def _conv(low: TfLowering, node: Node) -> Lowered:
 def _check_conv(node: Node, nsp: int) -> None:
     a, x, w = node.attrs, node.inputs[0], node.inputs[1]
     conv = f"conv %{node.outputs[0].name}"
-    if nsp not in (2, 3):
-        raise UnsupportedOpError(f"{conv} has {nsp} spatial dims; the TensorFlow lowering has 2-D and 3-D "
-                                 "convolutions only")
+    if nsp not in (1, 2, 3):
+        raise UnsupportedOpError(f"{conv} has {nsp} spatial dims; the TensorFlow lowering has 1-D (as 2-D), 2-D and "
+                                 "3-D convolutions only")
     if lhs_dilations(a, nsp) != (1,) * nsp:
         raise UnsupportedOpError(f"{conv} has lhs_dilations {a['lhs_dilations']}, which TensorFlow's convolutions "
                                  "lack; run the expand-lhs-dilation lowering pass first (graphopt build runs it for "
@@ -283,9 +292,9 @@ def _check_conv(node: Node, nsp: int) -> None:
         raise UnsupportedOpError(f"{conv} has dilations {a['dilations']}: TensorFlow's Conv3D shape inference swaps "
                                  "the H and W dilations, so they must be equal; use the xla, onnx or torch target")
     groups, cin, cout = a["groups"], x.shape[1], w.shape[0]
-    if groups != 1 and not (nsp == 2 and groups == cin == cout):
+    if groups != 1 and not (nsp in (1, 2) and groups == cin == cout):
         raise UnsupportedOpError(f"{conv} is a {nsp}-D conv with {groups} groups ({cin} -> {cout} channels); "
-                                 "TensorFlow has depthwise 2-D convs only (groups == input channels == output "
+                                 "TensorFlow has depthwise 1-D and 2-D convs only (groups == input channels == output "
                                  "channels); use the xla, onnx or torch target")
 
 

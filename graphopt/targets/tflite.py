@@ -148,7 +148,7 @@ class TfliteStream(Stream):
         except ValueError as e:
             raise art.ArtifactError(f"{model_file} lacks a signature its manifest names ({e}); rebuild the "
                                     "artifact") from None
-        self._out = manifest["outputs"][0]["name"]
+        self._out = [o["name"] for o in manifest["outputs"]]
         self._check_name, self._check = manifest.get("tflite", {}).get("state_check"), None
         self._check_signature(model_file)
         self._state_in = [s["input"] for s in manifest["state"]]
@@ -170,13 +170,13 @@ class TfliteStream(Stream):
                 raise art.ArtifactError(f"{model_file}: input {spec['name']} is {got} in the model, "
                                         f"{spec['dtype']} {tuple(spec['shape'])} in the manifest; rebuild the artifact")
 
-    def _run(self, frame, dt, state):
+    def _run(self, feeds, state):
         if self.state_mode == "variables":
-            got = self._step(**dict(zip(self.input_names, self.feeds(frame, dt))))
+            got = self._step(**dict(zip(self.input_names, feeds)))
             self._check = got.get(self._check_name) if self._check_name else None
-            return got[self._out], None
-        out = self._step(**dict(zip(self.input_names, self.feeds(frame, dt))), **dict(zip(self._state_in, state)))
-        return out[self._out], [out[n] for n in self._state_out]
+            return [got[n] for n in self._out], None
+        out = self._step(**dict(zip(self.input_names, feeds)), **dict(zip(self._state_in, state)))
+        return [out[n] for n in self._out], [out[n] for n in self._state_out]
 
     def _state_finite(self, state) -> bool:
         if self.state_mode != "variables":

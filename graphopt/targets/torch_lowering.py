@@ -295,7 +295,7 @@ def to_graph_module(graph: Graph):
 
     for node in graph.nodes:
         args = [read(v) for v in node.inputs]
-        fn, fargs, kwargs = TABLE.lookup(node)(node, args)
+        fn, fargs, kwargs = TABLE.lower(node, node, args)
         env[id(node.outputs[0])] = g.call_function(fn, fargs, kwargs)
     outs = [read(v) for v in graph.outputs] + [read(s.output) for s in graph.state]
     g.output(tuple(outs))

@@ -39,7 +39,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None, name: str = "
     model_file = out_dir / f"{stem}{SUFFIX}"
     gm = to_graph_module(graph)
     example = tuple(torch.from_numpy(np.zeros(v.shape, v.dtype)) for v in graph.inputs) + \
-        tuple(torch.from_numpy(np.ascontiguousarray(s.init)) for s in graph.state)
+        tuple(torch.from_numpy(np.asarray(s.init, order="C")) for s in graph.state)
     try:
         program = torch.export.export(gm, example)
     except Exception as e:
@@ -67,11 +67,11 @@ class TorchStream(Stream):
         self._n_out = len(manifest["outputs"])
         self._reset()
 
-    def _run(self, frame, dt, state):
+    def _run(self, feeds, state):
         torch = self._torch
         with torch.inference_mode():
-            out = self._fn(*(torch.from_numpy(np.asarray(x)) for x in self.feeds(frame, dt)), *state)
-        return out[0].numpy(), list(out[self._n_out:])
+            out = self._fn(*(torch.from_numpy(np.asarray(x)) for x in feeds), *state)
+        return [y.numpy() for y in out[:self._n_out]], list(out[self._n_out:])
 
     def _reset(self) -> None:
         self._state = [self._torch.from_numpy(np.array(s)) for s in self._initial_state]

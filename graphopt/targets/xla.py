@@ -95,9 +95,9 @@ class XlaStream(Stream):
         self._device = jax.devices("cpu")[0] if "cpu" in exported.platforms else jax.devices()[0]
         self._reset()
 
-    def _run(self, frame, dt, state):
-        outs, new, self._finite = self._call(*self.feeds(frame, dt), *state)
-        return np.asarray(outs[0]), list(new)
+    def _run(self, feeds, state):
+        outs, new, self._finite = self._call(*feeds, *state)
+        return [np.asarray(y) for y in outs], list(new)
 
     def _state_finite(self, state) -> bool:
         return bool(self._finite)  # outputs and state, checked inside the step's computation

@@ -34,7 +34,7 @@ def _cycle(step):
 
 @pytest.fixture(scope="module")
 def onnx_artifacts(tmp_path_factory):
-    from graphopt.build import build
+    from graphopt.builder import build
     out = tmp_path_factory.mktemp("bench")
     return {fused: build("facephys", "onnx", out / f"onnx-{fused}", fuse=fused, verify=False, log=lambda m: None)
             for fused in (False, True)}
@@ -58,6 +58,6 @@ def test_open_rppg_jax_jit(benchmark, as_published):
 
     def one_step(frame):
         nonlocal state
-        y, state = step(frame, dt, state)
+        (y,), state = step(frame, dt, *state)
         np.asarray(y)
     benchmark.pedantic(_cycle(one_step), rounds=300, warmup_rounds=30)

@@ -64,7 +64,7 @@ def conv_step(model: onnx.ModelProto):
 
 
 def test_fused_vs_unfused_onnxruntime(tmp_path):
-    from graphopt.build import build
+    from graphopt.builder import build
     arts = {name: build("facephys", "onnx", tmp_path / f"a{i}", verify=False, log=lambda m: None, **kw)
             for i, (name, kw) in enumerate(VARIANTS.items())}
     frames = Clip(frames=64).array((1, 1, 36, 36, 3))

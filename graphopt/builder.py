@@ -36,13 +36,16 @@ def log_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build(model: str, target: str, out: str | Path, *, weights: str | None = None, as_published: bool = False,
+def build(model, target: str, out: str | Path, *, weights: str | None = None, as_published: bool = False,
           fuse: bool = True, pass_names: list[str] | None = None, verify_each_pass: bool = False,
           verify: bool = True, frames: int = 600, exact: bool = False, fps: float | None = None,
           target_options: dict | None = None, force: bool = False, explain: list[str] = (),
           log: Callable[[str], None] = log_stderr) -> art.Artifact:
     """Build one artifact into `out` (a new or empty folder, written atomically; with force, an earlier
     graphopt artifact there is replaced). Raises on any failure, leaving `out` as it was.
+
+    model: a graphopt.ModelSpec, a built-in model's name, or "FILE.py:FUNC" / "package.module:FUNC" (FUNC()
+    returns a ModelSpec); weights / as_published: options of the built-in models.
 
     exact: run only exact passes (rounding-level tier); fps: bake dt = 1/fps into the graph;
     explain: rewrite rules to report on after the pipeline (why each did not fire where it could start).
@@ -58,7 +61,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         raise BuildUsageError(f"--fps must be a frame rate from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
     if verify:
         equivalence.check_frames(frames)
-    models.adapter(model)  # an unknown model, pass or weights file fails before any work
+    models.check(model, weights, as_published)  # an unknown model, pass or weights file fails before any work
     try:
         for name in pass_names or ():
             passes.get_pass(name)
@@ -70,22 +73,20 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         raise BuildUsageError(f"--weights {weights} is not a file")
     out = check_destination(Path(out), force)  # before the long work: a refused --out costs nothing
     t0 = time.perf_counter()
-    log(f"[1/4] loading {model} ...")
-    step_model = models.load(model, weights, as_published)
+    log(f"[1/4] loading {getattr(model, 'name', model)} ...")
+    spec = models.resolve(model, weights, as_published)
     if verify:
-        equivalence.check_frames(frames, step_model.frames_per_step)
-    if fps is not None and not step_model.takes_dt:
-        raise BuildUsageError(f"--fps needs a model with a dt input; {model} has none")
-    graph = step_model.trace()
+        equivalence.check_frames(frames, spec.frames_per_step, spec.fps)
+    if fps is not None and not spec.takes_dt:
+        raise BuildUsageError(f"--fps needs a model with a dt input; {spec.name} has none")
+    graph = spec.trace()
     verify_ir(graph)
+    graph.meta["source"] = {**spec.source, "fingerprint": equivalence.fingerprint(spec)}
     log(f"      traced {len(graph.nodes)} nodes, {graph.flops() / 1e6:.1f} MFLOP/step "
         f"({time.perf_counter() - t0:.1f} s)")
     fixed_inputs = {}
     if fps is not None:
-        dt_input = graph.inputs[1].name if len(graph.inputs) > 1 else None
-        if dt_input is None:
-            raise BuildUsageError(f"--fps needs a model with a dt input; {model} has none")
-        fixed_inputs = {dt_input: 1.0 / fps}
+        fixed_inputs = {spec.dt_input: 1.0 / fps}
         graph.meta["fixed_inputs"] = fixed_inputs  # for the manifest
     if pass_names is not None:
         names = (["specialize-inputs"] if fps is not None else []) + list(pass_names)
@@ -95,10 +96,8 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
     log(f"[2/4] pass pipeline: {', '.join(names) or 'none (unfused)'}")
     samples = None
     if verify_each_pass:
-        per = step_model.frames_per_step
-        clip = equivalence.Clip(frames=4 if per == 1 else per).array(step_model.frame_shape)
-        dt = [np.float32(1.0 / step_model.fps)] if step_model.takes_dt else []
-        samples = [[f] + dt for f in clip]
+        feeds = equivalence.Clip(frames=4 * spec.frames_per_step, fps=spec.fps).feeds(spec)
+        samples = [[f[n] for n in spec.inputs] for f in feeds]
     try:
         graph, report = passes.run_pipeline(graph, names, options=passes.PassOptions(fixed_inputs=fixed_inputs),
                                             verify_each=verify_each_pass, samples=samples, log=log)
@@ -117,7 +116,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         log(f"      rule {name} fired {fired} time(s) in the pipeline")
         for line in passes.explain_rule(graph, name):
             log("      " + line)
-    precision = step_model.source["precision"]
+    precision = spec.source.get("precision", "float32")
     tier = "rounding" if report["exact"] else "signal"
     log(f"      {len(graph.nodes)} nodes after the pipeline; tier claimed: {tier}"
         + ("" if report["exact"] else " (value-changing passes changed the graph)"))
@@ -125,7 +124,7 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
         log(f"[3/4] emitting {target} artifact")
         try:
             # fuse: the emitter may lower groups of nodes as one (--no-fuse: every node on its own)
-            artifact = tmod.emit(graph, tmp, {"stem": model, "precision": precision, "fuse": fuse,
+            artifact = tmod.emit(graph, tmp, {"stem": spec.name, "precision": precision, "fuse": fuse,
                                               **(target_options or {})})
         except (art.ArtifactError, ValueError) as e:  # targets.UnsupportedOpError (a ValueError): an unlowerable op
             raise BuildError(f"the {target} target cannot emit this graph: {e}") from e
@@ -135,11 +134,11 @@ def build(model: str, target: str, out: str | Path, *, weights: str | None = Non
             log(f"      {manifest['precision']}: tier claimed {tier}")
         manifest["equivalence"] = {"tier_claimed": tier, "verified": False}
         if verify:
-            log(f"[4/4] verifying over {frames} frames against the authors' step ...")
+            log(f"[4/4] verifying over {frames} frames against the model's reference (jax.jit) ...")
             stream = art.load(artifact.path)
             try:
-                result = equivalence.check(equivalence.stream_step(stream), stream.state, model, step_model.source,
-                                           equivalence.Clip(frames=frames), weights=weights)
+                result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec,
+                                           equivalence.Clip(frames=frames, fps=spec.fps))
             except equivalence.VerificationError as e:
                 raise BuildError(f"{e}; no artifact was written") from None
             manifest["equivalence"].update(result, verified=True)
@@ -170,12 +169,20 @@ def _summarize_raised(entries: list[dict]) -> list[dict]:
 
 
 def format_result(r: dict, claimed: str | None = None) -> str:
-    floor = r["noise_floor"]
-    lines = [
-        f"  max abs error     {r['max_abs']:.3g}",
-        f"  NRMSE             {r['nrmse']:.3g}  ({r['nrmse_over_floor']:.2f}x the noise floor {floor['nrmse']:.3g})",
-        f"  Pearson r         {r['pearson']:.6f}",
-        f"  heart rate        {r['hr_bpm']:.1f} bpm (reference {r['hr_ref_bpm']:.1f} bpm, bin {r['hr_bin_bpm']:.1f})",
+    outputs = r.get("outputs") or {"": r}
+    lines = []
+    for name, o in outputs.items():
+        floor, at = o["noise_floor"], f" [{name}]" if name else ""
+        over = "undefined (zero floor)" if o["nrmse_over_floor"] is None else f"{o['nrmse_over_floor']:.2f}x"
+        lines += [f"  max abs error{at:<4} {o['max_abs']:.3g}",
+                  f"  NRMSE{at:<12} {o['nrmse']:.3g}  ({over} the noise floor {floor['nrmse']:.3g})",
+                  f"  Pearson r{at:<8} {o['pearson']:.6f}"]
+        if o.get("hr_bpm") is not None:
+            lines.append(f"  heart rate{at:<7} {o['hr_bpm']:.1f} bpm (reference {o['hr_ref_bpm']:.1f} bpm, "
+                         f"bin {o['hr_bin_bpm']:.1f})")
+        if name:
+            lines.append(f"  tier{at:<13} {o['tier']}")
+    lines += [
         (f"  final state error {r['state_max_rel']:.3g} (max relative)" if r.get("state_max_rel") is not None
          else f"  final state       not compared ({r.get('state_note', 'no state')})"),
         f"  tier reached      {r['tier']}" + (f" (claimed: {claimed})" if claimed else ""),
