@@ -11,8 +11,18 @@ from .source import ModelSourceError
 MODELS = {"facephys": "graphopt.models.facephys", "physnet": "graphopt.models.physnet"}
 
 
+def zoo_names() -> list[str]:
+    """Every model open-rppg 0.1.1 ships (its supported_models), as graphopt names them (lower case)."""
+    from .rppg_zoo import NAMES
+    return [n.lower() for n in NAMES]
+
+
+def names() -> list[str]:
+    return list(MODELS) + zoo_names()
+
+
 def is_builtin(name) -> bool:
-    return isinstance(name, str) and name in MODELS
+    return isinstance(name, str) and (name in MODELS or name.lower() in zoo_names())
 
 
 def is_user_ref(name) -> bool:
@@ -21,20 +31,21 @@ def is_user_ref(name) -> bool:
 
 
 def adapter(name: str):
+    """The module that loads a built-in model (its load(weights, as_published))."""
     if not is_builtin(name):
-        raise ModelSourceError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}, or give "
+        raise ModelSourceError(f"unknown model {name!r:.60}; choose one of: {', '.join(names())}, or give "
                                "FILE.py:FUNC (or package.module:FUNC) where FUNC() returns a graphopt.ModelSpec")
-    return importlib.import_module(MODELS[name])
+    return importlib.import_module(MODELS.get(name, "graphopt.models.rppg_zoo"))
 
 
 def check(model, weights: str | None = None, as_published: bool = False) -> None:
     """Fail fast on a model reference that cannot resolve, or options it does not take (before any long
     work)."""
     from ..spec import ModelSpec, SpecError, check_ref
-    if isinstance(model, ModelSpec) or is_user_ref(model):
+    if isinstance(model, ModelSpec) or is_user_ref(model) or (is_builtin(model) and model not in MODELS):
         if weights is not None or as_published:
-            raise SpecError("--weights and --as-published apply to built-in models; a ModelSpec carries its "
-                            "own weights")
+            raise SpecError(f"--weights and --as-published apply to {' and '.join(MODELS)}; "
+                            f"{getattr(model, 'name', model)} carries its own weights")
         if is_user_ref(model):
             check_ref(model)
         return
@@ -66,7 +77,11 @@ def load(name: str, weights: str | None = None, as_published: bool = False):
 
 @functools.lru_cache(maxsize=4)
 def _load(name: str, weights: str | None, as_published: bool):
-    return adapter(name).load(weights=weights, as_published=as_published)
+    if name in MODELS:
+        return adapter(name).load(weights=weights, as_published=as_published)
+    check(name, weights, as_published)
+    return adapter(name).spec(name)
 
 
-__all__ = ["MODELS", "ModelSourceError", "adapter", "check", "is_builtin", "is_user_ref", "load", "resolve"]
+__all__ = ["MODELS", "ModelSourceError", "adapter", "check", "is_builtin", "is_user_ref", "load", "names", "resolve",
+           "zoo_names"]
