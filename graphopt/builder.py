@@ -96,7 +96,7 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
     log(f"[2/4] pass pipeline: {', '.join(names) or 'none (unfused)'}")
     samples = None
     if verify_each_pass:
-        feeds = equivalence.Clip(frames=4 * spec.frames_per_step, fps=spec.fps).feeds(spec)
+        feeds = equivalence.Clip(frames=4 * spec.frames_per_step, fps=fps or spec.fps).feeds(spec)
         samples = [[f[n] for n in spec.inputs] for f in feeds]
     try:
         graph, report = passes.run_pipeline(graph, names, options=passes.PassOptions(fixed_inputs=fixed_inputs),
@@ -138,7 +138,7 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
             stream = art.load(artifact.path)
             try:
                 result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec,
-                                           equivalence.Clip(frames=frames, fps=spec.fps))
+                                           equivalence.Clip(frames=frames, fps=fps or spec.fps))
             except equivalence.VerificationError as e:
                 raise BuildError(f"{e}; no artifact was written") from None
             manifest["equivalence"].update(result, verified=True)

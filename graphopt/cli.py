@@ -228,7 +228,7 @@ def cmd_verify(a) -> int:
                                     "from: --model FILE.py:FUNC")
         claimed = a.tier or stream.manifest.get("equivalence", {}).get("tier_claimed", "rounding")
     m = stream.manifest
-    fps = float(m.get("fps") or 30.0)
+    fps = 1.0 / stream.fixed_dt if stream.fixed_dt else float(m.get("fps") or 30.0)  # --fps N builds: dt = 1/N
     equivalence.check_frames(a.frames, stream.frames_per_step, fps)
     clip = equivalence.Clip(frames=a.frames, hr_bpm=a.hr, seed=a.seed, fps=fps)
     print(f"verifying {a.artifact} ({m['target']}, {m.get('precision', '?')}) over {a.frames} frames",

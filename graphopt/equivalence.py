@@ -85,8 +85,11 @@ class Clip:
                 elif dtype.kind == "b":
                     columns[name] = rng.random((steps,) + shape) < 0.5
                 else:
-                    columns[name] = rng.integers(int(np.ceil(lo)), max(int(np.ceil(lo)) + 1, int(np.ceil(hi))),
-                                                 (steps,) + shape).astype(dtype)
+                    info = np.iinfo(dtype)
+                    low = int(min(max(np.ceil(lo), info.min), info.max))
+                    high = int(min(max(np.ceil(hi), low + 1), info.max))
+                    columns[name] = rng.integers(low, max(high, low + 1), (steps,) + shape, dtype=np.int64,
+                                                 endpoint=high == info.max).astype(dtype)
         return [{k: v[t] for k, v in columns.items()} for t in range(steps)]
 
 
@@ -173,18 +176,30 @@ def stream_step(stream, spec) -> StepFn:
 def fingerprint(spec) -> str:
     """The spec's fingerprint, computed once per spec object."""
     if getattr(spec, "_fingerprint", None) is None:
-        spec._fingerprint = spec.fingerprint()
+        try:
+            spec._fingerprint = spec.fingerprint()
+        except (Exception, SystemExit) as e:  # the user's fn, traced again: any error type
+            from .spec import SpecError
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise SpecError(f"spec {spec.name}: fn failed when traced for its fingerprint ({type(e).__name__}: "
+                            f"{first})") from None
     return spec._fingerprint
 
 
 def _source_key(spec) -> dict:
+    """What the reference's outputs on a clip depend on: the model, and how its inputs are fed."""
     import jax
-    return {"model": spec.name, "fingerprint": fingerprint(spec), "jax": jax.__version__}
+    return {"model": spec.name, "fingerprint": fingerprint(spec), "jax": jax.__version__, "roles": spec.roles(),
+            "input_range": list(spec.input_range), "feeds": FEEDS_VERSION}
+
+
+FEEDS_VERSION = 1  # bump when Clip.feeds changes what it generates
+MIN_FLOOR = float(np.finfo(np.float32).eps)  # an output the 1-ulp perturbation does not move: float32 rounding
 
 
 def _cache_path(kind: str, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return cache_dir() / f"{kind}-{key['model']}-{digest}.npz"
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / f"{kind}-{digest}.npz"
 
 
 def reference_run(spec, clip: Clip, perturbed: bool = False) -> tuple[list[np.ndarray], list]:
@@ -198,7 +213,13 @@ def reference_run(spec, clip: Clip, perturbed: bool = False) -> tuple[list[np.nd
                         [data[f"s{i}"] for i in range(int(data["n_state"]))])
         except (KeyError, ValueError, OSError):
             pass  # a cache entry from another version, or a damaged one: computed again below
-    outputs, state = run_steps(spec_step(spec), clip.feeds(spec, perturbed), spec.state_leaves)
+    try:
+        outputs, state = run_steps(spec_step(spec), clip.feeds(spec, perturbed), spec.state_leaves)
+    except (Exception, SystemExit) as e:  # the user's fn under jax.jit: any error type
+        from .spec import SpecError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise SpecError(f"spec {spec.name}: the reference (fn under jax.jit) failed on the verification clip "
+                        f"({type(e).__name__}: {first})") from None
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         np.savez(f, n_out=len(outputs), n_state=len(state), **{f"o{i}": o for i, o in enumerate(outputs)},
@@ -242,7 +263,7 @@ def noise_floor(spec, clip: Clip) -> list[dict]:
     """Per output: NRMSE and max abs between the reference on the clip and on the clip moved by one ulp."""
     ref, _ = reference_run(spec, clip)
     perturbed, _ = reference_run(spec, clip, perturbed=True)
-    return [{"nrmse": float(np.sqrt(np.mean((p - r) ** 2)) / max(float(np.std(r)), 1e-30)),
+    return [{"nrmse": max(MIN_FLOOR, float(np.sqrt(np.mean((p - r) ** 2)) / max(float(np.std(r)), 1e-30))),
              "max_abs": float(np.max(np.abs(p - r))) if r.size else 0.0} for r, p in zip(ref, perturbed)]
 
 

@@ -148,12 +148,18 @@ def compare(
         raise ValueError(f"length mismatch: candidate has {cand.size} samples, reference {ref.size}")
     _check_finite(cand, "candidate")
     ref_std = float(np.std(ref))
-    if ref_std == 0.0:
+    if ref_std == 0.0 and hr:
         raise ValueError("reference is constant: nrmse and pearson are undefined")
     if (ref_state is None) != (cand_state is None):
         raise ValueError("give both ref_state and cand_state, or neither")
 
     err = cand - ref
+    if ref_std == 0.0:  # a constant output (not a pulse): errors relative to its magnitude; r is 1 iff equal
+        scale = max(float(np.max(np.abs(ref))), 1e-30)
+        return {"max_abs": float(np.max(np.abs(err))), "nrmse": float(np.sqrt(np.mean(err**2)) / scale),
+                "pearson": 1.0 if float(np.max(np.abs(err))) <= 1e-6 * scale else 0.0, "hr_ref_bpm": None,
+                "hr_bpm": None, "hr_bin_bpm": None, "same_hr": None,
+                "state_max_rel": None if ref_state is None else state_max_rel(ref_state, cand_state)}
     pearson = float(np.corrcoef(ref, cand)[0, 1]) if np.std(cand) > 0.0 else 0.0
     if hr:
         hr_ref, hr_cand, bin_bpm = estimate_hr(ref, fps), estimate_hr(cand, fps), hr_bin_bpm(ref.size, fps)

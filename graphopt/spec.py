@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class SpecError(ModelSourceError):
     """A ModelSpec that cannot be used as given (the message names the field and the fix): exit status 2."""
 
 
+MAX_ELEMENTS = 1 << 28  # as the manifest's limit per tensor
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -77,60 +79,97 @@ class ModelSpec:
     param_names: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (again: a spec may be changed after it was made); SpecError names the field."""
+        import keyword
         _check_name("model name", self.name)
+        where = f"spec {self.name}"
         if not callable(self.fn):
-            raise SpecError(f"spec {self.name}: fn must be a callable, got {type(self.fn).__name__}")
+            raise SpecError(f"{where}: fn must be a callable, got {type(self.fn).__name__}")
         if not isinstance(self.inputs, Mapping) or not self.inputs:
-            raise SpecError(f"spec {self.name}: inputs must be a non-empty mapping name -> example array")
-        inputs = {}
+            raise SpecError(f"{where}: inputs must be a non-empty mapping name -> example array")
+
+        def io_name(what: str, n) -> str:
+            if not isinstance(n, str) or not n.isidentifier() or keyword.iskeyword(n) or n == "self" \
+                    or n.startswith(("state_in_", "state_out_")) or len(n) > 64 or not n.isascii():
+                raise SpecError(f"{where}: {what} name {n!r:.40} must be a Python identifier (ASCII letters, digits, "
+                                "'_'; not a keyword or 'self'; not state_in_*/state_out_*, the state's names)")
+            return n
+        inputs, total = {}, 0
         for k, v in self.inputs.items():
-            _check_name(f"spec {self.name}: input name", k)
+            io_name("input", k)
             a = np.asarray(v)
-            if a.dtype.kind not in "fiub" or a.dtype.itemsize > 8:
-                raise SpecError(f"spec {self.name}: input {k} has dtype {a.dtype}; inputs must be float, integer "
-                                "or bool arrays")
-            inputs[k] = a.astype(np.float32) if a.dtype == np.float64 else a
+            if a.dtype == np.float64:
+                a = a.astype(np.float32)
+            if a.dtype.name not in ("bool", "int32", "int64", "float16", "float32"):
+                raise SpecError(f"{where}: input {k} has dtype {a.dtype}; inputs must be float32, float16, int32, "
+                                "int64 or bool arrays")
+            total += a.size
+            inputs[k] = a
+        if total > MAX_ELEMENTS:
+            raise SpecError(f"{where}: the inputs hold {total} elements, more than {MAX_ELEMENTS}")
         self.inputs = inputs
-        if not (isinstance(self.fps, (int, float)) and not isinstance(self.fps, bool) and 0.1 <= self.fps <= 10000):
-            raise SpecError(f"spec {self.name}: fps must be a number from 0.1 to 10000, got {self.fps!r:.40}")
-        self.fps = float(self.fps)
+        fps = self.fps
+        if isinstance(fps, (bool, np.bool_)) or not isinstance(fps, (int, float, np.integer, np.floating)) \
+                or not 0.1 <= float(fps) <= 10000:
+            raise SpecError(f"{where}: fps must be a number from 0.1 to 10000, got {fps!r:.40}")
+        self.fps = float(fps)
+        for role in ("dt_input", "frame_input", "pulse_output"):
+            value = getattr(self, role)
+            if value is not None and not isinstance(value, str):
+                raise SpecError(f"{where}: {role} must be a name (str) or None, got {type(value).__name__}")
         if self.dt_input is not None:
             if self.dt_input not in inputs:
-                raise SpecError(f"spec {self.name}: dt_input {self.dt_input!r} is not one of the inputs "
-                                f"{list(inputs)}")
-            if inputs[self.dt_input].size != 1 or inputs[self.dt_input].dtype.kind != "f":
-                raise SpecError(f"spec {self.name}: dt_input {self.dt_input} must be one float number")
+                raise SpecError(f"{where}: dt_input {self.dt_input!r} is not one of the inputs {list(inputs)}")
+            dt = inputs[self.dt_input]
+            if dt.size != 1 or dt.ndim > 1 or dt.dtype != np.float32:
+                raise SpecError(f"{where}: dt_input {self.dt_input} must be one float32 number (shape () or (1,)), "
+                                f"not {dt.dtype} {dt.shape}")
+        square = lambda a: a.dtype.kind == "f" and a.ndim >= 3 and a.shape[-1] == 3 and a.shape[-2] == a.shape[-3] > 0
         if self.frame_input == "auto":
-            self.frame_input = next((k for k, a in inputs.items() if k != self.dt_input and a.dtype.kind == "f"
-                                     and a.ndim >= 3 and a.shape[-1] == 3), None)
-        elif self.frame_input is not None and self.frame_input not in inputs:
-            raise SpecError(f"spec {self.name}: frame_input {self.frame_input!r} is not one of the inputs "
-                            f"{list(inputs)}")
-        if self.frame_input is not None and inputs[self.frame_input].ndim < 3:
-            raise SpecError(f"spec {self.name}: frame_input {self.frame_input} must be (..., H, W, 3) frames")
+            self.frame_input = next((k for k, a in inputs.items() if k != self.dt_input and square(a)), None)
+        elif self.frame_input is not None:
+            if self.frame_input not in inputs:
+                raise SpecError(f"{where}: frame_input {self.frame_input!r} is not one of the inputs {list(inputs)}")
+            if not square(inputs[self.frame_input]):
+                a = inputs[self.frame_input]
+                raise SpecError(f"{where}: frame_input {self.frame_input} must be float (..., S, S, 3) face frames "
+                                f"(the synthetic face clip is square RGB), not {a.dtype} {a.shape}; give "
+                                "frame_input=None to verify it on random inputs")
         try:
             lo, hi = (float(x) for x in self.input_range)
-        except (TypeError, ValueError):
-            raise SpecError(f"spec {self.name}: input_range must be (low, high) numbers") from None
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise SpecError(f"spec {self.name}: input_range must be finite with low < high, got {self.input_range}")
+        except (TypeError, ValueError, OverflowError):
+            raise SpecError(f"{where}: input_range must be (low, high) numbers") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi and max(abs(lo), abs(hi)) <= 1e30):
+            raise SpecError(f"{where}: input_range must be finite, within +-1e30, with low < high, got "
+                            f"{self.input_range!r:.60}")
         self.input_range = (lo, hi)
         if self.state is not None:
             import jax
-            leaves = jax.tree_util.tree_leaves(self.state)
-            for i, leaf in enumerate(leaves):
+            for i, leaf in enumerate(jax.tree_util.tree_leaves(self.state)):
                 a = np.asarray(leaf)
-                if a.dtype.kind not in "fiub":
-                    raise SpecError(f"spec {self.name}: state leaf {i} has dtype {a.dtype}; state must be arrays")
+                if a.dtype.name not in ("bool", "int32", "int64", "float16", "float32", "float64"):
+                    raise SpecError(f"{where}: state leaf {i} has dtype {a.dtype}; state must be float, int32/64 or "
+                                    "bool arrays")
         if self.outputs is not None:
-            self.outputs = [_check_name(f"spec {self.name}: output name", n) for n in self.outputs]
+            if isinstance(self.outputs, str) or not isinstance(self.outputs, (list, tuple)):
+                raise SpecError(f"{where}: outputs must be a list of names, not {type(self.outputs).__name__}")
+            self.outputs = [io_name("output", n) for n in self.outputs]
             if len(set(self.outputs)) != len(self.outputs) or set(self.outputs) & set(inputs):
-                raise SpecError(f"spec {self.name}: output names must be distinct and differ from the input names")
-        if self.pulse_output is not None and (self.outputs is None or self.pulse_output not in self.outputs) \
-                and not (self.outputs is None and self.pulse_output.startswith("out")):
-            raise SpecError(f"spec {self.name}: pulse_output {self.pulse_output!r} is not one of the outputs")
+                raise SpecError(f"{where}: output names must be distinct and differ from the input names")
+        if self.pulse_output is not None and self.outputs is not None and self.pulse_output not in self.outputs:
+            raise SpecError(f"{where}: pulse_output {self.pulse_output!r} is not one of the outputs {self.outputs}")
         if not isinstance(self.source, dict):
-            raise SpecError(f"spec {self.name}: source must be a dict")
+            raise SpecError(f"{where}: source must be a dict")
+        try:
+            text = json.dumps(self.source, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"{where}: source must hold JSON values only (strings, finite numbers, lists, dicts): "
+                            f"{e}") from None
+        if len(text) > 65536:
+            raise SpecError(f"{where}: source is {len(text)} bytes as JSON; keep it under 64 KiB")
 
     # ---- derived -------------------------------------------------------------------------------
     @property
@@ -161,8 +200,18 @@ class ModelSpec:
             if treedef is None:
                 out, new = fn(*args), []
             else:
-                out, new = fn(*args[:n_in], jax.tree_util.tree_unflatten(treedef, list(args[n_in:])))
-            return tuple(jax.tree_util.tree_leaves(out)), tuple(jax.tree_util.tree_leaves(new))
+                got = fn(*args[:n_in], jax.tree_util.tree_unflatten(treedef, list(args[n_in:])))
+                if not isinstance(got, (tuple, list)) or len(got) != 2:
+                    raise SpecError("a step model's fn must return (outputs, new_state)")
+                out, new = got
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            if isinstance(out, dict) or any(isinstance(o, (dict, list, tuple)) for o in outs):
+                raise SpecError("fn's outputs must be an array or a tuple of arrays (not a dict or nested "
+                                "structure: its order would not be the names'); name them with outputs=")
+            leaves = tuple(jax.tree_util.tree_leaves(out))
+            if not leaves:
+                raise SpecError("fn returns no outputs")
+            return leaves, tuple(jax.tree_util.tree_leaves(new))
         return flat
 
     @property
@@ -185,9 +234,16 @@ class ModelSpec:
         """The model as an IR graph (inputs in order; one state pair per state leaf)."""
         from .frontends.jax import UnsupportedPrimitiveError, trace
         try:
-            graph = trace(self.fn, dict(self.inputs), self.state, name=self.name, param_names=self.param_names)
-        except UnsupportedPrimitiveError as e:
+            flat, leaves = self.flat_fn(), self.state_leaves
+            if self.state is None:
+                fn, state = (lambda *xs: flat(*xs)[0]), None
+            else:
+                fn, state = (lambda *args: flat(*args[:-1], *args[-1])), list(leaves)
+            graph = trace(fn, dict(self.inputs), state, name=self.name, param_names=self.param_names)
+        except (UnsupportedPrimitiveError, SpecError) as e:
             raise SpecError(f"spec {self.name}: {' '.join(str(e).split())}") from None
+        except SystemExit as e:
+            raise SpecError(f"spec {self.name}: fn called sys.exit({e.code!r:.40}) while it was traced") from None
         except Exception as e:  # the user's code, under JAX tracing: any error type
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise SpecError(f"spec {self.name}: fn does not trace with the example inputs ({type(e).__name__}: "
@@ -249,8 +305,15 @@ def from_keras(model, inputs: Mapping[str, Any], *, name: str | None = None, sta
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = list(model.non_trainable_variables)
 
+    struct = getattr(model, "_inputs_struct", None)  # a functional model's inputs: a dict is matched by name
+    if isinstance(struct, dict) and set(struct) != set(examples):
+        raise SpecError(f"from_keras: the model's inputs are named {sorted(struct)}, the examples {sorted(examples)}")
+
     def call(nt_values, *args):
-        x = args[0] if len(args) == 1 else list(args)
+        if isinstance(struct, dict):
+            x = dict(zip(examples, args))
+        else:
+            x = args[0] if len(args) == 1 else list(args)
         out, new_nt = model.stateless_call(trainable, nt_values, x, training=False)
         return out, new_nt
 
@@ -293,6 +356,8 @@ def check_ref(ref: str) -> tuple[str, str]:
         raise SpecError(f"--model {ref!r:.80}: {func!r:.40} is not a Python function name")
     if (where.endswith(".py") or os.sep in where) and not Path(where).is_file():
         raise SpecError(f"--model {ref}: {where} is not a file; give FILE.py:FUNC with an existing file")
+    if os.sep in where and not where.endswith(".py"):
+        raise SpecError(f"--model {ref}: {where} is not a .py file; give FILE.py:FUNC")
     return where, func
 
 
@@ -309,7 +374,7 @@ def load_spec(ref: str) -> ModelSpec:
             raise SpecError(f"--model {ref}: {where} line {e.lineno}: {e.msg}; fix the file") from None
         except ImportError as e:
             raise SpecError(f"--model {ref}: importing {where} failed ({e}); install what it needs") from None
-        except Exception as e:  # the user's module failed on import: any error type
+        except (Exception, SystemExit) as e:  # the user's module failed on import: any error type
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise SpecError(f"--model {ref}: importing {where} failed ({type(e).__name__}: {first})") from None
     else:
@@ -318,6 +383,9 @@ def load_spec(ref: str) -> ModelSpec:
         except ImportError as e:
             raise SpecError(f"--model {ref}: cannot import {where} ({e}); give FILE.py:FUNC or an importable "
                             "package.module:FUNC") from None
+        except (Exception, SystemExit) as e:  # the user's module failed on import: any error type
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise SpecError(f"--model {ref}: importing {where} failed ({type(e).__name__}: {first})") from None
     fn = getattr(module, func, None)
     if not callable(fn):
         raise SpecError(f"--model {ref}: {where} has no function {func}")
@@ -325,6 +393,8 @@ def load_spec(ref: str) -> ModelSpec:
         got = fn()
     except SpecError:
         raise
+    except SystemExit as e:
+        raise SpecError(f"--model {ref}: {func}() called sys.exit({e.code!r:.40})") from None
     except Exception as e:  # the user's code: any error type
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise SpecError(f"--model {ref}: {func}() failed ({type(e).__name__}: {first})") from None

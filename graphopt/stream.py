@@ -120,7 +120,7 @@ class Stream:
                 feeds.append(self.check_frame(value))
             elif role == "dt":
                 dt, clamped = self._check_dt(value)
-                feeds.append(dt)
+                feeds.append(dt.reshape(self._input_specs[i][0]))
             else:
                 feeds.append(self.check_input(i, value))
         return feeds, clamped
@@ -178,7 +178,7 @@ class Stream:
         from .errors import ArtifactError
         feeds = [np.full(shape, 0.5 if role == "frame" else 0, dtype) for (shape, dtype), role
                  in zip(self._input_specs, self.input_roles)]
-        feeds = [self.check_dt(None) if role == "dt" else f for f, role in zip(feeds, self.input_roles)]
+        feeds = [self.check_dt(None).reshape(f.shape) if role == "dt" else f for f, role in zip(feeds, self.input_roles)]
         with self._lock:
             try:
                 outs, new = self._run(feeds, self._state)

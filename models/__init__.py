@@ -60,7 +60,9 @@ def resolve(model, weights: str | None = None, as_published: bool = False):
         if weights is not None or as_published:
             raise SpecError("--weights and --as-published apply to built-in models; a ModelSpec carries its "
                             "own weights")
-        return model if isinstance(model, ModelSpec) else _load_user(model)
+        spec = model if isinstance(model, ModelSpec) else _load_user(model)
+        spec.validate()  # a spec may have been changed since it was made
+        return spec
     return load(model, weights, as_published)
 
 

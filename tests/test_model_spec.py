@@ -147,13 +147,13 @@ def test_stateless_model_with_an_integer_input(tmp_path):
 def test_clip_feeds_follow_the_roles_and_the_declared_range():
     from graphopt.equivalence import Clip
     spec = ModelSpec(name="r", fn=lambda a, b, dt, s: (a.sum() + b.sum() * dt, s),
-                     inputs={"a": np.zeros((3,), np.float32), "b": np.zeros((2,), np.int16), "dt": np.float32(0.1)},
+                     inputs={"a": np.zeros((3,), np.float32), "b": np.zeros((2,), np.int32), "dt": np.float32(0.1)},
                      state=np.zeros(1, np.float32), dt_input="dt", fps=25.0, input_range=(-2, 3))
     assert spec.frame_input is None and spec.frames_per_step == 1
     feeds = Clip(frames=50, fps=25.0).feeds(spec)
     a = np.stack([f["a"] for f in feeds])
     b = np.stack([f["b"] for f in feeds])
-    assert len(feeds) == 50 and a.dtype == np.float32 and b.dtype == np.int16
+    assert len(feeds) == 50 and a.dtype == np.float32 and b.dtype == np.int32
     assert a.min() >= -2 and a.max() <= 3 and b.min() >= -2 and b.max() <= 2
     assert all(f["dt"] == np.float32(1 / 25) for f in feeds)
     again = Clip(frames=50, fps=25.0).feeds(spec)
@@ -170,15 +170,28 @@ def test_clip_feeds_follow_the_roles_and_the_declared_range():
     ({"name": "../x"}, "model name '../x' must be"),
     ({"inputs": {}}, "inputs must be a non-empty mapping"),
     ({"inputs": {"x": np.array(["a"])}}, "input x has dtype <U1"),
-    ({"inputs": {"bad name": np.zeros(2)}}, "input name 'bad name'"),
+    ({"inputs": {"bad name": np.zeros(2)}}, "input name 'bad name' must be a Python identifier"),
     ({"dt_input": "t"}, "dt_input 't' is not one of the inputs"),
-    ({"dt_input": "x"}, "dt_input x must be one float number"),
+    ({"dt_input": "x"}, "dt_input x must be one float32 number"),
     ({"frame_input": "nope"}, "frame_input 'nope' is not one of the inputs"),
     ({"fps": 0}, "fps must be a number from 0.1 to 10000"),
-    ({"input_range": (1, 1)}, "input_range must be finite with low < high"),
+    ({"input_range": (1, 1)}, "with low < high"),
     ({"outputs": ["y", "y"]}, "output names must be distinct"),
     ({"outputs": ["y"], "pulse_output": "z"}, "pulse_output 'z' is not one of the outputs"),
     ({"fn": 3}, "fn must be a callable"),
+    ({"inputs": {"x": np.zeros(2, np.uint8)}}, "input x has dtype uint8; inputs must be float32, float16"),
+    ({"inputs": {"state_in_0": np.zeros(2)}}, "input name 'state_in_0' must be a Python identifier"),
+    ({"inputs": {"a-b": np.zeros(2)}}, "input name 'a-b' must be a Python identifier"),
+    ({"outputs": ["self"]}, "output name 'self' must be a Python identifier"),
+    ({"outputs": "pulse"}, "outputs must be a list of names, not str"),
+    ({"inputs": {"x": np.zeros(2), "t": np.zeros((1, 1), np.float32)}, "dt_input": "t"},
+     "dt_input t must be one float32 number (shape () or (1,))"),
+    ({"inputs": {"f": np.zeros((1, 7, 3, 3), np.float32)}, "frame_input": "f"}, "must be float (..., S, S, 3) face"),
+    ({"input_range": (0, 1e40)}, "input_range must be finite, within +-1e30"),
+    ({"fps": True}, "fps must be a number"),
+    ({"source": {"o": object()}}, "source must hold JSON values only"),
+    ({"source": {"v": float("nan")}}, "source must hold JSON values only"),
+    ({"pulse_output": 3}, "pulse_output must be a name (str) or None, got int"),
 ])
 def test_bad_specs_name_the_field(kwargs, says):
     base = dict(name="m", fn=lambda x: x * 2, inputs={"x": np.zeros((2,), np.float32)})
@@ -211,6 +224,17 @@ USER_FILES = {
             return 42
     """,
     "syntax": "def spec(:\n",
+    "exits": """
+        import sys
+        def spec():
+            sys.exit(0)
+    """,
+    "dict_out": """
+        import numpy as np, graphopt
+        def spec():
+            return graphopt.ModelSpec(name="bad", fn=lambda x: {"b": x * 2, "a": x + 1}, inputs={"x": np.zeros(3, np.float32)})
+    """,
+    "import_boom": "raise ValueError('import-time boom')\n",
 }
 
 
@@ -220,6 +244,9 @@ USER_FILES = {
     ("raises", r"spec\(\) failed \(RuntimeError: weights not found\)"),
     ("not_a_spec", r"spec\(\) returned int, not a graphopt.ModelSpec"),
     ("syntax", r"line 1: "),
+    ("exits", r"spec\(\) called sys.exit\(0\)"),
+    ("dict_out", r"outputs must be an array or a tuple of arrays \(not a dict"),
+    ("import_boom", r"importing .*import_boom.py failed \(ValueError: import-time boom\)"),
 ])
 def test_a_spec_that_does_not_trace_is_a_one_line_error_and_writes_nothing(case, says, tmp_path, capsys):
     f = tmp_path / f"{case}.py"
@@ -260,7 +287,7 @@ def test_package_module_reference_and_weights_flag(tmp_path, capsys, monkeypatch
     assert "tier reached      rounding" in capsys.readouterr().err
     err = cli_error(capsys, "build", "--model", "userpkg.models:small", "--target", "onnx", "--out",
                     str(tmp_path / "b"), "--weights", __file__)
-    assert "--weights and --as-published apply to built-in models" in err
+    assert "--weights and --as-published apply to facephys and physnet; userpkg.models:small carries its own" in err
 
 
 def test_verify_needs_the_spec_an_artifact_was_built_from(readme, tmp_path, capsys):
@@ -327,3 +354,65 @@ def test_from_keras_model_with_state_in_variables(tmp_path):
         mean = 0.9 * mean + 0.1 * x[0]
         np.testing.assert_allclose(s.step(x), x - mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s.state[0], mean, rtol=1e-5, atol=1e-6)
+
+
+# ---- verification edge cases found by attacking the API --------------------------------------------------
+
+
+def test_fps_build_verifies_at_the_baked_dt(readme, tmp_path, capsys):
+    path, _ = readme
+    out = tmp_path / "a"
+    assert cli.main(["build", "--model", f"{path}:spec", "--target", "onnx", "--out", str(out), "--fps", "25",
+                     "--frames", "64"]) == 0
+    assert "tier reached      rounding" in capsys.readouterr().err
+    assert graphopt.load(out).fixed_dt == pytest.approx(1 / 25)
+    assert cli.main(["verify", str(out), "--model", f"{path}:spec", "--frames", "64"]) == 0
+
+
+def test_reference_cache_tells_input_ranges_apart(tmp_path):
+    """Two specs of one function differ only by input_range: each is checked against its own reference."""
+    import jax.numpy as jnp
+    fn = lambda x: jnp.tanh(3.0 * x) * x
+    for lo, hi in ((0.0, 1.0), (-1.0, 0.0)):
+        spec = ModelSpec(name="rng", fn=fn, inputs={"x": np.zeros((4,), np.float32)}, input_range=(lo, hi))
+        a = graphopt.build(spec, target="onnx", out=tmp_path / f"a{lo}", frames=40, log=lambda m: None)
+        assert a.manifest["equivalence"]["tier"] == "rounding"
+
+
+def test_outputs_the_one_ulp_perturbation_does_not_move_and_constant_outputs(tmp_path):
+    """dt-only, integer-only and constant outputs: the floor is at least float32's eps, a constant is compared
+    by its magnitude; a (1,)-shaped dt is fed in its own shape."""
+    import jax.numpy as jnp
+
+    def fn(x, ids, dt, state):
+        return (jnp.exp(-dt * 3.0) * jnp.ones(2), jnp.sin(ids.astype(jnp.float32)), jnp.full((3,), 2.5),
+                x * 2.0), state + dt
+    spec = ModelSpec(name="odd", fn=fn, inputs={"x": np.zeros((2,), np.float32), "ids": np.zeros((3,), np.int32),
+                                                 "dt": np.zeros((1,), np.float32)},
+                     state=np.zeros((1,), np.float32), dt_input="dt", input_range=(0, 50))
+    for target in ("onnx", "tflite", "xla"):
+        a = graphopt.build(spec, target=target, out=tmp_path / target, frames=40, log=lambda m: None)
+        eq = a.manifest["equivalence"]
+        assert eq["tier"] in ("rounding", "signal"), eq
+        assert eq["outputs"]["out2"]["nrmse"] == 0.0 and eq["outputs"]["out2"]["pearson"] == 1.0
+        assert all(o["noise_floor"]["nrmse"] >= np.finfo(np.float32).eps for o in eq["outputs"].values())
+        s = graphopt.load(a.path)
+        assert s.step(np.ones(2), np.arange(3), dt=0.1)["out3"].tolist() == [2.0, 2.0]
+
+
+def test_a_reference_that_fails_is_a_spec_error(tmp_path, capsys):
+    f = tmp_path / "late.py"
+    f.write_text(textwrap.dedent("""
+        import numpy as np, graphopt
+        calls = [0]
+        def fn(x):
+            calls[0] += 1
+            if calls[0] > 2:   # traced by the build, for the fingerprint, then by jax.jit for the reference
+                raise RuntimeError("boom on the second trace")
+            return x * 2.0
+        def spec():
+            return graphopt.ModelSpec(name="late", fn=fn, inputs={"x": np.zeros(3, np.float32)})
+    """))
+    err = build_error(capsys, "build", "--model", f"{f}:spec", "--target", "onnx", "--out", str(tmp_path / "o"))
+    assert "the reference (fn under jax.jit) failed on the verification clip (RuntimeError: boom" in err, err
+    assert not (tmp_path / "o").exists()
