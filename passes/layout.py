@@ -449,15 +449,30 @@ def hoist_unit_reshapes(graph: Graph) -> bool:
             break  # an operand that cannot be re-laid
         else:
             exits = list({id(v): v for v in exits}.values())
-            if len(sources) + len(exits) >= len(removed):
+            # the shape each region value comes out in: an operand that already broadcasts right is read
+            # as it is, so a node whose operands all have fewer dimensions than dst comes out short of
+            # dst's leading unit dimensions (and its readers that wanted dst still need a reshape)
+            shapes: dict[int, tuple] = {}
+            for n in nodes:
+                shapes[id(n.outputs[0])] = tuple(np.broadcast_shapes(*[
+                    shapes[id(x)] if id(x) in shapes else consts[id(x)].shape if id(x) in consts
+                    else sources[id(x)][1] if id(x) in sources else free[id(x)].shape if id(x) in free
+                    else x.shape for x in n.inputs]))
+            short = {id(u.inputs[0]) for u in removed if shapes[id(u.inputs[0])] != dst}
+            back = [v for v in exits if shapes[id(v)] != src]
+            if len(sources) + len(back) + len(short) >= len(removed):
                 continue
             entering = {id(x): graph.op("reshape", x, shape=shape) for x, shape in sources.values()}
             new = _clone_region(graph, nodes, lambda x: entering[id(x)] if id(x) in entering else
                                 graph.add_param(consts[id(x)]) if id(x) in consts else free.get(id(x), x))
+            widened = {id(u.inputs[0]): graph.op("reshape", new[id(u.inputs[0])], shape=dst) for u in removed
+                       if new[id(u.inputs[0])].shape != dst}
             for u in removed:
-                graph.replace_all_uses(u.outputs[0], new[id(u.inputs[0])])
+                k = id(u.inputs[0])
+                graph.replace_all_uses(u.outputs[0], widened.get(k, new[k]))
             for v in exits:
-                graph.replace_all_uses(v, graph.op("reshape", new[id(v)], shape=src))
+                graph.replace_all_uses(v, new[id(v)] if new[id(v)].shape == src
+                                       else graph.op("reshape", new[id(v)], shape=src))
             graph.toposort()
             dce(graph)
             changed = True

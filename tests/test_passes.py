@@ -531,6 +531,20 @@ def test_verify_each_catches_ir_breakage(temp_pass):
         run_pipeline(small_graph(), ["simplify", "test-break-ir"], verify_each=True)
 
 
+
+def test_pipeline_always_verifies_the_ir(temp_pass):
+    """Without verify_each too: the first pass that leaves an invalid graph is named, not a later one."""
+    def break_ir(graph):
+        graph.nodes.reverse()
+        return True
+    temp_pass(Pass("test-break-ir-quietly", in_place(break_ir)))
+    with pytest.raises(PassError, match="test-break-ir-quietly broke the IR"):
+        run_pipeline(small_graph(), ["simplify", "test-break-ir-quietly", "cse", "dce"])
+    g = small_graph()
+    g.nodes.reverse()
+    with pytest.raises(PassError, match="input graph is invalid"):
+        run_pipeline(g, ["simplify"])
+
 def test_fixpoint_pass_repeats(temp_pass):
     calls = []
 

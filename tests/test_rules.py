@@ -1464,6 +1464,26 @@ def test_reshape_hoisting_reads_an_operand_already_in_the_wanted_shape():
     assert changed and "reshape" not in hist
 
 
+
+@pytest.mark.parametrize("readers", [1, 2])
+def test_reshape_hoisting_keeps_dst_shape_when_no_operand_has_its_rank(readers):
+    """A region whose operands all broadcast against [1,H,W,C] as they are (none has the wanted
+    [1,1,H,W,C]'s rank) comes out in [1,H,W,C]: its readers that wanted [1,1,H,W,C] (here batched dots,
+    as in ME-chunk's attention) still get that shape. Hoisting once broke the dots' types."""
+    g = Graph()
+    a = g.add_input("a", f32(1, 6, 4, 8))
+    s = g.add_input("s", f32(1, 6, 4, 1))
+    p = g.add_input("p", f32(1, 1, 6, 4, 6))
+    m = g.op("mul", a, s)  # [1, 6, 4, 8]
+    outs = [g.op("dot", p, g.op("reshape", m, shape=(1, 1, 6, 4, 8)), lhs_batch=(0, 1, 3), rhs_batch=(0, 1, 3),
+                 lhs_contract=(2,), rhs_contract=(2,)) for _ in range(readers)]  # [1, 1, 4, 6, 8]
+    finish(g, *outs)
+    hist, changed = rewrite_and_check(g, ["layout"])
+    assert hist["reshape"] == 1  # one reshape to [1,1,6,4,8] either way
+    assert changed == (readers == 2)
+    for d in (n for n in g.nodes if n.op == "dot"):
+        assert d.inputs[1].shape == (1, 1, 6, 4, 8)
+
 # ---- RMS norm: mean-eps-regroup and scalar-scale-into-dot ------------------------------------------------
 
 
