@@ -84,6 +84,33 @@ def test_scan_is_unrolled():
     assert "scan" not in ops(g) and g.op_histogram()["tanh"] == 5
 
 
+def test_scan_with_a_scalar_carry_stacks_scalar_outputs():
+    """0-d carries and per-step outputs: each step's scalar is stacked as a [1] piece (concat has no rank 0)."""
+    def f(x):
+        last, ys = lax.scan(lambda c, a: (c + a.sum(), c * 2.0), 0.0, x)
+        back, zs = lax.scan(lambda c, a: (c * 0.5 + a, (a * c, c)), 1.0, x.sum(1), reverse=True)
+        one = lax.scan(lambda c, a: (c - a.max(), c), 0.0, x[:1])[1]  # length 1: a single [1] piece
+        return last, ys, back, zs, one
+    g = check(f, {"x": randn(5, 3)})
+    for node in g.nodes:
+        if node.op == "concat":
+            assert {len(v.shape) for v in node.inputs} == {1}, node
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_scan_with_a_scalar_carry_survives_the_pipeline(target):
+    """The stacked [1] pieces of scalar steps stay [1] through the passes (layout's unit-reshape hoisting once
+    computed the scalar region in () and handed the concat rank-0 pieces)."""
+    x = randn(5, 3)
+    for f in (lambda x: lax.scan(lambda c, a: (c + a.sum(), c * 2.0), 0.0, x),
+              lambda x: lax.scan(lambda c, a: (c + a, a * c), 0.0, x.sum(1))):
+        g = trace(f, {"x": x})
+        built, _ = run_pipeline(g, pipeline_for(target) + lowerings_for(target), verify_each=True, samples=[[x]])
+        got, _ = Interpreter(built).run([x], [])
+        for r, e in zip(got, jax.jit(f)(x)):
+            np.testing.assert_allclose(r, e, rtol=1e-5, atol=1e-6)
+
+
 def test_fori_loop_with_constant_bounds_folds_its_index():
     """fori_loop(0, 3, ...) is a scan with a counter: the counter folds, so x[i] becomes a static slice."""
     g = check(lambda x: lax.fori_loop(0, 3, lambda i, c: c * 2 + x[i] * i, x[0]), {"x": randn(4, 5)})
@@ -220,6 +247,26 @@ def test_dynamic_update_slice_with_constant_starts():
     assert ops(g) <= {"pad", "select", "broadcast"}
 
 
+def test_scatter_with_static_indices():
+    """x.at[...].set/add/multiply/min/max with constant indices: static slices (strided, negative, in fori_loop
+    bodies) are padded into place, other index patterns taken from the flat updates; repeated indices combine
+    round by round; out-of-range updates are dropped or clipped as JAX does."""
+    def f(x):
+        return (x.at[1:3].set(7.0), x.at[:, 2:4, ::2].add(x[:, :2, ::2]), x.at[jnp.array([0, 2])].set(x[1:3] * 2),
+                x.at[jnp.array([0, 2, 0, 0])].add(x), x.at[..., 1].multiply(3.0), x.at[1, 2].max(x[0, 0]),
+                x.at[jnp.array([1, 1, 3])].min(x[:3]), x.at[-1, :, 1:4:2].set(-x[0, :, :2]),
+                x.at[jnp.array([0, 9])].set(1.0, mode="drop"), x.at[jnp.array([0, 9])].add(1.0, mode="clip"),
+                x.at[1:3, 0].subtract(x[0, 1:3]), x.astype(jnp.int32).at[::3, 1].set(5),
+                x.at[jnp.array([0, 3]), jnp.array([1, 5])].set(-1.0), x.at[:, 1, :].set(x[:, 0, :] + 1),
+                lax.fori_loop(0, 3, lambda i, c: c.at[i].set(c[i + 1] * 2), x), x.at[2:2].set(5.0))
+    g = check(f, {"x": randn(4, 6, 5)}, exact=True)
+    assert not ops(g) & {"scatter", "scatter-add"}
+    # static slices need no gather
+    g = check(lambda x: (x.at[:, 1:3].set(x[:, :2] * 2), x.at[::2, 4].add(1.0), x.at[1].multiply(x[0])),
+              {"x": randn(5, 6)}, exact=True)
+    assert "take" not in ops(g) and ops(g) <= {"pad", "select", "add", "mul", "slice", "reshape", "broadcast"}
+
+
 # ---- special functions -----------------------------------------------------------------------------
 
 
@@ -264,7 +311,8 @@ def test_sort_past_the_size_limit_is_refused():
     (lambda x: lax.reduce_and(x.astype(jnp.int32), (0,)), "reduce_and"),
     (lambda x: lax.cumlogsumexp(x.astype(jnp.int32)), "cumlogsumexp"),
     (lambda x: jax.random.uniform(jax.random.key(0), x.shape) * x, "random_seed"),
-    (lambda x: x.at[1:3].set(7.0), "scatter"),
+    (lambda x: x.at[jnp.argmax(x)].set(7.0), "scatter"),
+    (lambda x: x.at[jnp.argsort(x)[:2]].add(x[:2]), "scatter-add"),
 ])
 def test_unsupported_primitives_name_themselves_and_the_line(fn, prim):
     refused(fn, {"x": randn(5)}, prim)
@@ -287,7 +335,8 @@ def composites(x):
         flat(lax.dynamic_update_slice(v, jnp.ones((2, 2)), (1, i))),
         flat(lax.cond(v.sum() > 0, lambda a: a * 2, lambda a: a - 1, v)),
         flat(lax.scan(lambda c, a: (c * 0.5 + a, c), jnp.zeros(6), v)[1]), flat(jnp.all(v > -1, axis=1)),
-        flat(jnp.prod(v, axis=0)), flat(jnp.tile(v[:2], (1, 2)))])[None, None, :]
+        flat(jnp.prod(v, axis=0)), flat(jnp.tile(v[:2], (1, 2))), flat(v.at[2:4, ::2].set(v[:2, :3])),
+        flat(v.at[jnp.array([0, 5, 0])].add(v[:3]))])[None, None, :]
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +370,69 @@ def test_a_form_a_target_lacks_fails_at_emit_naming_op_and_targets(tmp_path):
     with pytest.raises(UnsupportedOpError, match=r"^op 'conv' \(%\w+\) has no TensorFlow lowering in this form "
                                                  r"\(targets (tf, tflite|tflite, tf)\): conv %\w+ is a 2-D conv with 2 groups"):
         module_for("tflite").emit(g, tmp_path, {"stem": "grouped"})
+
+
+def test_tflite_converter_errors_name_the_ops():
+    """The converter's `error:` diagnostics, without their MLIR locations and deduplicated, make the one-line
+    message (its last line alone would only say which error code it gave up with)."""
+    from graphopt.targets.tf_module import converter_error
+    loc = 'loc(callsite(fused["Conv3D:", "Conv3D@__inference_step_10"] at fused["PartitionedCall:", "P"]))'
+    text = (f"Could not translate MLIR to FlatBuffer.<unknown>:0: error: {loc}: 'tf.Conv3D' op is neither a custom "
+            f"op nor a flex op\n<unknown>:0: note: {loc}: called from\n<unknown>:0: note: {loc}: Error code: "
+            f"ERROR_NEEDS_FLEX_OPS\n<unknown>:0: error: {loc}: 'tf.Conv3D' op is neither a custom op nor a flex "
+            "op\n<unknown>:0: error: failed while converting: 'main': \nSome ops are not supported by the native "
+            "TFLite runtime\nTF Select ops: Conv3D\nDetails:\n\ttf.Conv3D(tensor<2x3xf32>) -> tensor<2x3xf32>\n"
+            "\n}) {tf.entry_function = {}} : () -> ()")
+    assert converter_error(text) == ("'tf.Conv3D' op is neither a custom op nor a flex op; TF Select ops: Conv3D")
+    assert converter_error("a\nlast line\n") == "last line"
+    long = converter_error("\n".join(f"error: op {i} " + "x" * 50 for i in range(20)))
+    assert len(long) == 300 and long.endswith("...") and "\n" not in long
+
+
+@pytest.mark.parametrize("target", ["tflite", "tf"])
+def test_depthwise_3d_conv_lowers_for_tensorflow(target, tmp_path):
+    """TF's Conv3D has no groups: a depthwise 3-D conv (PhysFormer's 3x3x3) is one depthwise 2-D conv per
+    temporal kernel offset over the frames folded into the batch, summed; strides and dilations included."""
+    ok, why = module_for(target).available()
+    if not ok:
+        pytest.skip(why)
+    c = 6
+    w1, w2, b = randn(3, 3, 3, 1, c, seed=1), randn(2, 3, 1, 1, c, seed=2), randn(c, seed=3)
+
+    def f(x):
+        dn = ("NDHWC", "DHWIO", "NDHWC")
+        y = lax.conv_general_dilated(x, w1, (1, 1, 1), "SAME", dimension_numbers=dn, feature_group_count=c) + b
+        z = lax.conv_general_dilated(jax.nn.relu(y), w2, (2, 2, 1), ((1, 0), (0, 1), (0, 0)), rhs_dilation=(2, 1, 1),
+                                     dimension_numbers=dn, feature_group_count=c)
+        return y.mean(axis=(1, 2, 3)) + z.mean(axis=(1, 2, 3))
+    x = randn(1, 8, 7, 5, c, seed=4)
+    g = trace(f, {"frame": x}, name="dw3d", output_names=["y"])
+    g.meta.update(model="dw3d", fps=30.0)
+    built, _ = run_pipeline(g, pipeline_for(target) + lowerings_for(target))
+    assert any(n.op == "conv" and n.attrs["groups"] == c and len(n.inputs[0].shape) == 5 for n in built.nodes)
+    a = module_for(target).emit(built, tmp_path, {"stem": "dw3d"})
+    np.testing.assert_allclose(artifact.load(a.path).step(x), np.asarray(jax.jit(f)(x)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["tflite", "tf"])
+def test_batched_outer_products_lower_for_tensorflow(target, tmp_path):
+    """A dot with no contracted dims (RhythmMamba's selective scan: a [192, 48] x [4, 80, 192] outer product batched
+    over the rhs's last dim) lowers as a broadcast multiply: TFLite's converter rejects the BatchMatMul it makes of
+    that Einsum ("invalid output dimension")."""
+    ok, why = module_for(target).available()
+    if not ok:
+        pytest.skip(why)
+    m = randn(12, 5, seed=1)
+
+    def f(x):
+        return jnp.concatenate([
+            lax.dot_general(m, x, (((), ()), ((0,), (2,)))).reshape(-1),
+            lax.dot_general(x, x[..., :5], (((), ()), ((0, 1), (0, 1)))).reshape(-1),
+            lax.dot_general(x[0, :, :3], m[:4, :2], (((), ()), ((), ()))).reshape(-1),
+            lax.dot_general(x, m[:, :3], (((), ()), ((2,), (0,)))).reshape(-1)])[None]
+    x = randn(2, 7, 12, seed=2)
+    g = trace(f, {"frame": x}, name="outer", output_names=["y"])
+    g.meta.update(model="outer", fps=30.0)
+    assert g.op_histogram()["dot"] == 4
+    a = module_for(target).emit(g, tmp_path, {"stem": "outer"})
+    np.testing.assert_array_equal(artifact.load(a.path).step(x), np.asarray(jax.jit(f)(x)))

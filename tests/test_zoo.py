@@ -325,10 +325,7 @@ def test_one_model_per_family_traces_and_matches_jit(name, record_property):
         assert len(spec.state_leaves) == 36
 
     t0 = time.perf_counter()
-    try:
-        g = _trace(spec)
-    except UnsupportedPrimitiveError as e:  # frontend coverage still to come (e.g. scatter for RhythmMamba)
-        pytest.xfail(f"the frontend cannot trace {name} yet: {str(e)[:200]}")
+    g = _trace(spec)
     t_trace = time.perf_counter() - t0
     verify(g)
     n_out = fam.shape[1] if fam.kind != "step" else 1

@@ -17,7 +17,9 @@ every target lowers them):
 - argmax/argmin (max, compare, first index), cumprod/cummax/cummin/cumlogsumexp (log-step scans),
   reduce_prod/and/or, tile, exp2, tan, dynamic_slice/dynamic_update_slice (static starts folded,
   dynamic ones as `take` and select), erfc and erf_inv (rational approximations), sort and top_k
-  (ranks from pairwise comparisons: O(n^2) in the sorted axis, up to SORT_MAX elements).
+  (ranks from pairwise comparisons: O(n^2) in the sorted axis, up to SORT_MAX elements), scatter
+  (x.at[i].set/add/multiply/min/max) with indices that fold to constants (static slices padded into place
+  and selected or combined; other index patterns as a `take` of the updates by a constant index array).
 """
 from __future__ import annotations
 
@@ -811,6 +813,115 @@ def _dynamic_update_slice(t, eqn, ins):
     if dynamic_mask is not None:
         mask = dynamic_mask if mask is None else t.g.op("and", mask, dynamic_mask)
     return [full if mask is None else t.g.op("select", mask, full, x)]
+
+
+# ---- scatter with constant indices ----------------------------------------------------------------
+
+SCATTER_MAX_ROUNDS = 64  # the most updates a scatter-add/mul/min/max may combine into one element
+_SCATTER_COMBINE = {"scatter": None, "scatter-add": "add", "scatter-sub": "sub", "scatter-mul": "mul",
+                    "scatter-min": "min", "scatter-max": "max"}
+
+
+def _scatter_rounds(eqn, operand_shape, indices: np.ndarray, update_shape) -> list[np.ndarray]:
+    """Where each update element lands, computed by JAX itself (every dimension-number form and index mode,
+    as jax.jit computes it): operand-shaped int arrays holding the flat index of the update written to each
+    element, -1 where none is. One array for a set (the writer JAX keeps where indices repeat); for a
+    combining scatter one per round, each element receiving at most one update per round."""
+    from jax import lax
+    p = eqn.params
+    kw = dict(dimension_numbers=p["dimension_numbers"], indices_are_sorted=bool(p["indices_are_sorted"]),
+              unique_indices=bool(p["unique_indices"]), mode=p["mode"])
+    n = int(np.prod(update_shape, dtype=np.int64))
+    ids = np.arange(n, dtype=np.int32).reshape(update_shape)
+    with jax.default_device(jax.devices("cpu")[0]):
+        idx = jax.numpy.asarray(indices)
+        if eqn.primitive.name == "scatter":
+            return [np.asarray(lax.scatter(np.full(operand_shape, -1, np.int32), idx, ids, **kw))]
+        big = np.iinfo(np.int32).max
+        taken, rounds = np.zeros(n, bool), []
+        while True:
+            pending = np.where(taken.reshape(update_shape), big, ids)
+            r = np.asarray(lax.scatter_min(np.full(operand_shape, big, np.int32), idx, pending, **kw))
+            r = np.where(r == big, -1, r).astype(np.int32)
+            if not (r >= 0).any():
+                return rounds
+            if len(rounds) == SCATTER_MAX_ROUNDS:
+                raise NotImplementedError(f"{eqn.primitive.name} that combines more than {SCATTER_MAX_ROUNDS} "
+                                          "updates into one element: graphopt combines them one round at a time")
+            taken[r[r >= 0]] = True
+            rounds.append(r)
+
+
+def _strided_box(written: np.ndarray) -> list[tuple[int, int, int]] | None:
+    """(start, step, count) per axis where the True elements of `written` are exactly a strided box."""
+    box = []
+    for ax in range(written.ndim):
+        at = np.flatnonzero(written.any(axis=tuple(a for a in range(written.ndim) if a != ax)))
+        step = int(at[1] - at[0]) if len(at) > 1 else 1
+        if len(at) > 1 and not (np.diff(at) == step).all():
+            return None
+        box.append((int(at[0]), step, len(at)))
+    if int(np.prod([c for _, _, c in box], dtype=np.int64)) != int(written.sum()):
+        return None
+    return box
+
+
+def _place_box(t, u: Value, box, shape, fill) -> Value:
+    """u (the box's shape) placed at the strided box in an array of `shape`, `fill` elsewhere (pads; a
+    step s spreads an axis by padding a new unit axis after it to s and merging the two)."""
+    out = u
+    for ax, ((start, step, count), d) in enumerate(zip(box, shape)):
+        if step > 1 and count > 1:
+            cur = out.shape
+            out = _reshape(t, out, cur[:ax + 1] + (1,) + cur[ax + 1:])
+            out = _pad_axis(t, out, ax + 1, 0, step - 1, fill)
+            out = _reshape(t, out, cur[:ax] + (count * step,) + cur[ax + 1:])
+            out = _along(t, out, ax, 0, (count - 1) * step + 1)
+        span = out.shape[ax]
+        if span != d:
+            out = _pad_axis(t, out, ax, start, d - start - span, fill)
+    return out
+
+
+@handles(*_SCATTER_COMBINE)
+def _scatter(t, eqn, ins):
+    """x.at[idx].set/add/multiply/min/max(u) with indices that fold to constants: where each update lands is
+    computed at trace time. Updates filling a strided box in order (static slices) are padded into place
+    (strides by padding a unit axis); any other static pattern takes the flat updates by a constant index
+    array. A set selects with a constant mask; add/mul combine with the padded update (zeros, ones outside)."""
+    x, indices, u = ins
+    combine = _SCATTER_COMBINE[eqn.primitive.name]
+    idx = t.static(indices)
+    if idx is None:
+        raise NotImplementedError("scatter indices computed from the inputs: graphopt translates scatters "
+                                  "(x.at[i].set/add(...)) whose indices are constants (static slices, constant "
+                                  "index arrays, loop counters that fold)")
+    if u.type.size == 0:
+        return [x]
+    rounds = _scatter_rounds(eqn, x.shape, idx, u.shape)
+    out = x
+    neutral = {"add": 0, "sub": 0, "mul": 1}.get(combine)
+    for src in rounds:
+        written = src >= 0
+        if not written.any():
+            continue
+        box = _strided_box(written)
+        if box is not None:
+            inside = src[tuple(slice(s, s + (c - 1) * st + 1, st) for s, st, c in box)]
+            if inside.size == u.type.size and (inside.reshape(-1) == np.arange(inside.size)).all():
+                placed = _place_box(t, _reshape(t, u, inside.shape), box, x.shape,
+                                    0 if neutral is None else neutral)
+                if neutral is not None:  # add, sub, mul: the neutral element outside needs no mask
+                    out = t.g.op(combine, out, placed)
+                    continue
+                new = placed if combine is None else t.g.op(combine, out, placed)
+                out = new if written.all() else t.g.op("select", t.const(written), new, out)
+                continue
+        flat = _reshape(t, u, (u.type.size,))
+        taken = t.g.op("take", flat, t.const(np.maximum(src, 0)), axis=0)
+        new = taken if combine is None else t.g.op(combine, out, taken)
+        out = new if written.all() else t.g.op("select", t.const(written), new, out)
+    return [out]
 
 
 # ---- sort and top_k: ranks from pairwise comparisons ------------------------------------------------

@@ -258,6 +258,11 @@ def _conv(low: TfLowering, node: Node) -> Lowered:
         if w.is_param:
             return tf.constant(np.asarray(w.const.reshape(kernel_shape).transpose(perm), order="C"))
         return tf.transpose(tf.reshape(low.plain(w), kernel_shape), perm)
+    if nsp == 3 and a["groups"] != 1:
+        y = _depthwise_conv3d(low, xt, w, a, node.outputs[0].shape)
+        if len(node.inputs) == 3:
+            y = tf.nn.bias_add(y, low.plain(node.inputs[2]))
+        return Lowered(y, channels_last)
     padding = _conv_padding(a, kernel_shape[2:])
     strides = [1, *a["strides"], 1]
     if a["groups"] == 1 and nsp == 2:
@@ -278,6 +283,31 @@ def _conv(low: TfLowering, node: Node) -> Lowered:
     return Lowered(y, channels_last)
 
 
+def _depthwise_conv3d(low: TfLowering, xt, w: Value, a: dict, out_shape):
+    """A depthwise 3-D conv (groups == channels; TF's Conv3D has no groups) as one depthwise 2-D conv per
+    temporal kernel offset, summed: offset i reads the frames i * dilation + stride * t, folded into the
+    batch ([N * T', H, W, C]), and convolves them with the kernel's slice i. TFLite runs DEPTHWISE_CONV_2D
+    natively (XNNPACK), so a 3x3x3 kernel costs three depthwise convs and two adds, not a Flex op."""
+    tf = low.tf
+    n, c, t_out, h_out, w_out = out_shape
+    kd = w.shape[2]
+    (st, sh, sw), (dt, dh, dw) = a["strides"], a["dilations"]
+    if any(p != (0, 0) for p in map(tuple, a["pads"])):
+        xt = tf.pad(xt, [[0, 0], *[list(p) for p in a["pads"]], [0, 0]])
+    if w.is_param:
+        k = tf.constant(np.asarray(w.const[:, 0].transpose(1, 2, 3, 0)[..., None], order="C"))  # (kd, kh, kw, C, 1)
+    else:
+        k = tf.expand_dims(tf.transpose(tf.reshape(low.plain(w), (c,) + tuple(w.shape[2:])), (1, 2, 3, 0)), -1)
+    _, _, hp, wp, _ = xt.shape.as_list()
+    y = None
+    for i in range(kd):
+        frames = xt[:, i * dt:i * dt + (t_out - 1) * st + 1:st]
+        z = tf.nn.depthwise_conv2d(tf.reshape(frames, [n * t_out, hp, wp, c]), k[i], [1, sh, sw, 1], "VALID",
+                                   dilations=[dh, dw])
+        y = z if y is None else y + z
+    return tf.reshape(y, [n, t_out, h_out, w_out, c])
+
+
 def _check_conv(node: Node, nsp: int) -> None:
     a, x, w = node.attrs, node.inputs[0], node.inputs[1]
     conv = f"conv %{node.outputs[0].name}"
@@ -288,13 +318,18 @@ def _check_conv(node: Node, nsp: int) -> None:
         raise UnsupportedOpError(f"{conv} has lhs_dilations {a['lhs_dilations']}, which TensorFlow's convolutions "
                                  "lack; run the expand-lhs-dilation lowering pass first (graphopt build runs it for "
                                  "the tf and tflite targets)")
-    if nsp == 3 and a["dilations"][1] != a["dilations"][2]:
+    groups, cin, cout = a["groups"], x.shape[1], w.shape[0]
+    depthwise = groups != 1 and groups == cin == cout
+    if nsp == 3 and depthwise and any(s > 1 for s in a["strides"][1:]) and any(d > 1 for d in a["dilations"][1:]):
+        raise UnsupportedOpError(f"{conv} is a depthwise 3-D conv with strides {a['strides']} and dilations "
+                                 f"{a['dilations']}: TensorFlow's depthwise convs take spatial strides or "
+                                 "dilations, not both; use the xla, onnx or torch target")
+    if nsp == 3 and not depthwise and a["dilations"][1] != a["dilations"][2]:
         raise UnsupportedOpError(f"{conv} has dilations {a['dilations']}: TensorFlow's Conv3D shape inference swaps "
                                  "the H and W dilations, so they must be equal; use the xla, onnx or torch target")
-    groups, cin, cout = a["groups"], x.shape[1], w.shape[0]
-    if groups != 1 and not (nsp in (1, 2) and groups == cin == cout):
+    if groups != 1 and not depthwise:
         raise UnsupportedOpError(f"{conv} is a {nsp}-D conv with {groups} groups ({cin} -> {cout} channels); "
-                                 "TensorFlow has depthwise 1-D and 2-D convs only (groups == input channels == output "
+                                 "TensorFlow has depthwise convs only (groups == input channels == output "
                                  "channels); use the xla, onnx or torch target")
 
 
@@ -451,8 +486,24 @@ def _dot(tf, n, x, y):
             return tf.reshape(y2, n.outputs[0].shape)
         if len(rhs.shape) == 1:
             return tf.reduce_sum(x * y, axis=-1)
+    if not a["lhs_contract"]:
+        return _outer(tf, n, x, y)
     from .onnx import einsum_equation
     return tf.einsum(einsum_equation(len(lhs.shape), len(rhs.shape), a), x, y)
+
+
+def _outer(tf, n, x, y):
+    """A dot with no contracted dims (a batched outer product) as a broadcast multiply: each operand moved to
+    (batch, its free dims) with unit dims where the other's free dims go. TFLite's converter rewrites such an
+    Einsum (ab,cda->abcd) into a BatchMatMul whose shapes it then rejects ("invalid output dimension")."""
+    a = n.attrs
+    lhs, rhs = n.inputs
+    lf = [i for i in range(len(lhs.shape)) if i not in a["lhs_batch"]]
+    rf = [i for i in range(len(rhs.shape)) if i not in a["rhs_batch"]]
+    batch = [lhs.shape[i] for i in a["lhs_batch"]]
+    xt = tf.reshape(tf.transpose(x, list(a["lhs_batch"]) + lf), batch + [lhs.shape[i] for i in lf] + [1] * len(rf))
+    yt = tf.reshape(tf.transpose(y, list(a["rhs_batch"]) + rf), batch + [1] * len(lf) + [rhs.shape[i] for i in rf])
+    return xt * yt
 
 
 def lower_graph(graph: Graph, inputs: list, state: list, xla: bool = False) -> tuple[list, list]:

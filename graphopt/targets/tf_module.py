@@ -116,7 +116,45 @@ def to_tflite(module, signatures: dict, state_mode: str, weights: str | None = N
         try:
             return conv.convert()
         except Exception as e:
-            raise art.ArtifactError(f"the TFLite converter failed: {str(e).strip().splitlines()[-1]}") from None
+            raise art.ArtifactError(f"the TFLite converter failed: {converter_error(str(e))}") from None
+
+
+def _strip_loc(msg: str) -> str:
+    """An MLIR diagnostic without its leading loc(...) (nested parentheses) and the colon after it."""
+    msg = msg.strip()
+    if not msg.startswith("loc("):
+        return msg
+    depth = 0
+    for i, ch in enumerate(msg[3:], 3):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0:
+            return msg[i + 1:].lstrip(": ").strip()
+    return msg
+
+
+def converter_error(text: str, limit: int = 300) -> str:
+    """The TFLite converter's failure in one line: its `error:` diagnostics without their source locations
+    (which TF op could not be converted, and why), deduplicated, then the ops it lists as needing TF Select
+    (Flex) or custom kernels; the last line of the text where it has no such lines. At most `limit` chars."""
+    errors, lists = [], []
+    for line in text.splitlines():
+        if "error:" in line:
+            msg = _strip_loc(line.split("error:", 1)[1])
+            if msg.startswith("failed while converting"):
+                continue  # the summary; the ops it names come from the lists below
+        elif line.strip().startswith(("TF Select ops:", "Custom ops:")):
+            lists.append(line.strip())
+            continue
+        else:
+            continue
+        if msg and msg not in errors:
+            errors.append(msg)
+    parts = errors + [x for x in dict.fromkeys(lists)]
+    if not parts:
+        lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+        parts = lines[-1:] or ["(no message)"]
+    one = "; ".join(parts)
+    return one if len(one) <= limit else one[:limit - 3].rstrip() + "..."
 
 
 def initial_state(graph: Graph) -> list[np.ndarray]:
