@@ -52,6 +52,10 @@ def _or(words: list[str]) -> str:
     return " or ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
+MODEL_HELP = ("model: facephys, physnet, an open-rppg model (e.g. tscan.rlap, me-flow.pure; see README), or "
+              "FILE.py:FUNC / package.module:FUNC where FUNC() returns a graphopt.ModelSpec")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .baseline import SUFFIXES
     from .builder import MAX_FPS, MIN_FPS
@@ -65,8 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="build a model into a verified artifact")
-    b.add_argument("--model", help="model: facephys or physnet, or FILE.py:FUNC / package.module:FUNC where "
-                                   "FUNC() returns a graphopt.ModelSpec")
+    b.add_argument("--model", help=MODEL_HELP)
     b.add_argument("--target", required=True, help=f"target runtime: {_or(list(MODULES))}")
     b.add_argument("--out", help="artifact folder to write (replaced atomically)")
     b.add_argument("--from", dest="from_artifact", metavar="ARTIFACT",
@@ -107,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="FPS table: graphopt targets fused/unfused, the authors' JAX JIT step, "
                                       "baselines")
-    be.add_argument("--model", default="facephys", help="model name: facephys or physnet")
+    be.add_argument("--model", default="facephys", help=MODEL_HELP + " (default facephys)")
     be.add_argument("--targets", help="comma-separated targets (default: all available)")
     be.add_argument("--baseline", action="append", default=[], help=f"{baseline} to add as a row")
     be.add_argument("--state", help="initial state for the baselines (npz or gzip-JSON)")
@@ -119,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--json", help="also write the results as JSON to this file")
 
     r = sub.add_parser("release", help="build, verify and benchmark every available target into one folder")
-    r.add_argument("--model", required=True, help="model name: facephys or physnet")
+    r.add_argument("--model", required=True, help=MODEL_HELP)
     r.add_argument("--out", help="release folder (default: artifacts/MODEL-GRAPHOPT_VERSION)")
     extra = [n for n in release_variants() if n not in MODULES]
     r.add_argument("--variants", help="comma-separated subset of the release variants: every target"

@@ -297,7 +297,6 @@ def test_one_model_per_family_traces_and_matches_jit(name, record_property):
     import jax
     import keras
 
-    from graphopt.frontends.jax import UnsupportedPrimitiveError
     from graphopt.ir import Interpreter, verify
     from graphopt.models import rppg_zoo as zoo
 
