@@ -57,7 +57,14 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
     ok, reason = tmod.available()
     if not ok:
         raise BuildUsageError(f"target {target} is not available here: {reason}")
-    if fps is not None and not (isinstance(fps, (int, float)) and MIN_FPS <= fps <= MAX_FPS):
+    if target_options:
+        from .targets import get as get_target
+        known = {o.dest for o in get_target(target).options}
+        unknown = sorted(set(target_options) - known)
+        if unknown:
+            raise BuildUsageError(f"target {target} takes no option {', '.join(unknown)}; its options: "
+                                  f"{', '.join(sorted(known)) or 'none'}")
+    if fps is not None and (isinstance(fps, bool) or not (isinstance(fps, (int, float)) and MIN_FPS <= fps <= MAX_FPS)):
         raise BuildUsageError(f"--fps must be a frame rate from {MIN_FPS:g} to {MAX_FPS:g}, got {fps}")
     if verify:
         equivalence.check_frames(frames)

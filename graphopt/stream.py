@@ -87,6 +87,7 @@ class Stream:
                                 "with the next one")
             self._state = new
             self.stats["steps"] += 1
+            outs = [y if isinstance(y, np.ndarray) else np.asarray(y) for y in outs]  # a runtime's 0-d scalar too
             return outs[0] if len(outs) == 1 else dict(zip(self.output_names, outs))
 
     def _bind(self, inputs: tuple, named: dict) -> tuple[list[np.ndarray], bool]:

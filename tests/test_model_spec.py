@@ -416,3 +416,13 @@ def test_a_reference_that_fails_is_a_spec_error(tmp_path, capsys):
     err = build_error(capsys, "build", "--model", f"{f}:spec", "--target", "onnx", "--out", str(tmp_path / "o"))
     assert "the reference (fn under jax.jit) failed on the verification clip (RuntimeError: boom" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_python_build_refuses_unknown_target_options_and_a_bool_fps(readme, tmp_path):
+    from graphopt.builder import BuildUsageError
+    _, module = readme
+    with pytest.raises(BuildUsageError, match="target onnx takes no option state_mode; its options: none"):
+        graphopt.build(module.spec(), target="onnx", out=tmp_path / "a", target_options={"state_mode": "io"})
+    with pytest.raises(BuildUsageError, match="--fps must be a frame rate"):
+        graphopt.build(module.spec(), target="onnx", out=tmp_path / "b", fps=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -5,8 +5,7 @@ manifest's state entry then carries `view` steps (and `model_shape`), `Stream.st
 `Stream.native_state` gives the stored tensors. The pass only re-lays a state for targets whose convs run
 channels-first, so to test the view mechanism on every target, the SAME re-laid graph (with views) is
 emitted to each one (emit takes any graph) and checked against the IR interpreter on the model-layout
-graph. The graph is tests/test_state_layout.py's running_mean_net, copied here so that this file
-imports no other test module."""
+graph. The graph is tests/test_state_layout.py's running_mean_net."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 from graphopt import artifact as art
 from graphopt import state_views, targets
-from graphopt.ir import Graph, Interpreter, TensorType, verify
+from graphopt.ir import Graph, Interpreter
 from graphopt.passes import run_pipeline
 from graphopt.stream import StepError
 
@@ -26,39 +25,7 @@ DT, STEPS = 0.1, 4
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def f32(*shape):
-    return TensorType(shape, "float32")
-
-
-def dyadic(*shape, seed=0):
-    return (np.random.default_rng(seed).integers(-4, 5, shape) / 4).astype(np.float32)
-
-
-def conv3x3(g, x, seed):
-    return g.add_node("conv", [x, g.add_param(dyadic(C, C, 3, 3, seed=seed) / 4)], strides=(1, 1),
-                      pads=((1, 1), (1, 1)), dilations=(1, 1), groups=1).outputs[0]
-
-
-def running_mean_net() -> Graph:
-    """conv -> channels-last running mean and variance (states [1,1,H,W,C], like FacePhys's TNM) -> conv
-    (tests/test_state_layout.py's running_mean_net without the projection variant)."""
-    g = Graph("net")
-    frame = g.add_input("frame", f32(1, C, H, W))
-    x5 = g.op("reshape", g.op("transpose", conv3x3(g, frame, 1), perm=(0, 2, 3, 1)), shape=MODEL)
-    dt = g.add_input("dt", f32())
-    rng = np.random.default_rng(3)
-    m = g.add_state("mean", rng.standard_normal(MODEL).astype(np.float32))
-    v = g.add_state("var", (1 + rng.random(MODEL)).astype(np.float32))
-    a = g.op("mul", g.add_param(np.linspace(0.5, 2, C).astype(np.float32)), dt)
-    m2 = g.op("add", m, g.op("mul", a, g.op("sub", x5, m)))
-    d = g.op("sub", x5, m2)
-    v2 = g.op("add", v, g.op("mul", a, g.op("sub", g.op("mul", d, d), v)))
-    y = g.op("div", d, g.op("sqrt", g.op("add", v2, g.add_param(np.float32(1e-3)))))
-    y4 = g.op("transpose", g.op("reshape", y, shape=(1, H, W, C)), perm=(0, 3, 1, 2))
-    g.state[0].output, g.state[1].output = m2, v2
-    g.outputs, g.output_names = [conv3x3(g, y4, 2)], ["y"]
-    verify(g)
-    return g
+from test_state_layout import running_mean_net  # noqa: E402  (the same graph, built once in one place)
 
 
 def run_interpreter(g: Graph, frames):
