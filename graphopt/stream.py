@@ -105,7 +105,8 @@ class Stream:
                 if not self.takes_dt:
                     if value is None:
                         continue
-                    raise FrameError(f"this model takes no dt (it is a {self.kind} model); call step(frame) alone")
+                    how = "step(frame) alone" if "frame" in roles else f"step() with {', '.join(names)} only"
+                    raise FrameError(f"this model takes no dt (it is a {self.kind} model); call {how}")
                 key = names[roles.index("dt")]
             if key not in names:
                 raise FrameError(f"step() got an unknown input {key!r:.40}; this model takes {', '.join(names)}")

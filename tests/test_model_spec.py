@@ -426,3 +426,10 @@ def test_python_build_refuses_unknown_target_options_and_a_bool_fps(readme, tmp_
     with pytest.raises(BuildUsageError, match="--fps must be a frame rate"):
         graphopt.build(module.spec(), target="onnx", out=tmp_path / "b", fps=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_dt_for_a_model_without_one_names_its_inputs(tmp_path):
+    spec = two_input_spec()
+    s = graphopt.load(graphopt.build(spec, target="onnx", out=tmp_path / "a", frames=40, log=lambda m: None).path)
+    with pytest.raises(graphopt.stream.FrameError, match=r"takes no dt .*call step\(\) with ids, x only"):
+        s.step(np.zeros((2, 5), np.int32), np.zeros((2, 4), np.float32), dt=0.1)
