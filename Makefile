@@ -21,10 +21,17 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 MODELS := facephys physnet
+# open-rppg's 17 models: the CPU targets and TensorRT's ONNX, a shorter clip and two benchmark rounds (heavy
+# chunk models run at 2-15 FPS on some runtimes); --tier signal accepts runtimes whose own conv/matmul kernels
+# round a long accumulation differently from XLA (the card marks each such artifact)
+ZOO_VARIANTS := onnx,xla,tflite,tf,torch,tensorrt
+ZOO_FLAGS := --variants $(ZOO_VARIANTS) --tier signal --frames 320 --rounds 2
+ZOO ?= $$($(PY) -c "from graphopt import models; print(' '.join(models.zoo_names()))")
 
 artifacts: venv
 	set -e; version=$$($(PY) -c "import graphopt; print(graphopt.__version__)"); \
-	for m in $(MODELS); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version --force; done
+	for m in $(MODELS); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version --force; done; \
+	for m in $(ZOO); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version --force $(ZOO_FLAGS); done
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time so that
 # each module's fixtures are built once; BLAS gets one thread per worker, as the runtimes do.

@@ -64,8 +64,9 @@ def sgemm_gflops(n: int = 512, repeats: int = 20) -> float:
 def reference_step(model) -> Callable:
     """The model's own step under jax.jit (a built-in: as its authors publish it), state carried on the
     device: a callable over one step's feeds (input name -> array)."""
+    import jax
     from . import models
-    m = models.resolve(model, None, True) if models.is_builtin(model) else models.resolve(model)
+    m = models.resolve(model, None, True) if isinstance(model, str) and model in models.MODELS else models.resolve(model)
     step = m.reference()
     names = list(m.inputs)
     state = [np.asarray(s) for s in m.initial_state]
@@ -73,7 +74,7 @@ def reference_step(model) -> Callable:
     def one(feeds):
         nonlocal state
         y, state = step(*(feeds[n] for n in names), *state)
-        return y
+        return jax.block_until_ready(y)  # JAX dispatches asynchronously: time the step, not its dispatch
     return one
 
 
@@ -119,7 +120,7 @@ def run(model="facephys", targets: list[str] | None = None, baselines: list[str]
             meta[name] = {"backend": backend(t), "nodes": a.manifest["graph"]["nodes"], "target": t,
                           "fused": fused, "artifact": str(a.path)}
     ref_row = "open-rppg JAX JIT (reference)" if models.is_builtin(model) else f"{ref_model.name} JAX JIT (reference)"
-    steps[ref_row] = reference_step(model if models.is_builtin(model) else ref_model)
+    steps[ref_row] = reference_step(model if model in models.MODELS else ref_model)
     meta[ref_row] = {"backend": backend("reference"), "target": "reference"}
     for path in baselines:
         stream = open_baseline(path, ref_model, state_file, threads=1)

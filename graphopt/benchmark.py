@@ -40,16 +40,25 @@ def plan(frames_per_step: int, steps_per_round: int = 100, warmup: int = 30) -> 
 
 
 def measure(steps: dict[str, callable], frames: np.ndarray, *, rounds: int = 5, steps_per_round: int = 100,
-            warmup: int = 30, frames_per_step: int = 1) -> list[Row]:
-    """Time each `step(frame)` callable; returns one Row per name (order kept)."""
+            warmup: int = 30, frames_per_step: int = 1, round_budget_s: float | None = None) -> list[Row]:
+    """Time each `step(frame)` callable; returns one Row per name (order kept).
+
+    round_budget_s: a step slower than round_budget_s / steps_per_round (timed on its last warm-up
+    step) gets fewer steps per round, at least one, so that a slow runtime's round takes about the
+    budget (a heavy model on a slow runtime would otherwise take many minutes per round)."""
     lat = {name: [] for name in steps}
+    count = {}
     for name, step in steps.items():
         for i in range(warmup):
+            t0 = time.perf_counter()
             step(frames[i % len(frames)])
+            last = time.perf_counter() - t0
+        count[name] = steps_per_round if round_budget_s is None or warmup == 0 else \
+            max(1, min(steps_per_round, int(round_budget_s / max(last, 1e-9))))
     for r in range(rounds):
         for name, step in steps.items():
             out = lat[name]
-            for i in range(steps_per_round):
+            for i in range(count[name]):
                 frame = frames[(r * steps_per_round + i) % len(frames)]
                 t0 = time.perf_counter()
                 step(frame)

@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--verify-each-pass", action="store_true",
                    help="check the IR and its outputs on sample frames after every pass")
     b.add_argument("--no-verify", action="store_true", help="skip the equivalence check (tier not verified)")
+    b.add_argument("--tier", choices=["rounding", "signal", "quantised"],
+                   help="tier the artifact must reach (default: the tier the pipeline claims); a looser tier "
+                        "accepts a runtime whose own kernels round differently")
     b.add_argument("--frames", type=frames, default=600, help="frames of the synthetic clip to verify on")
     b.add_argument("--force", action="store_true", help="replace an artifact graphopt wrote earlier in --out")
 
@@ -130,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--frames", type=frames, default=600, help="frames of the verification clip (default 600)")
     r.add_argument("--rounds", type=_number(int, 1, 1000), default=3, help="interleaved benchmark rounds (default 3)")
     r.add_argument("--force", action="store_true", help="replace a release graphopt wrote earlier in --out")
+    r.add_argument("--tier", choices=["rounding", "signal", "quantised"],
+                   help="tier every artifact must reach (default: the tier each build claims); the release "
+                        "records the tier each one reached")
 
     i = sub.add_parser("inspect", help="node count, op histogram, params, state and FLOPs of an artifact")
     i.add_argument("artifact", help="artifact folder or model file" + "".join(
@@ -181,7 +187,7 @@ def cmd_build(a) -> int:
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
     build(a.model, a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
-          exact=a.exact, fps=a.fps, target_options=options or None, force=a.force, explain=a.explain)
+          exact=a.exact, fps=a.fps, target_options=options or None, force=a.force, explain=a.explain, tier=a.tier)
     return EXIT_OK
 
 
@@ -278,7 +284,7 @@ def cmd_release(a) -> int:
     out = a.out or f"artifacts/{a.model}-{__version__}"
     variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
     try:
-        release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds, force=a.force,
+        release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds, force=a.force, tier=a.tier,
                     log=lambda m: print(m, file=sys.stderr, flush=True))
     except release.ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)

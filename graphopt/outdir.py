@@ -38,6 +38,12 @@ def _written_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
 
 
+def _empty_dirs(folder: Path) -> list[str]:
+    """Folders graphopt wrote that hold nothing (e.g. a SavedModel's assets/): the files list cannot name them."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_dir() and not p.is_symlink() and not any(p.iterdir()))
+
+
 def _first_foreign(folder: Path) -> str | None:
     """The first file or folder under `folder` that its .graphopt-files list does not account for (the
     list itself, the files it names and the folders holding them), or None. Stops at the first one, so a
@@ -45,9 +51,11 @@ def _first_foreign(folder: Path) -> str | None:
     try:
         data = json.loads((folder / FILES_LIST).read_text())
         listed = {str(f) for f in data.get("files", [])} if isinstance(data, dict) else set()
-    except (OSError, ValueError, AttributeError):
+        empty = {str(f) for f in data.get("empty_dirs", [])} if isinstance(data, dict) else set()
+    except (OSError, ValueError, AttributeError, TypeError):
         return FILES_LIST
-    dirs = {str(Path(f).parent) for f in listed} | {"."}
+    dirs = {str(Path(f).parent) for f in listed} | {"."} | empty
+    dirs |= {str(p) for f in empty for p in Path(f).parents}
     dirs |= {str(p) for f in listed for p in Path(f).parents}
     errors: list[OSError] = []
     for root, subdirs, files in os.walk(folder, onerror=errors.append):
@@ -172,7 +180,8 @@ def atomic_dir(out_dir: Path, force: bool = False):
         # the list names the marker too: a crash between the rename and the marker's removal leaves a folder
         # that is refused as unfinished, and that the next run with --force may replace
         files = [f for f in _written_files(tmp) if f != FILES_LIST]
-        (tmp / FILES_LIST).write_text(json.dumps({"written_by": "graphopt", "files": files}, indent=1) + "\n")
+        (tmp / FILES_LIST).write_text(json.dumps({"written_by": "graphopt", "files": files,
+                                                  "empty_dirs": _empty_dirs(tmp)}, indent=1) + "\n")
         check_destination(out_dir, force)  # nobody put anything there meanwhile
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.graphopt-replaced-{os.getpid()}")

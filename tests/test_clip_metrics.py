@@ -339,3 +339,23 @@ def test_one_ulp_noise_floor_end_to_end() -> None:
     assert tier_reached(compare(ref, model(perturb_one_ulp(frames, seed=1))), floor) == "rounding"
     noise = np.random.default_rng(0).normal(0.0, 0.01 * ref.std(), ref.size)
     assert tier_reached(compare(ref, ref + noise), floor) == "signal"
+
+
+def test_benchmark_rounds_give_a_slow_step_fewer_steps_not_fewer_rows() -> None:
+    """measure(round_budget_s=...): a step slower than the budget gets one timed step per round, a fast one
+    the full round; every row keeps its name and order."""
+    import time
+    from graphopt.benchmark import measure
+    calls = {"slow": 0, "fast": 0}
+
+    def slow(frame):
+        calls["slow"] += 1
+        time.sleep(0.2)
+
+    def fast(frame):
+        calls["fast"] += 1
+    rows = measure({"slow": slow, "fast": fast}, np.zeros((4, 1)), rounds=2, steps_per_round=5, warmup=1,
+                   round_budget_s=0.1)
+    assert [r.name for r in rows] == ["slow", "fast"]
+    assert calls == {"slow": 1 + 2 * 1, "fast": 1 + 2 * 5}
+    assert len(rows[0].latencies_s) == 2 and len(rows[1].latencies_s) == 10

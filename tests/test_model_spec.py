@@ -433,3 +433,37 @@ def test_dt_for_a_model_without_one_names_its_inputs(tmp_path):
     s = graphopt.load(graphopt.build(spec, target="onnx", out=tmp_path / "a", frames=40, log=lambda m: None).path)
     with pytest.raises(graphopt.stream.FrameError, match=r"takes no dt .*call step\(\) with ids, x only"):
         s.step(np.zeros((2, 5), np.int32), np.zeros((2, 4), np.float32), dt=0.1)
+
+
+def test_tier_accepts_a_runtime_that_rounds_differently_and_records_it(tmp_path, monkeypatch):
+    """An artifact whose runtime adds error beyond the rounding tier (simulated: its outputs moved by
+    1e-4 of their size) fails the pipeline's claim; with tier="signal" it is written, and the manifest
+    keeps the claim, the tier required and the tier reached."""
+    from graphopt import artifact as art
+    from graphopt.builder import BuildError, BuildUsageError
+    real_load = art.load
+
+    def noisy_load(path, *a, **k):
+        s = real_load(path, *a, **k)
+        run = s._run
+        rng = np.random.default_rng(0)
+
+        def _run(feeds, state):
+            outs, new = run(feeds, state)
+            return [o + 1e-4 * np.std(o) * rng.standard_normal(o.shape).astype(o.dtype) for o in outs], new
+        s._run = _run
+        return s
+    monkeypatch.setattr(art, "load", noisy_load)
+    spec = two_input_spec()
+    with pytest.raises(BuildError, match="reaches tier signal, not the rounding tier it claims"):
+        graphopt.build(spec, target="onnx", out=tmp_path / "a", frames=40, log=lambda m: None)
+    assert not (tmp_path / "a").exists()
+    lines = []
+    a = graphopt.build(spec, target="onnx", out=tmp_path / "b", frames=40, tier="signal", log=lines.append)
+    eq = a.manifest["equivalence"]
+    assert (eq["tier_claimed"], eq["tier_required"], eq["tier"]) == ("rounding", "signal", "signal")
+    assert any("below the rounding tier the pipeline claims (accepted: --tier signal)" in m for m in lines)
+    with pytest.raises(BuildError, match="not the rounding tier it must reach \\(--tier\\)"):
+        graphopt.build(spec, target="onnx", out=tmp_path / "c", frames=40, tier="rounding", log=lambda m: None)
+    with pytest.raises(BuildUsageError, match="--tier must be one of rounding, signal, quantised, got 'close'"):
+        graphopt.build(spec, target="onnx", out=tmp_path / "d", tier="close")

@@ -141,3 +141,15 @@ def test_non_deterministic_targets_are_known(facephys, tmp_path, target):
     differing = sorted(n for n in a if a[n] != b.get(n) and not n.endswith(".manifest.json"))
     assert differing and all(n.endswith(".pb") for n in differing), differing
     np.testing.assert_array_equal(*[np.load(tmp_path / f"b{i}" / "facephys.state.npz")["state_in_0"] for i in range(2)])
+
+
+def test_model_card_marks_an_artifact_below_its_claim(small_release):
+    """release --tier signal accepts an artifact below its build's claim; the card says which and why."""
+    _, out = small_release
+    r = json.loads((out / "release.json").read_text())
+    assert r["tier_required"] is None and "[*]" not in release.model_card(r)
+    r["tier_required"] = "signal"
+    r["artifacts"]["onnx"].update(tier="signal", tier_claimed="rounding", tier_required="signal")
+    card = release.model_card(r)
+    assert "| `onnx/facephys.onnx` | onnxruntime (CPU) | float32 | signal (claims rounding) [*] |" in card
+    assert "[*] reaches a looser tier than its build's passes claim (the release accepted down to `--tier signal`)" in card

@@ -203,3 +203,18 @@ def test_a_big_foreign_folder_is_refused_at_once(tmp_path):
     with pytest.raises(ArtifactError, match="did not write"):
         check_destination(Path("/usr"))
     assert time.perf_counter() - t0 < 1
+
+
+def test_an_empty_folder_graphopt_wrote_is_its_own_and_a_foreign_one_is_not(tmp_path):
+    """A SavedModel's empty assets/ folder: the files list cannot name it, so it is listed apart; --force
+    replaces the folder, and an empty folder someone else added is still refused."""
+    out = tmp_path / "rel"
+    for _ in range(2):
+        with atomic_dir(out, force=True) as tmp:
+            (tmp / "tf" / "m.savedmodel" / "assets").mkdir(parents=True)
+            (tmp / "tf" / "m.savedmodel" / "saved_model.pb").write_bytes(b"x")
+    assert (out / "tf" / "m.savedmodel" / "assets").is_dir()
+    (out / "notes").mkdir()
+    with pytest.raises(ArtifactError, match="a folder graphopt did not write \\(it holds 'notes'\\)"):
+        check_destination(out, force=True)
+    assert (out / "notes").is_dir()
