@@ -81,9 +81,16 @@ class ModelSpec:
     def __post_init__(self):
         self.validate()
 
+    def _io_name(self, what: str, n) -> str:
+        import keyword
+        if not isinstance(n, str) or not n.isidentifier() or keyword.iskeyword(n) or n == "self" \
+                or n.startswith(("state_in_", "state_out_")) or len(n) > 64 or not n.isascii():
+            raise SpecError(f"spec {self.name}: {what} name {n!r:.40} must be a Python identifier (ASCII letters, "
+                            "digits, '_'; not a keyword or 'self'; not state_in_*/state_out_*, the state's names)")
+        return n
+
     def validate(self) -> None:
         """Check every field (again: a spec may be changed after it was made); SpecError names the field."""
-        import keyword
         _check_name("model name", self.name)
         where = f"spec {self.name}"
         if not callable(self.fn):
@@ -91,12 +98,7 @@ class ModelSpec:
         if not isinstance(self.inputs, Mapping) or not self.inputs:
             raise SpecError(f"{where}: inputs must be a non-empty mapping name -> example array")
 
-        def io_name(what: str, n) -> str:
-            if not isinstance(n, str) or not n.isidentifier() or keyword.iskeyword(n) or n == "self" \
-                    or n.startswith(("state_in_", "state_out_")) or len(n) > 64 or not n.isascii():
-                raise SpecError(f"{where}: {what} name {n!r:.40} must be a Python identifier (ASCII letters, digits, "
-                                "'_'; not a keyword or 'self'; not state_in_*/state_out_*, the state's names)")
-            return n
+        io_name = self._io_name
         inputs, total = {}, 0
         for k, v in self.inputs.items():
             io_name("input", k)
