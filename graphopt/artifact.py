@@ -315,9 +315,17 @@ def load(path: str | os.PathLike, *, check_finite: bool = True, **options):
     return stream
 
 
-def state_io_names(n: int) -> tuple[list[str], list[str]]:
-    """Stable state tensor names in artifacts (the convention of the authors' own exports)."""
-    return [f"state_in_{i}" for i in range(n)], [f"state_out_{i}" for i in range(n)]
+def state_io_names(graph) -> tuple[list[str], list[str]]:
+    """The state tensors' names in an artifact: a pair's own names where the model gave them (an ONNX
+    file's, kept so the artifact is a drop-in replacement: graph.meta["state_io"], pair name -> [input,
+    output]), else the stable convention of the authors' own exports, state_in_<i> / state_out_<i>."""
+    given = graph.meta.get("state_io") or {}
+    ins, outs = [], []
+    for i, s in enumerate(graph.state):
+        name_in, name_out = given.get(s.name) or (f"state_in_{i}", f"state_out_{i}")
+        ins.append(name_in)
+        outs.append(name_out)
+    return ins, outs
 
 
 def _view_fields(pair) -> dict:
@@ -340,7 +348,7 @@ def _max_dt(graph) -> float | None:
 def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
     """The manifest fields every target shares, derived from the IR graph it emitted."""
     spec = lambda name, v, **kw: {"name": name, "shape": list(v.shape), "dtype": v.dtype, **kw}
-    ins, outs = state_io_names(len(graph.state))
+    ins, outs = state_io_names(graph)
     roles = graph.meta.get("roles")  # set from the ModelSpec; graphs made otherwise: by input name
     if roles is None:
         roles = {"frame": "frame" if any(v.name == "frame" and len(v.shape) >= 3 and v.dtype.startswith("float")

@@ -148,7 +148,7 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
             log(f"      {manifest['precision']}: tier claimed {tier}")
         manifest["equivalence"] = {"tier_claimed": tier, "verified": False}
         if verify:
-            log(f"[4/4] verifying over {frames} frames against the model's reference (jax.jit) ...")
+            log(f"[4/4] verifying over {frames} frames against the model's reference ({spec.reference_kind}) ...")
             stream = art.load(artifact.path)
             try:
                 result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec,

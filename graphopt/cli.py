@@ -52,8 +52,53 @@ def _or(words: list[str]) -> str:
     return " or ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
-MODEL_HELP = ("model: facephys, physnet, an open-rppg model (e.g. tscan.rlap, me-flow.pure; see README), or "
-              "FILE.py:FUNC / package.module:FUNC where FUNC() returns a graphopt.ModelSpec")
+MODEL_HELP = ("model: facephys, physnet, an open-rppg model (e.g. tscan.rlap, me-flow.pure; see README), an ONNX "
+              "file (FILE.onnx), or FILE.py:FUNC / package.module:FUNC where FUNC() returns a graphopt.ModelSpec")
+
+
+def _add_onnx_flags(b, state_help: str) -> None:
+    b.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
+                   help="ONNX model: fix an input's dynamic dimensions (repeatable; a dynamic leading dim is 1 "
+                        "otherwise)")
+    b.add_argument("--state-pairs", metavar="IN:OUT,...",
+                   help="ONNX model: the recurrent state's input:output pairs (default: found by name, see "
+                        "graphopt inspect)")
+    b.add_argument("--state", help=state_help)
+
+
+def _onnx_options(a) -> dict:
+    """The ONNX frontend's options from the command line (input shapes, state pairs, initial state)."""
+    from .models import ModelSourceError
+    shapes = {}
+    for item in a.input_shape:
+        name, sep, dims = item.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.split(",")) if sep and name else None
+        except ValueError:
+            shape = None
+        if not shape or any(not 1 <= d <= 1 << 20 for d in shape) or len(shape) > 8:
+            raise ModelSourceError(f"--input-shape {item!r:.80} must be NAME:D0,D1,... with 1 to 8 dimensions "
+                                   "from 1 to 1048576")
+        shapes[name] = shape
+    state = None
+    if getattr(a, "state", None):
+        from .baseline import load_state_file
+        state = load_state_file(a.state)
+    pairs = [t for t in a.state_pairs.split(",") if t.strip()] if a.state_pairs is not None else None
+    return {"input_shapes": shapes, "state_pairs": pairs, "state": state}
+
+
+def _onnx_spec(a):
+    """The ModelSpec for --model FILE.onnx with this command line's ONNX options (or the model as given)."""
+    from . import models
+    given = a.input_shape or a.state_pairs is not None or getattr(a, "state", None)
+    if not models.is_onnx_ref(a.model):
+        if given:
+            raise models.ModelSourceError("--input-shape, --state-pairs and --state apply to an ONNX --model")
+        return a.model
+    models.check(a.model)
+    from .frontends import onnx as onnx_frontend
+    return onnx_frontend.load(a.model, **_onnx_options(a))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +140,23 @@ def _parser() -> argparse.ArgumentParser:
                         "accepts a runtime whose own kernels round differently")
     b.add_argument("--frames", type=frames, default=600, help="frames of the synthetic clip to verify on")
     b.add_argument("--force", action="store_true", help="replace an artifact graphopt wrote earlier in --out")
+    _add_onnx_flags(b, "ONNX model: its initial state (npz, or the authors' gzip-JSON; in state-pair order; "
+                       "default zeros)")
+
+    o = sub.add_parser("optimize", help="optimise an ONNX file into a verified drop-in ONNX file")
+    o.add_argument("input", help="the .onnx model to optimise")
+    o.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    o.add_argument("--exact", action="store_true",
+                   help="run only exact passes: verified at the rounding tier (default: the signal tier)")
+    o.add_argument("--no-verify", action="store_true", help="skip the check against onnxruntime on the input")
+    o.add_argument("--frames", type=frames, help="steps of the verification clip (default: 600 for a model "
+                                                   "with a face-frame input, else 32)")
+    o.add_argument("--tier", choices=["rounding", "signal", "quantised"],
+                   help="tier the output must reach (default: rounding with --exact, else signal)")
+    o.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    o.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_onnx_flags(o, "initial state of the recurrent state for verification (npz or the authors' gzip-JSON; "
+                       "default zeros)")
 
     v = sub.add_parser("verify", help="check an artifact (or a baseline step model) against the authors' step")
     v.add_argument("artifact", help=f"artifact folder or model file, or {baseline} graphopt did not build")
@@ -185,7 +247,7 @@ def cmd_build(a) -> int:
         raise BuildUsageError(f"build needs --model and --out{f' (or {how})' if how else ''}")
     options = _target_options(a)
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
-    build(a.model, a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
+    build(_onnx_spec(a), a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
           exact=a.exact, fps=a.fps, target_options=options or None, force=a.force, explain=a.explain, tier=a.tier)
     return EXIT_OK
@@ -306,6 +368,17 @@ def cmd_inspect(a) -> int:
     return EXIT_OK
 
 
+def cmd_optimize(a) -> int:
+    from .optimize import optimize
+    log = (lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    report = optimize(a.input, a.output, exact=a.exact, verify=not a.no_verify, frames=a.frames, tier=a.tier,
+                      force=a.force, log=lambda m: None if m.startswith("wrote ") and ".graphopt-" in m else log(m),
+                      **_onnx_options(a))
+    if a.json:
+        print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -322,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             return {"build": cmd_build, "verify": cmd_verify, "bench": cmd_bench, "release": cmd_release,
-                    "inspect": cmd_inspect}[args.command](args)
+                    "inspect": cmd_inspect, "optimize": cmd_optimize}[args.command](args)
         except EngineNeedsGpu as e:
             print(f"note: {e}", file=sys.stderr)
             return EXIT_NEEDS_GPU

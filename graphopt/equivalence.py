@@ -299,5 +299,6 @@ def check(step: StepFn, initial_state: list, spec, clip: Clip = Clip()) -> dict:
     if len(per_output) > 1:
         result["outputs"] = per_output
     result["clip"] = asdict(clip)
-    result["reference"] = f"{spec.name} ({spec.source.get('precision', 'float32')}, its own fn under jax.jit)"
+    result["reference"] = (f"{spec.name} ({spec.source.get('precision', 'float32')}, its own fn under jax.jit)"
+                           if spec.reference_kind == "jax.jit" else f"{spec.name} ({spec.reference_kind})")
     return result

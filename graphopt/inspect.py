@@ -16,6 +16,11 @@ def onnx_summary(model_file: Path) -> dict:
         model = onnx.load(str(model_file))
     except Exception as e:  # protobuf decode errors have many types
         raise art.ArtifactError(f"{model_file} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+    return onnx_summary_of(model)
+
+
+def onnx_summary_of(model) -> dict:
+    import onnx
     init = model.graph.initializer
     return {
         "nodes": len(model.graph.node),
@@ -34,9 +39,58 @@ def file_size(path: Path) -> int:
     return path.stat().st_size
 
 
+def onnx_file_summary(path: Path) -> dict:
+    """Summary of an ONNX file graphopt did not build: I/O, the state pairing the ONNX frontend finds,
+    opset, producer, op histogram and parameters (read as the frontend reads it: untrusted)."""
+    from .frontends.onnx import pairing, reader
+    model, opset = reader.read(path)
+    inits = {t.name for t in model.graph.initializer}
+
+    def io(vi):
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim] \
+            if t.HasField("shape") else None
+        return {"name": vi.name, "shape": dims, "dtype": str(_np_dtype(t.elem_type))}
+    s = onnx_summary_of(model)
+    s.update(file=str(path), target="onnx file (no graphopt manifest)", opset=opset,
+             producer=f"{model.producer_name} {model.producer_version}".strip(),
+             inputs=[io(v) for v in model.graph.input if v.name not in inits],
+             outputs=[io(v) for v in model.graph.output],
+             state_pairs=[list(p) for p in pairing.find(model, path)], size_bytes=file_size(path))
+    return s
+
+
+def _np_dtype(elem_type: int):
+    from .frontends.onnx.importer import np_dtype
+    return np_dtype(elem_type)
+
+
+def format_onnx_file(s: dict) -> str:
+    shape = lambda v: f"{v['dtype']}[{','.join(map(str, v['shape']))}]" if v["shape"] is not None else v["dtype"]
+    lines = [s["file"], f"  format      ONNX, opset {s['opset']}, producer {s['producer'] or 'unknown'} "
+                        "(no graphopt manifest)",
+             f"  nodes       {s['nodes']}",
+             f"  params      {s['params']} tensors, {s['param_bytes'] / 1e6:.2f} MB",
+             "  inputs      " + ", ".join(f"{v['name']} {shape(v)}" for v in s["inputs"]),
+             "  outputs     " + ", ".join(f"{v['name']} {shape(v)}" for v in s["outputs"]),
+             "  state       " + (", ".join(f"{i} -> {o}" for i, o in s["state_pairs"]) or
+                                 "none found (give pairs with --state-pairs IN:OUT,...)"),
+             f"  file size   {s['size_bytes'] / 1e6:.2f} MB",
+             "  ops         " + ", ".join(f"{k} {v}" for k, v in s["ops"].items())]
+    return "\n".join(lines)
+
+
+def is_plain_onnx(path) -> bool:
+    p = Path(path)
+    return p.is_file() and p.suffix.lower() == ".onnx" and not art.manifest_path_for(p).is_file()
+
+
 def inspect(path) -> dict:
     """Summary of a graphopt artifact (manifest + the model file itself), after every check a load makes
-    short of starting the runtime (graphopt.artifact.open_artifact): a broken artifact is an error."""
+    short of starting the runtime (graphopt.artifact.open_artifact): a broken artifact is an error.
+    An ONNX file without a graphopt manifest: onnx_file_summary."""
+    if is_plain_onnx(path):
+        return onnx_file_summary(Path(path))
     opened = art.open_artifact(path)
     try:
         return _summary(opened.manifest, opened.model_file)
@@ -65,6 +119,8 @@ def _summary(manifest: dict, model_file: Path) -> dict:
 
 
 def format_summary(s: dict) -> str:
+    if "state_pairs" in s:
+        return format_onnx_file(s)
     lines = [f"{s['file']}",
              f"  target      {s['target']} ({s['precision']}), model {s['model']}",
              f"  pipeline    {', '.join(s['pipeline']) or 'none (unfused)'}",

@@ -256,6 +256,8 @@ class ModelSpec:
                           roles={"frame": self.frame_input, "dt": self.dt_input, "pulse": self.pulse_output})
         return graph
 
+    reference_kind = "jax.jit"  # what reference() runs, for messages
+
     def reference(self) -> Callable:
         """fn under jax.jit over flat arguments: (*inputs, *state_leaves) -> (outputs, new state leaves)."""
         if getattr(self, "_jitted", None) is None:

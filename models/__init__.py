@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 
 from .source import ModelSourceError
 
@@ -25,9 +26,14 @@ def is_builtin(name) -> bool:
     return isinstance(name, str) and (name in MODELS or name.lower() in zoo_names())
 
 
+def is_onnx_ref(name) -> bool:
+    """An ONNX file (imported by graphopt.frontends.onnx)."""
+    return isinstance(name, str) and name.lower().endswith(".onnx")
+
+
 def is_user_ref(name) -> bool:
     """FILE.py:FUNC or package.module:FUNC (a user's spec function)."""
-    return isinstance(name, str) and ":" in name
+    return isinstance(name, str) and ":" in name and not is_onnx_ref(name)
 
 
 def adapter(name: str):
@@ -42,6 +48,13 @@ def check(model, weights: str | None = None, as_published: bool = False) -> None
     """Fail fast on a model reference that cannot resolve, or options it does not take (before any long
     work)."""
     from ..spec import ModelSpec, SpecError, check_ref
+    if is_onnx_ref(model):
+        if weights is not None or as_published:
+            raise SpecError(f"--weights and --as-published apply to {' and '.join(MODELS)}; an ONNX file carries "
+                            "its own weights")
+        if not os.path.isfile(model):
+            raise SpecError(f"--model {model}: no such file; pass the path of an .onnx model")
+        return
     if isinstance(model, ModelSpec) or is_user_ref(model) or (is_builtin(model) and model not in MODELS):
         if weights is not None or as_published:
             raise SpecError(f"--weights and --as-published apply to {' and '.join(MODELS)}; "
@@ -56,6 +69,10 @@ def resolve(model, weights: str | None = None, as_published: bool = False):
     """The ModelSpec for a built-in name (weights / as_published: its adapter's options), a user's
     FILE.py:FUNC or package.module:FUNC, or a ModelSpec given as is."""
     from ..spec import ModelSpec, SpecError, load_spec
+    if is_onnx_ref(model):
+        check(model, weights, as_published)
+        from graphopt.frontends import onnx as onnx_frontend
+        return onnx_frontend.load(model)
     if isinstance(model, ModelSpec) or is_user_ref(model):
         if weights is not None or as_published:
             raise SpecError("--weights and --as-published apply to built-in models; a ModelSpec carries its "

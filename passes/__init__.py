@@ -8,14 +8,20 @@ from .manager import LOWERINGS, PASSES, PassError, RulePass, explain_rule, find_
 # the passes every fusing pipeline runs, in order; value-changing ones only for targets they suit
 DEFAULT_PIPELINE = ["fold-constants", "simplify", "cse", "raise-math", "drop-cast-roundtrips", "algebra", "layout",
                     "state-layout", "onnx-forms", "simplify", "cse", "fold-constants", "dce"]
+# passes that may change the model's signature (a state tensor stored in another layout; the manifest says
+# how to read it back): left out where the output must be a drop-in replacement (graphopt optimize)
+SIGNATURE_PASSES = ("state-layout",)
 
 
-def pipeline_for(target, fuse: bool = True, exact_only: bool = False, fixed_inputs: bool = False) -> list[str]:
+def pipeline_for(target, fuse: bool = True, exact_only: bool = False, fixed_inputs: bool = False,
+                 keep_signature: bool = False) -> list[str]:
     """The target's default pipeline (target: a name, or the Capabilities of a target being designed).
     exact_only drops value-changing passes; fixed_inputs prepends
-    specialize-inputs (which also runs without fusion, followed by constant folding)."""
+    specialize-inputs (which also runs without fusion, followed by constant folding); keep_signature drops
+    the passes that may change the model's inputs, outputs or state (SIGNATURE_PASSES)."""
     names = list(DEFAULT_PIPELINE) if fuse else []
-    names = [n for n in names if _suits(n, target) and (PASSES[n].exact or not exact_only)]
+    names = [n for n in names if _suits(n, target) and (PASSES[n].exact or not exact_only)
+             and not (keep_signature and n in SIGNATURE_PASSES)]
     if fixed_inputs:
         names = ["specialize-inputs"] + (names if fuse else ["fold-constants", "dce"])
     return names
@@ -37,6 +43,6 @@ def _suits(name: str, target) -> bool:
     return PASSES[name].suits is None or PASSES[name].suits(target)
 
 
-__all__ = ["DEFAULT_PIPELINE", "LOWERINGS", "PASSES", "Pass", "PassBase", "PassError", "PassManager",
+__all__ = ["SIGNATURE_PASSES", "DEFAULT_PIPELINE", "LOWERINGS", "PASSES", "Pass", "PassBase", "PassError", "PassManager",
            "PassOptions", "PassResult", "RulePass", "explain_rule", "find_rule", "format_report", "get_pass", "in_place", "lowerings_for",
            "pipeline_for", "register", "run_pipeline"]

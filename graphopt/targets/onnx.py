@@ -372,7 +372,7 @@ def to_onnx(graph: Graph, fuse: bool = True, table: LoweringTable = TABLE):
     from onnx import helper
     table.check(graph)
     b = OnnxBuilder()
-    state_in, state_out = art.state_io_names(len(graph.state))
+    state_in, state_out = art.state_io_names(graph)
 
     def info(name: str, v: Value):
         return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), v.shape)
@@ -413,13 +413,37 @@ def to_onnx(graph: Graph, fuse: bool = True, table: LoweringTable = TABLE):
         if b.name_of[id(v)] != name:  # inputs, params, or a value that is two sinks
             b.node("Identity", [b.name_of[id(v)]], name)
         outputs.append(info(name, v))
+    order = graph.meta.get("io_order") or {}  # an imported ONNX file's own order of inputs and outputs
+    inputs, outputs = _in_order(inputs, order.get("inputs")), _in_order(outputs, order.get("outputs"))
     used = {x for n in b.nodes for x in n.input} | {o.name for o in outputs}
     g = helper.make_graph(b.nodes, graph.name, inputs, outputs,
                           [t for t in b.initializers if t.name in used])  # a fused group may not read some
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="graphopt",
                               ir_version=IR_VERSION)
+    _carry_onnx_names(model, graph)
     onnx.checker.check_model(model)
     return model
+
+
+def _in_order(infos: list, names: list | None) -> list:
+    """Value infos in the order `names` gives (names it lacks keep their place after those it has)."""
+    if not names:
+        return infos
+    rank = {n: k for k, n in enumerate(names)}
+    return sorted(infos, key=lambda i: rank.get(i.name, len(rank)))
+
+
+def _carry_onnx_names(model, graph: Graph) -> None:
+    """What a model imported from ONNX had: its metadata_props, and the name of each node whose output
+    tensor survived the passes under its name (graph.meta, set by graphopt.frontends.onnx)."""
+    from onnx import helper
+    props = graph.meta.get("onnx_metadata") or {}
+    if props:
+        helper.set_model_props(model, {str(k): str(v) for k, v in props.items()})
+    names = graph.meta.get("onnx_node_names") or {}
+    for n in model.graph.node:
+        if not n.name and n.output and n.output[0] in names:
+            n.name = names[n.output[0]]
 
 
 def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:

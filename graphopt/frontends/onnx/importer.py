@@ -126,6 +126,7 @@ def convert_nodes(ctx: Ctx, nodes, env: dict) -> None:
             ctx.fail(f"input {e.args[0]!r} is not computed before this node (the graph is not topologically sorted "
                      "or names a missing value)")
         outs = None
+        first_new = len(ctx.g.nodes)
         if node.op_type not in NONDETERMINISTIC and node.op_type != "If" and all(
                 x is None or isinstance(x, np.ndarray) for x in ins) and \
                 sum(int(x.size) for x in ins if x is not None) <= FOLD_LIMIT:
@@ -137,10 +138,22 @@ def convert_nodes(ctx: Ctx, nodes, env: dict) -> None:
             outs = fn(ctx, list(ins), attributes(node))
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
+        made = {id(n) for n in ctx.g.nodes[first_new:]}
         for name, v in zip(node.output, outs):
             if name:
                 env[name] = v
+                if isinstance(v, Value) and id(v.producer) in made and v.name not in ctx.names_kept:
+                    _keep_name(ctx, v, name, node.name)
     ctx.node = None
+
+
+def _keep_name(ctx: Ctx, v: Value, onnx_name: str, node_name: str) -> None:
+    """The IR value a node computes takes the ONNX tensor's name (so the emitted model names it so) and
+    remembers the ONNX node's name (graph.meta["onnx_node_names"], for the node that computes it)."""
+    v.name = ctx.g._claim(onnx_name)
+    ctx.names_kept.add(v.name)
+    if node_name:
+        ctx.g.meta.setdefault("onnx_node_names", {})[v.name] = node_name
 
 
 def _evaluate(ctx: Ctx, node, ins):

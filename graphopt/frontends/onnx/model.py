@@ -42,9 +42,17 @@ class OnnxModel(ModelSpec):
                                state_pairs=self.pairs,
                                initial_state={i: s for (i, _), s in zip(self.pairs, self.state or [])},
                                name=self.name)
+        graph.meta["onnx_metadata"] = {p.key: p.value for p in self.model_proto.metadata_props}
+        inits = {t.name for t in self.model_proto.graph.initializer}
+        graph.meta["io_order"] = {"inputs": [v.name for v in self.model_proto.graph.input if v.name not in inits],
+                                  "outputs": [v.name for v in self.model_proto.graph.output]}
         graph.meta.update(model=self.name, fps=self.fps, source=self.source, frames_per_step=self.frames_per_step,
                           roles={"frame": self.frame_input, "dt": self.dt_input, "pulse": self.pulse_output})
         return graph
+
+    @property
+    def reference_kind(self) -> str:
+        return f"onnxruntime on {self.path.name}"
 
     def reference(self) -> Callable:
         """onnxruntime on the original file: (*inputs, *state) -> (outputs, new state), one thread, graph

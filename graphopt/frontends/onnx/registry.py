@@ -46,6 +46,7 @@ class Ctx:
         self.path = path  # the file, for messages
         self._params: dict[int, Value] = {}
         self._alive: list = []
+        self.names_kept: set[str] = set()  # IR values named after the ONNX tensors they compute
 
     # ---- errors --------------------------------------------------------------------------------
     def where(self) -> str:
