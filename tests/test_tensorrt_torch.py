@@ -160,6 +160,25 @@ def test_legalize_names_illegal_ops_and_dtypes():
         trt_target.legalize(h)
 
 
+def test_legalize_runs_a_1d_conv_as_a_2d_conv_over_a_height_of_one():
+    """TensorRT has 2-D and 3-D convolutions: a 1-D conv (strided, dilated, padded, grouped, with bias)
+    becomes reshape -> 2-D conv -> reshape, computing the same values."""
+    from graphopt.ir.interpreter import run_graph
+    rng = np.random.default_rng(0)
+    g = Graph()
+    x = g.add_input("x", TensorType((1, 4, 19), "float32"))
+    w = g.add_param(rng.standard_normal((6, 2, 3)).astype(np.float32))
+    b = g.add_param(rng.standard_normal(6).astype(np.float32))
+    y = g.op("conv", x, w, b, strides=(2,), pads=((2, 1),), dilations=(2,), groups=2)
+    g.outputs, g.output_names = [g.op("tanh", y)], ["y"]
+    xs = rng.standard_normal((1, 4, 19)).astype(np.float32)
+    want = run_graph(g, [xs])[0][0]
+    trt_target.legalize(g)
+    convs = [n for n in g.nodes if n.op == "conv"]
+    assert len(convs) == 1 and len(convs[0].inputs[0].shape) == 4 and convs[0].attrs["strides"] == (1, 2)
+    np.testing.assert_allclose(run_graph(g, [xs])[0][0], want, rtol=1e-6, atol=1e-6)
+
+
 # ---- GPU (run where a CUDA GPU and datacenter TensorRT exist) -------------------------------------
 
 

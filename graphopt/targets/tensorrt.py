@@ -69,6 +69,8 @@ def legalize(graph: Graph) -> None:
 
     int64 values (indices) become int32; everything else must already be legal."""
     TABLE.check(graph)
+    for node in [n for n in graph.nodes if n.op == "conv" and len(n.inputs[0].shape) == 3 and n.inputs[1].is_param]:
+        _conv1d_as_2d(graph, node)
     for node in graph.nodes:
         if node.op == "conv" and len(node.inputs[0].shape) not in (4, 5):
             raise art.ArtifactError(f"conv %{node.outputs[0].name} has {len(node.inputs[0].shape) - 2} spatial "
@@ -86,6 +88,21 @@ def legalize(graph: Graph) -> None:
     for v in graph.inputs + [s.input for s in graph.state]:
         if v.dtype not in LEGAL_DTYPES:
             raise art.ArtifactError(f"input %{v.name} is {v.dtype}; TensorRT takes {', '.join(sorted(LEGAL_DTYPES))}")
+
+
+def _conv1d_as_2d(graph: Graph, node) -> None:
+    """A 1-D conv (TensorRT has 2-D and 3-D ones) as a 2-D conv over a height of 1: the same sums."""
+    x, w, rest = node.inputs[0], node.inputs[1], node.inputs[2:]
+    a = node.attrs
+    x2 = graph.op("reshape", x, shape=(x.shape[0], x.shape[1], 1, x.shape[2]))
+    w2 = graph.add_param(w.const.reshape(w.shape[:2] + (1,) + w.shape[2:]), w.name + "_2d")
+    y2 = graph.op("conv", x2, w2, *rest, strides=(1,) + tuple(a["strides"]), pads=((0, 0),) + tuple(a["pads"]),
+                  dilations=(1,) + tuple(a["dilations"]), groups=a["groups"],
+                  lhs_dilations=(1,) + tuple(a["lhs_dilations"]) if a["lhs_dilations"] else ())
+    y = graph.op("reshape", y2, shape=node.outputs[0].shape)
+    graph.replace_all_uses(node.outputs[0], y)
+    graph.nodes.remove(node)
+    graph.toposort()
 
 
 def finish_command(folder: Path, onnx_name: str, fp16: bool = False) -> str:
