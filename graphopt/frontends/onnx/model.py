@@ -110,6 +110,10 @@ def load(path: str | Path, *, input_shapes: Mapping[str, Sequence[int]] | None =
     inits = {t.name for t in model.graph.initializer}
     graph_inputs = [vi for vi in model.graph.input if vi.name not in inits]
     fixed = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    unknown = sorted(set(fixed) - {vi.name for vi in graph_inputs})
+    if unknown:
+        raise OnnxImportError(f"{p}: --input-shape names {unknown}, which are not inputs of the model (its inputs: "
+                              f"{[vi.name for vi in graph_inputs]})")
     state_names = [i for i, _ in pairs]
     inputs, state_vis = {}, {}
     for vi in graph_inputs:
