@@ -66,6 +66,24 @@ def _broadcast_as_reshape(g, b):
     return g.op("reshape", x, shape=out.shape)
 
 
+MAX_RANK = 8  # the most dimensions a tensor may have in every runtime graphopt targets (TensorRT's limit)
+
+
+def _broadcast_without_unit_dims(g, b):
+    """A broadcast to a rank above MAX_RANK whose output has unit dimensions: broadcast without them and
+    reshape (the reshape usually folds into the consumer's): reshape(broadcast(squeeze(x)))."""
+    node, x = b["_node"], b["x"]
+    shape, dims = node.attrs["shape"], node.attrs["dims"]
+    keep = [k for k, d in enumerate(shape) if d != 1]
+    if len(shape) <= MAX_RANK or len(keep) == len(shape):
+        return None
+    where = {k: i for i, k in enumerate(keep)}
+    xs = [j for j, d in enumerate(x.shape) if d != 1]
+    squeezed = _reshape_to(g, x, tuple(x.shape[j] for j in xs))
+    y = g.op("broadcast", squeezed, shape=tuple(shape[k] for k in keep), dims=tuple(where[dims[j]] for j in xs))
+    return g.op("reshape", y, shape=shape)
+
+
 def _implicit_shape(v: Value) -> tuple[int, ...] | None:
     """For v = broadcast(x) or a reshape of x that only prepends unit dims: x's shape aligned to v's rank."""
     node = v.producer
@@ -231,6 +249,7 @@ RULES = [
     Rule("identity-slice", P("slice", X("x")), _identity_slice),
     Rule("identity-broadcast", P("broadcast", X("x")), _identity_broadcast),
     Rule("broadcast-as-reshape", P("broadcast", X("x")), _broadcast_as_reshape),
+    Rule("broadcast-without-unit-dims", P("broadcast", X("x")), _broadcast_without_unit_dims),
     Rule("identity-cast", P("cast", X("x")), _identity),
     Rule("lossless-cast-roundtrip", P("cast", P("cast", X("x"), name="inner")), _lossless_roundtrip),
     Rule("absorb-broadcast", P(ELEMENTWISE), _absorb_broadcasts),

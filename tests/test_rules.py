@@ -1857,3 +1857,19 @@ def test_reduce_of_unit_reshape_not_fired_for_a_regrouping_reshape():
     x = g.add_input("x", f32(2, 6))
     finish(g, g.op("reduce_sum", g.op("reshape", x, shape=(2, 2, 3)), axes=(2,)))
     assert_no_rewrite(g, ["layout"])
+
+
+def test_a_broadcast_above_the_max_rank_drops_its_unit_dims():
+    """broadcast to rank 10 (an outer product as a JAX einsum traces it) then reshape: the broadcast runs
+    at rank 3 and the reshapes fold, so no tensor exceeds 8 dims (TensorRT's limit); rank <= 8 is left."""
+    from graphopt.passes.simplify import MAX_RANK
+    g = Graph()
+    x = g.add_input("x", f32(1, 1, 6, 1, 5))
+    b = g.op("broadcast", x, shape=(1, 1, 1, 1, 1, 6, 4, 1, 1, 5), dims=(1, 3, 5, 7, 9))
+    finish(g, g.op("mul", g.op("reshape", b, shape=(6, 4, 5)), g.add_param(randn(6, 4, 5))))
+    _, changed = rewrite_and_check(g, ("simplify",))
+    assert changed and max(len(v.shape) for n in g.nodes for v in n.inputs + n.outputs) <= MAX_RANK
+    h = Graph()
+    x = h.add_input("x", f32(1, 6, 1, 5))
+    finish(h, h.op("broadcast", x, shape=(1, 6, 4, 1, 5), dims=(0, 1, 3, 4)))
+    assert_no_rewrite(h, ("simplify",))

@@ -41,6 +41,7 @@ TABLE = LoweringTable("TensorRT", "graphopt/targets/tensorrt.py", base=onnx_targ
 TABLE.unsupported("rem", "its ONNX lowering (Mod with fmod=1) is not in graphopt's TensorRT-legal set (not yet "
                          "checked against TensorRT's parser); use the onnx target")
 LEGAL_DTYPES = frozenset({"float32", "float16", "int32", "bool"})
+MAX_DIMS = 8  # TensorRT's Dims::MAX_DIMS
 
 
 class NeedsGpu(NeedsDevice):
@@ -79,6 +80,9 @@ def legalize(graph: Graph) -> None:
             raise art.ArtifactError(f"conv %{node.outputs[0].name} has a computed kernel; TensorRT needs it "
                                     "constant (run the default pipeline, which folds it)")
         for v in node.inputs + node.outputs:
+            if len(v.shape) > MAX_DIMS:
+                raise art.ArtifactError(f"{node.op} %{node.outputs[0].name} has a rank-{len(v.shape)} tensor; TensorRT "
+                                        f"takes at most {MAX_DIMS} dimensions")
             if v.dtype == "int64" and v.is_param:
                 v.const = v.const.astype(np.int32)
                 v.type = type(v.type)(v.shape, "int32")
