@@ -61,6 +61,17 @@ def sgemm_gflops(n: int = 512, repeats: int = 20) -> float:
     return 2 * n ** 3 / float(np.median(times)) / 1e9
 
 
+def reference_row(model, spec) -> tuple[str, str]:
+    """The reference row's name and backend: the authors' step for open-rppg's models, else the spec's own
+    reference (its fn under jax.jit, or onnxruntime on the original ONNX file)."""
+    from . import models
+    if models.is_builtin(model):
+        return "open-rppg JAX JIT (reference)", backend("reference")
+    if spec.reference_kind == "jax.jit":
+        return f"{spec.name} JAX JIT (reference)", "JAX JIT (the spec's fn)"
+    return f"{spec.name} {spec.reference_kind} (reference)", spec.reference_kind
+
+
 def reference_step(model) -> Callable:
     """The model's own step under jax.jit (a built-in: as its authors publish it), state carried on the
     device: a callable over one step's feeds (input name -> array)."""
@@ -119,9 +130,9 @@ def run(model="facephys", targets: list[str] | None = None, baselines: list[str]
             steps[name] = _feed_step(stream, ref_model)
             meta[name] = {"backend": backend(t), "nodes": a.manifest["graph"]["nodes"], "target": t,
                           "fused": fused, "artifact": str(a.path)}
-    ref_row = "open-rppg JAX JIT (reference)" if models.is_builtin(model) else f"{ref_model.name} JAX JIT (reference)"
+    ref_row, ref_backend = reference_row(model, ref_model)
     steps[ref_row] = reference_step(model if model in models.MODELS else ref_model)
-    meta[ref_row] = {"backend": backend("reference"), "target": "reference"}
+    meta[ref_row] = {"backend": ref_backend, "target": "reference"}
     for path in baselines:
         stream = open_baseline(path, ref_model, state_file, threads=1)
         kind = "baseline-" + stream.manifest["target"]

@@ -160,8 +160,9 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check an artifact (or a baseline step model) against the authors' step")
     v.add_argument("artifact", help=f"artifact folder or model file, or {baseline} graphopt did not build")
-    v.add_argument("--model", help="reference model for a baseline (default facephys), or the FILE.py:FUNC an "
-                                   "artifact was built from")
+    v.add_argument("--model", help="reference model for a baseline (default facephys), or the FILE.py:FUNC or "
+                                   "FILE.onnx an artifact was built from (an ONNX file: onnxruntime on it is the "
+                                   "reference)")
     v.add_argument("--weights", help="the reference's weights file (default: the one the model package ships); "
                                      "for an artifact built with --weights")
     v.add_argument("--state", help="baseline's initial state (npz or the authors' gzip-JSON); default: the "
@@ -172,6 +173,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--hr", type=_number(float, 40, 180), default=72.0, help="heart rate of the synthetic clip in bpm")
     v.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0, help="seed of the synthetic clip")
     v.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    v.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
+                   help="for an artifact built from an ONNX file: the --input-shape it was built with")
+    v.add_argument("--state-pairs", metavar="IN:OUT,...",
+                   help="for an artifact built from an ONNX file: the --state-pairs it was built with")
 
     be = sub.add_parser("bench", help="FPS table: graphopt targets fused/unfused, the authors' JAX JIT step, "
                                       "baselines")
@@ -289,11 +294,17 @@ def cmd_verify(a) -> int:
         if a.model and models.is_user_ref(a.model):
             spec = models.resolve(a.model)
             equivalence.check_fingerprint(spec, source)
+        elif a.model and models.is_onnx_ref(a.model):  # the ONNX file it was built from: onnxruntime on it
+            spec = _onnx_spec(a)
+            equivalence.check_fingerprint(spec, source)
         elif a.model and a.model != model:
             raise art.ArtifactError(f"{p} is a {model} artifact, not {a.model}; give --model only for a baseline "
                                     "or for an artifact built from FILE.py:FUNC")
         elif models.is_builtin(model):
             spec = equivalence.reference_model(model, source, a.weights)
+        elif source.get("format") == "onnx":
+            raise art.ArtifactError(f"{p} was built from the ONNX file {str(source.get('file'))!r:.80}; pass it (and "
+                                    "the --input-shape/--state-pairs/--state it was built with): --model FILE.onnx")
         else:
             raise art.ArtifactError(f"{p} was built from a user's model ({model!r:.40}); pass the spec it was built "
                                     "from: --model FILE.py:FUNC")

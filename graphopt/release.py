@@ -37,10 +37,10 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
     from . import __version__
     from . import artifact as art
     from . import models
-    from .bench import _feed_step, backend, machine, reference_step, sgemm_gflops, single_thread_env
+    from .bench import _feed_step, backend, machine, reference_row, reference_step, sgemm_gflops, single_thread_env
     from .benchmark import measure, plan
     from .builder import EngineNeedsGpu, build, target_module
-    from .equivalence import Clip, check_frames
+    from .equivalence import Clip, check_frames, fingerprint
     from .inspect import file_size
     from .outdir import check_destination
 
@@ -96,32 +96,36 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
         if failures:
             raise ReleaseError("release failed; nothing was written. Failing targets: "
                                + "; ".join(f"{k}: {v}" for k, v in failures.items()))
-        log(f"benchmarking {len(streams)} artifacts and the authors' step ({rounds} interleaved rounds) ...")
+        ref_name, ref_backend = reference_row(model, step_model)
+        log(f"benchmarking {len(streams)} artifacts and the reference ({rounds} interleaved rounds) ...")
         steps = {n: _feed_step(s, step_model) for n, s in streams.items()}
-        steps["open-rppg JAX JIT (reference)"] = reference_step(model if model in models.MODELS else step_model)
+        steps[ref_name] = reference_step(model if model in models.MODELS else step_model)
         per = step_model.frames_per_step
         rows = measure(steps, Clip(frames=max(64, 2 * per), fps=step_model.fps).feeds(step_model), rounds=rounds,
                        frames_per_step=per, round_budget_s=ROUND_BUDGET_S, **plan(per, steps_per_round))
-        ref = next(r for r in rows if r.name.startswith("open-rppg"))
+        ref = next(r for r in rows if r.name == ref_name)
         for r in rows:
-            e = entries.setdefault(r.name, {"target": "reference", "backend": backend("reference"),
+            e = entries.setdefault(r.name, {"target": "reference", "backend": ref_backend,
                                             # built-ins run as their authors publish them (bench.reference_step)
                                             "precision": "mixed float16" if model in models.MODELS
                                             else step_model.source.get("precision", "float32")})
             e.update(fps=r.fps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, x_reference=ref.p50_ms / r.p50_ms)
         graph = step_model.trace()
         release = {
-            "model": step_model.name, "graphopt_version": __version__, "source": step_model.source,
+            "model": step_model.name, "graphopt_version": __version__,
+            "source": step_model.source if "package" in step_model.source else
+            {**step_model.source, "fingerprint": fingerprint(step_model)},
             "tools": art.tool_versions(*tool_packages()),
-            "frames_per_step": per, "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype}
-                                               for v in graph.inputs],
-            "outputs": [{"name": n, "shape": list(v.shape), "dtype": v.dtype}
+            "frames_per_step": per, "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype,
+                                                "role": step_model.roles()[v.name]} for v in graph.inputs],
+            "outputs": [{"name": n, "shape": list(v.shape), "dtype": v.dtype,
+                         "role": "pulse" if n == step_model.pulse_output else "output"}
                         for n, v in zip(graph.output_names, graph.outputs)],
             "flops_per_frame": graph.flops() / per, "params": len(graph.params()), "param_bytes": graph.param_bytes(),
             "state_tensors": len(graph.state), "state_bytes": graph.state_bytes(),
             "verification": {"frames": frames // per * per,  # whole chunks only
                              "clip": "synthetic face clip, 72 bpm, seed 0"},
-            "tier_required": tier, "machine": machine(), "sgemm_gflops_1thread": sgemm_gflops(), "artifacts": entries,
+            "tier_required": tier, "reference_row": ref_name, "machine": machine(), "sgemm_gflops_1thread": sgemm_gflops(), "artifacts": entries,
             "timestamps": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "elapsed_s": round(time.time() - t0, 1)},
         }
@@ -144,16 +148,28 @@ def model_card(r: dict) -> str:
     src = r["source"]
     from . import metrics
     arts = r["artifacts"]
-    lines = [f"# {r['model']} — graphopt {r['graphopt_version']} release", "",
-             f"Streaming rPPG model from `{src.get('package', '?')}=={src.get('version', '?')}` "
-             f"(weights sha256 `{str(src.get('weights_sha256', '?'))[:16]}…`), exported by graphopt to every runtime "
-             "below and checked against the authors' own step.", "",
+    ref_name = r.get("reference_row", "open-rppg JAX JIT (reference)")
+    if "package" in src:
+        origin = (f"Streaming rPPG model from `{src['package']}=={src.get('version', '?')}` (weights sha256 "
+                  f"`{str(src.get('weights_sha256', '?'))[:16]}…`), exported by graphopt to every runtime below and "
+                  "checked against the authors' own step.")
+        ref_label, ref_col = "authors' step (open-rppg, jax.jit)", "x authors' JAX JIT"
+    elif src.get("format") == "onnx":
+        origin = (f"Model from the ONNX file `{src.get('file', '?')}` (sha256 `{str(src.get('sha256', '?'))[:16]}…`, "
+                  f"opset {src.get('opset', '?')}, made by {src.get('producer') or 'an unknown exporter'}), exported "
+                  "by graphopt to every runtime below and checked against onnxruntime running that file.")
+        ref_label, ref_col = "the original file (onnxruntime)", "x original file"
+    else:
+        origin = (f"Model `{r['model']}` from a graphopt.ModelSpec (fingerprint `{str(src.get('fingerprint', '?'))[:16]}…`), "
+                  "exported by graphopt to every runtime below and checked against its own fn under jax.jit.")
+        ref_label, ref_col = "the spec's fn (jax.jit)", "x spec's JAX JIT"
+    lines = [f"# {r['model']} — graphopt {r['graphopt_version']} release", "", origin, "",
              "## Inputs, outputs, state", ""] + _io_lines(r) + [
              f"- {r['flops_per_frame'] / 1e6:.1f} MFLOP per frame, {r['params']} parameter tensors "
              f"({r['param_bytes'] / 1e6:.2f} MB).", "",
              "## Artifacts", "",
              "| artifact | runtime | precision | tier | NRMSE / floor | Pearson r | size MB | FPS (1 thread) | "
-             "x authors' JAX JIT |",
+             f"{ref_col} |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for name, e in arts.items():
         if "tier" not in e:
@@ -164,9 +180,9 @@ def model_card(r: dict) -> str:
         tier = f"{e['tier']} (claims {e['tier_claimed']}) [*]" if below else e["tier"]
         lines.append(f"| `{e['file']}` | {e['backend']} | {e['precision']} | {tier} | "
                      f"{e['nrmse_over_floor']:.1f} | {e['pearson']:.6f} | {e['size_bytes'] / 1e6:.2f} | {fps} | {x} |")
-    ref = arts.get("open-rppg JAX JIT (reference)")
+    ref = arts.get(ref_name)
     if ref:
-        lines.append(f"| authors' step (open-rppg, jax.jit) | {ref['backend']} | {ref.get('precision', 'float32')} | "
+        lines.append(f"| {ref_label} | {ref['backend']} | {ref.get('precision', 'float32')} | "
                      "reference | | | | "
                      f"{ref['fps']:.0f} | 1.00 |")
     if any("[*]" in line for line in lines):
@@ -196,16 +212,22 @@ def _io_lines(r: dict) -> list[str]:
     per = r.get("frames_per_step", 1)
     out = []
     for i in r["inputs"]:
-        if i["name"] == "dt":
-            out.append("- `dt`: float32 scalar, seconds since the previous frame (1/30 at 30 FPS).")
-        elif per > 1:
+        role = i.get("role", "dt" if i["name"] == "dt" else "frame")  # releases before roles were recorded
+        if role == "dt":
+            out.append(f"- `{i['name']}`: float32 scalar, seconds since the previous frame (1/30 at 30 FPS).")
+        elif role == "frame" and per > 1:
             out.append(f"- `{i['name']}`: {i['dtype']} `{i['shape']}`, a chunk of {per} RGB face crops in 0..1 "
                        "(frames on axis 1), one chunk per call.")
-        else:
+        elif role == "frame":
             out.append(f"- `{i['name']}`: {i['dtype']} `{i['shape']}`, RGB face crop in 0..1, one per step.")
+        else:
+            out.append(f"- `{i['name']}`: {i['dtype']} `{i['shape']}`.")
     for o in r["outputs"]:
-        what = f"the {per} waveform samples of the chunk" if per > 1 else "the blood-volume-pulse sample for this frame"
-        out.append(f"- `{o['name']}`: {o['dtype']} `{o['shape']}`, {what}.")
+        if o.get("role", "pulse") == "pulse":
+            what = f"the {per} waveform samples of the chunk" if per > 1 else "the blood-volume-pulse sample for this frame"
+            out.append(f"- `{o['name']}`: {o['dtype']} `{o['shape']}`, {what}.")
+        else:
+            out.append(f"- `{o['name']}`: {o['dtype']} `{o['shape']}`.")
     if r["state_tensors"]:
         out.append(f"- state: {r['state_tensors']} tensors ({r['state_bytes'] / 1e6:.2f} MB), `state_in_i` -> "
                    "`state_out_i`; start from `<model>.state.npz` and feed each step's `state_out_i` back as the "

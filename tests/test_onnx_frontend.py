@@ -224,3 +224,20 @@ def test_initial_state_from_a_file_and_build_for_other_targets(tmp_path, capsys)
         np.testing.assert_allclose(s.step(x), spec.reference()(x, spec.state[0])[0][0], rtol=1e-6)
     with pytest.raises(OnnxImportError, match="the initial state has 2 tensors, the model 1"):
         onnx_frontend.load(src, state=[np.zeros((1, 4)), np.zeros((1, 4))])
+
+
+def test_verify_an_artifact_against_the_onnx_file_it_was_built_from(tmp_path, capsys):
+    src = stateful_model(tmp_path)
+    out = tmp_path / "a"
+    assert cli.main(["build", "--model", src, "--target", "tflite", "--out", str(out), "--frames", "32"]) == 0
+    capsys.readouterr()
+    artifact = str(out / "m.tflite")
+    assert cli.main(["verify", artifact, "--frames", "32"]) == 2
+    assert "was built from the ONNX file 'm.onnx'; pass it" in capsys.readouterr().err
+    assert cli.main(["verify", artifact, "--model", src, "--frames", "32", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["tier"] == "rounding" and r["reference"] == "m (onnxruntime on m.onnx)"
+    other = stateful_model(tmp_path, name="other.onnx")  # the same model started from another state: another model
+    np.savez(tmp_path / "s.npz", a=np.ones((1, 4), np.float32))
+    assert cli.main(["verify", artifact, "--model", other, "--state", str(tmp_path / "s.npz")]) == 2
+    assert "was built from another model" in capsys.readouterr().err
