@@ -218,7 +218,8 @@ def reference_run(spec, clip: Clip, perturbed: bool = False) -> tuple[list[np.nd
     except (Exception, SystemExit) as e:  # the user's fn under jax.jit: any error type
         from .spec import SpecError
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise SpecError(f"spec {spec.name}: the reference (fn under jax.jit) failed on the verification clip "
+        raise SpecError(f"spec {spec.name}: the reference ({'fn under ' if spec.reference_kind == 'jax.jit' else ''}"
+                        f"{spec.reference_kind}) failed on the verification clip "
                         f"({type(e).__name__}: {first})") from None
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:

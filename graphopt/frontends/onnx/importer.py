@@ -117,6 +117,7 @@ def convert_nodes(ctx: Ctx, nodes, env: dict) -> None:
     """Convert nodes in order into ctx.g, reading and writing env (subgraph converters call this too)."""
     for node in nodes:
         ctx.node = node
+        ctx.env = env  # the names in scope: If/Loop/Scan bodies read the enclosing graph's values (ops/control.py)
         if node.domain not in ("", "ai.onnx"):
             ctx.fail(f"operator {node.domain}.{node.op_type} is not a standard ONNX operator; graphopt reads the "
                      "default domain only (export without custom/contrib ops)")

@@ -1,2 +1,2 @@
 """ONNX operator converters, one module per family; importing this package registers them all."""
-from . import elementwise, shape  # noqa: F401
+from . import elementwise, shape, reduce, recurrent, control, nn  # noqa: F401
