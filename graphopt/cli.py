@@ -291,6 +291,7 @@ def cmd_verify(a) -> int:
         if not isinstance(source, dict):
             raise art.ArtifactError(f"the manifest of {p} has no source (which model and weights it was built "
                                     "from); rebuild the artifact")
+        from .frontends.onnx import model as onnx_frontend
         if a.model and models.is_user_ref(a.model):
             spec = models.resolve(a.model)
             equivalence.check_fingerprint(spec, source)
@@ -302,7 +303,7 @@ def cmd_verify(a) -> int:
                                     "or for an artifact built from FILE.py:FUNC")
         elif models.is_builtin(model):
             spec = equivalence.reference_model(model, source, a.weights)
-        elif source.get("format") == "onnx":
+        elif source.get("format") == onnx_frontend.SOURCE_FORMAT:
             raise art.ArtifactError(f"{p} was built from the ONNX file {str(source.get('file'))!r:.80}; pass it (and "
                                     "the --input-shape/--state-pairs/--state it was built with): --model FILE.onnx")
         else:

@@ -52,7 +52,7 @@ def onnx_file_summary(path: Path) -> dict:
             if t.HasField("shape") else None
         return {"name": vi.name, "shape": dims, "dtype": str(_np_dtype(t.elem_type))}
     s = onnx_summary_of(model)
-    s.update(file=str(path), target="onnx file (no graphopt manifest)", opset=opset,
+    s.update(file=str(path), target="ONNX file (no graphopt manifest)", opset=opset,
              producer=f"{model.producer_name} {model.producer_version}".strip(),
              inputs=[io(v) for v in model.graph.input if v.name not in inits],
              outputs=[io(v) for v in model.graph.output],

@@ -147,6 +147,7 @@ def model_card(r: dict) -> str:
     """The release's README, generated from its manifest."""
     src = r["source"]
     from . import metrics
+    from .frontends.onnx.model import SOURCE_FORMAT
     arts = r["artifacts"]
     ref_name = r.get("reference_row", "open-rppg JAX JIT (reference)")
     if "package" in src:
@@ -154,7 +155,7 @@ def model_card(r: dict) -> str:
                   f"`{str(src.get('weights_sha256', '?'))[:16]}…`), exported by graphopt to every runtime below and "
                   "checked against the authors' own step.")
         ref_label, ref_col = "authors' step (open-rppg, jax.jit)", "x authors' JAX JIT"
-    elif src.get("format") == "onnx":
+    elif src.get("format") == SOURCE_FORMAT:
         origin = (f"Model from the ONNX file `{src.get('file', '?')}` (sha256 `{str(src.get('sha256', '?'))[:16]}…`, "
                   f"opset {src.get('opset', '?')}, made by {src.get('producer') or 'an unknown exporter'}), exported "
                   "by graphopt to every runtime below and checked against onnxruntime running that file.")

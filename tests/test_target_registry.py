@@ -167,6 +167,10 @@ ALLOWED_MENTIONS = {
     # a baseline is a foreign ONNX or TFLite step model, run on that target's runtime: its Stream's manifest
     # names the target (bench then looks the backend up in the registry)
     "graphopt/baseline.py": {"onnx", "tflite"},
+    # the ONNX file format (source["format"] of an imported model)
+    "graphopt/frontends/onnx/model.py": {"onnx"},
+    # ONNX in, ONNX out: optimize is the onnx target's pipeline and emitter by definition
+    "graphopt/optimize.py": {"onnx"},
 }
 
 

@@ -14,6 +14,7 @@ from . import importer, pairing, reader
 from .registry import OnnxImportError
 
 MAX_NAME = 256
+SOURCE_FORMAT = "onnx"  # source["format"] of a model imported from an ONNX file
 
 
 def _stem(path: Path) -> str:
@@ -130,7 +131,7 @@ def load(path: str | Path, *, input_shapes: Mapping[str, Sequence[int]] | None =
     dt = next((k for k, a in inputs.items() if k.lower() == "dt" and a.size == 1 and a.dtype == np.float32
                and a.ndim <= 1), None)
     sha = hashlib.sha256(p.read_bytes()).hexdigest()
-    source = {"format": "onnx", "file": p.name, "sha256": sha, "opset": opset,
+    source = {"format": SOURCE_FORMAT, "file": p.name, "sha256": sha, "opset": opset,
               "producer": f"{model.producer_name} {model.producer_version}".strip()[:120]}
     spec = OnnxModel.__new__(OnnxModel)
     spec.path, spec.model_proto, spec.opset, spec.pairs, spec.fixed_shapes = p, model, opset, pairs, fixed
