@@ -110,7 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     checks = {n: get(n).check for n in MODULES if get(n).check}
     baseline = "an " + "/".join(SUFFIXES) + " step model"
     frames = _number(int, 1, MAX_FRAMES)  # the lower bound depends on the model (equivalence.check_frames)
+    from . import __version__
     p = _Parser(prog="graphopt", description="Export and optimise streaming rPPG models.")
+    p.add_argument("--version", action="version", version=f"graphopt {__version__}")
+    p.add_argument("--verbose", action="store_true", help="show the runtimes' own log lines (TensorFlow, absl, "
+                                                          "XNNPACK, torch) and library warnings")
+    p.add_argument("--quiet", action="store_true", help="no progress lines: only errors and results")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="build a model into a verified artifact")
@@ -343,7 +348,7 @@ def cmd_bench(a) -> int:
         raise ArtifactError(f"--json {a.json} must name a file in an existing folder")
     targets = [t.strip() for t in a.targets.split(",") if t.strip()] if a.targets else None
     result = bench.run(a.model, targets, a.baseline, a.state, a.out_dir, rounds=a.rounds, steps_per_round=a.steps,
-                       unfused=not a.fused_only, force=a.force, log=lambda m: print(m, file=sys.stderr, flush=True))
+                       unfused=not a.fused_only, force=a.force, log=_log)
     print(bench.markdown(result))
     if a.json:
         write_json(Path(a.json), result)
@@ -359,7 +364,7 @@ def cmd_release(a) -> int:
     variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
     try:
         release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds, force=a.force, tier=a.tier,
-                    log=lambda m: print(m, file=sys.stderr, flush=True))
+                    log=_log)
     except release.ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -382,7 +387,7 @@ def cmd_inspect(a) -> int:
 
 def cmd_optimize(a) -> int:
     from .optimize import optimize
-    log = (lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    log = (lambda m: None) if a.json else _log
     report = optimize(a.input, a.output, exact=a.exact, verify=not a.no_verify, frames=a.frames, tier=a.tier,
                       force=a.force, log=lambda m: None if m.startswith("wrote ") and ".graphopt-" in m else log(m),
                       **_onnx_options(a))
@@ -392,10 +397,16 @@ def cmd_optimize(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import console
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed as one line
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    console.QUIET = args.quiet
+    if not args.verbose:
+        console.silence_third_party()
+        if argv is None:  # the console entry point (not a test calling main in-process)
+            console.detach_native_stderr()
     if args.command in ("bench", "release"):
         from .bench import single_thread_env
         single_thread_env()  # before anything imports jax
@@ -418,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         from .builder import BuildUsageError
         return EXIT_FAILED if isinstance(e, BuildError) and not isinstance(e, BuildUsageError) else EXIT_USAGE
+
+
+def _log(msg: str) -> None:
+    from .console import log
+    log(msg)
 
 
 def _one_line(e: BaseException) -> str:

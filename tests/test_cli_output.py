@@ -1,0 +1,56 @@
+"""The console: third-party log noise off unless --verbose, --quiet, --version (through the real
+entry point, in a subprocess: the native runtimes write to file descriptor 2 directly)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import graphopt
+
+GRAPHOPT = str(Path(sys.executable).parent / "graphopt")
+SPEC = '''
+import numpy as np, jax.numpy as jnp, graphopt
+def spec():
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    return graphopt.ModelSpec(name="tiny", fn=lambda x: jnp.tanh(x @ w), inputs={"x": np.zeros((2, 4), np.float32)})
+'''
+NOISE = ("WARNING:", "INFO:", "W0000", "I0000", "UserWarning", "absl::InitializeLog")
+
+
+def run(*args, cwd):
+    return subprocess.run([GRAPHOPT, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("spec")
+    (d / "tiny.py").write_text(SPEC)
+    return d
+
+
+def test_version():
+    r = subprocess.run([GRAPHOPT, "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"graphopt {graphopt.__version__}"
+
+
+def test_a_tflite_build_prints_graphopt_lines_only_and_all_of_them_with_verbose(spec_file):
+    r = run("build", "--model", "tiny.py:spec", "--target", "tflite", "--out", "a", "--frames", "32", cwd=spec_file)
+    assert r.returncode == 0, r.stderr
+    noisy = [line for line in r.stderr.splitlines() if any(n in line for n in NOISE)]
+    assert not noisy, noisy
+    assert "[4/4] verifying over 32 frames" in r.stderr and "wrote " in r.stderr
+    r = run("--verbose", "build", "--model", "tiny.py:spec", "--target", "tflite", "--out", "b", "--frames", "32",
+            cwd=spec_file)
+    assert r.returncode == 0 and any(n in r.stderr for n in NOISE)  # the runtimes' own lines are back
+
+
+def test_quiet_keeps_errors_and_drops_progress(spec_file):
+    r = run("--quiet", "build", "--model", "tiny.py:spec", "--target", "onnx", "--out", "q", "--frames", "32",
+            cwd=spec_file)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert (spec_file / "q" / "tiny.onnx").is_file()
+    r = run("--quiet", "build", "--model", "tiny.py:nothing", "--target", "onnx", "--out", "r", cwd=spec_file)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
