@@ -33,7 +33,8 @@ def target_module(name: str):
 
 
 def log_stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from .console import log
+    log(msg)
 
 
 def build(model, target: str, out: str | Path, *, weights: str | None = None, as_published: bool = False,
