@@ -55,7 +55,8 @@ def measure(steps: dict[str, callable], frames: np.ndarray, *, rounds: int = 5, 
             last = time.perf_counter() - t0
         count[name] = steps_per_round if round_budget_s is None or warmup == 0 else \
             max(1, min(steps_per_round, int(round_budget_s / max(last, 1e-9))))
-    for r in range(rounds):
+    from .console import progress
+    for r in progress(range(rounds), desc="benchmark rounds", unit="round"):
         for name, step in steps.items():
             out = lat[name]
             for i in range(count[name]):

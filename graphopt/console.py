@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 
 QUIET = False  # --quiet: progress and log lines off (set by the CLI)
+HEARTBEAT_S = 10.0  # without a terminal: a progress line at most this often
 
 
 def log(msg: str) -> None:
@@ -46,3 +50,61 @@ def detach_native_stderr() -> None:
     sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
     os.dup2(devnull, 2)
     os.close(devnull)
+
+
+def _tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress(items, total: int | None = None, desc: str = "", unit: str = "step"):
+    """Iterate items with progress on stderr: a tqdm bar (elapsed, rate, time left) on a terminal, else
+    a line every HEARTBEAT_S seconds ("desc: 120/600 frames, 14 s, about 56 s left"); nothing with --quiet."""
+    total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+    if QUIET:
+        yield from items
+        return
+    if _tty():
+        from tqdm import tqdm
+        yield from tqdm(items, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, mininterval=0.5)
+        return
+    t0 = last = time.perf_counter()
+    for i, item in enumerate(items):
+        now = time.perf_counter()
+        if now - last >= HEARTBEAT_S and i:
+            last = now
+            left = f", about {(now - t0) / i * (total - i):.0f} s left" if total else ""
+            log(f"      {desc}: {i}/{total if total else '?'} {unit}s, {now - t0:.0f} s{left}")
+        yield item
+
+
+@contextmanager
+def working(desc: str):
+    """A long call without steps of its own (loading a model, tracing it): after 2 s, the elapsed time
+    every HEARTBEAT_S seconds on stderr (a live counter on a terminal); nothing with --quiet."""
+    if QUIET:
+        yield
+        return
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def beat():
+        wait = 2.0 if _tty() else HEARTBEAT_S
+        while not done.wait(wait):
+            elapsed = time.perf_counter() - t0
+            if _tty():
+                print(f"\r      {desc} ... {elapsed:.0f} s", end="", file=sys.stderr, flush=True)
+                wait = 1.0
+            else:
+                log(f"      {desc} ... {elapsed:.0f} s")
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        if _tty() and time.perf_counter() - t0 >= 2.0:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)  # clear the live counter

@@ -40,6 +40,7 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
     from .bench import _feed_step, backend, machine, reference_row, reference_step, sgemm_gflops, single_thread_env
     from .benchmark import measure, plan
     from .builder import EngineNeedsGpu, build, target_module
+    from .console import working
     from .equivalence import Clip, check_frames, fingerprint
     from .inspect import file_size
     from .outdir import check_destination
@@ -58,6 +59,7 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
     names = variants or default_variants(step_model)
     entries, failures, streams = {}, {}, {}
     with art.atomic_dir(out, force) as tmp:
+        t_targets = time.time()
         for i, name in enumerate(names, 1):
             target, variant = known[name]
             kw = {"target_options": dict(variant.options)} if variant.options else {}
@@ -66,10 +68,13 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
                 log(f"[{i}/{len(names)}] {name}: skipped ({reason})")
                 entries[name] = {"target": target, "skipped": reason}
                 continue
-            log(f"[{i}/{len(names)}] building and verifying {name} ...")
+            spent = time.time() - t_targets
+            left = f", about {spent / (i - 1) * (len(names) - i + 1) / 60:.0f} min left" if i > 1 else ""
+            log(f"[{i}/{len(names)}] building and verifying {name} ... ({spent / 60:.1f} min so far{left})")
             pending = False
             try:
-                a = build(step_model, target, tmp / name, frames=frames, tier=tier, log=lambda m: None, **kw)
+                with working(f"{name}: building and verifying"):
+                    a = build(step_model, target, tmp / name, frames=frames, tier=tier, log=lambda m: None, **kw)
                 manifest, path = a.manifest, Path(a.path)
             except EngineNeedsGpu:  # complete but for its device part (e.g. the TensorRT engine)
                 manifest, base = art.read_manifest(tmp / name)

@@ -54,3 +54,23 @@ def test_quiet_keeps_errors_and_drops_progress(spec_file):
     assert (spec_file / "q" / "tiny.onnx").is_file()
     r = run("--quiet", "build", "--model", "tiny.py:nothing", "--target", "onnx", "--out", "r", cwd=spec_file)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+def test_progress_lines_without_a_terminal_say_elapsed_and_time_left(monkeypatch, capsys):
+    import time
+    from graphopt import console
+    monkeypatch.setattr(console, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(console, "QUIET", False)
+    assert list(console.progress(range(4), desc="verifying", unit="frame")) == [0, 1, 2, 3]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.strip().startswith("verifying: ") and " s left" in line for line in lines)
+    assert lines[-1].strip().startswith("verifying: 3/4 frames")
+    monkeypatch.setattr(console, "HEARTBEAT_S", 0.05)
+    with console.working("loading facephys"):
+        time.sleep(0.3)
+    assert "loading facephys ... 0 s" in capsys.readouterr().err
+    monkeypatch.setattr(console, "QUIET", True)
+    assert list(console.progress(range(3), desc="x")) == [0, 1, 2]
+    with console.working("y"):
+        time.sleep(0.1)
+    assert capsys.readouterr().err == ""
