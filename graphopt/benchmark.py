@@ -18,6 +18,15 @@ class Row:
     name: str
     latencies_s: np.ndarray
     frames_per_step: int = 1
+    round_p50_s: tuple = ()  # the median step latency of each round (the spread between rounds)
+
+    @property
+    def fps_spread(self) -> tuple[float, float]:
+        """(slowest, fastest) round's FPS; the median's FPS twice when rounds were not recorded."""
+        if not self.round_p50_s:
+            return self.fps, self.fps
+        fps = [self.frames_per_step / t for t in self.round_p50_s]
+        return min(fps), max(fps)
 
     @property
     def p50_ms(self) -> float:
@@ -56,6 +65,7 @@ def measure(steps: dict[str, callable], frames: np.ndarray, *, rounds: int = 5, 
         count[name] = steps_per_round if round_budget_s is None or warmup == 0 else \
             max(1, min(steps_per_round, int(round_budget_s / max(last, 1e-9))))
     from .console import progress
+    per_round = {name: [] for name in steps}
     for r in progress(range(rounds), desc="benchmark rounds", unit="round"):
         for name, step in steps.items():
             out = lat[name]
@@ -64,7 +74,8 @@ def measure(steps: dict[str, callable], frames: np.ndarray, *, rounds: int = 5, 
                 t0 = time.perf_counter()
                 step(frame)
                 out.append(time.perf_counter() - t0)
-    return [Row(name, np.asarray(v), frames_per_step) for name, v in lat.items()]
+            per_round[name].append(float(np.median(out[-count[name]:])))
+    return [Row(name, np.asarray(v), frames_per_step, tuple(per_round[name])) for name, v in lat.items()]
 
 
 def markdown_table(rows: list[Row], baseline: str | None = None, extra: dict[str, dict] | None = None) -> str:

@@ -145,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
                         "accepts a runtime whose own kernels round differently")
     b.add_argument("--frames", type=frames, default=600, help="frames of the synthetic clip to verify on")
     b.add_argument("--force", action="store_true", help="replace an artifact graphopt wrote earlier in --out")
+    b.add_argument("--no-cache", action="store_true",
+                   help="build and trace the model even if the trace cache holds it, and leave the cache alone")
     _add_onnx_flags(b, "ONNX model: its initial state (npz, or the authors' gzip-JSON; in state-pair order; "
                        "default zeros)")
 
@@ -170,13 +172,20 @@ def _parser() -> argparse.ArgumentParser:
                                    "reference)")
     v.add_argument("--weights", help="the reference's weights file (default: the one the model package ships); "
                                      "for an artifact built with --weights")
-    v.add_argument("--state", help="baseline's initial state (npz or the authors' gzip-JSON); default: the "
+    v.add_argument("--state", help="baseline's initial state (npz or the authors' gzip-JSON); the reference starts "
+                                   "from it too (its state layout, matched by position and shape); default: the "
                                    "reference model's initial state, matched by position and shape")
     v.add_argument("--tier", choices=["rounding", "signal", "quantised"],
                    help="tier to require (default: the tier the manifest claims; none for a baseline)")
     v.add_argument("--frames", type=frames, default=600, help="frames of the synthetic clip (default 600)")
     v.add_argument("--hr", type=_number(float, 40, 180), default=72.0, help="heart rate of the synthetic clip in bpm")
     v.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0, help="seed of the synthetic clip")
+    from .metrics import MAX_TOLERANCE
+    v.add_argument("--atol", type=_number(float, 0, MAX_TOLERANCE), metavar="A",
+                   help="also require |out - ref| <= A + R * |ref| for every element of every output and of the "
+                        "final state over the clip (as Polygraphy's run --atol/--rtol; R defaults to 0)")
+    v.add_argument("--rtol", type=_number(float, 0, MAX_TOLERANCE), metavar="R",
+                   help="relative tolerance of that elementwise check (A defaults to 0)")
     v.add_argument("--json", action="store_true", help="print the metrics as JSON")
     v.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
                    help="for an artifact built from an ONNX file: the --input-shape it was built with")
@@ -192,8 +201,14 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--fused-only", action="store_true", help="skip the unfused builds")
     be.add_argument("--rounds", type=_number(int, 1, 1000), default=5, help="interleaved rounds (default 5)")
     be.add_argument("--steps", type=_number(int, 1, 100000), default=100, help="steps per row per round (default 100)")
-    be.add_argument("--out-dir", help="keep the built artifacts here (default: a temporary folder)")
-    be.add_argument("--force", action="store_true", help="replace artifacts graphopt wrote earlier in --out-dir")
+    be.add_argument("--out-dir", help="keep the built artifacts here, and measure those of this model already "
+                                      "there instead of rebuilding them (default: a temporary folder, removed after)")
+    be.add_argument("--force", action="store_true", help="rebuild and replace artifacts graphopt wrote earlier in "
+                                                         "--out-dir (default: measure those of this model again)")
+    be.add_argument("--artifacts", nargs="+", action="extend", default=[], metavar="DIR",
+                    help="artifact folders (or folders of them) of this model to measure as they are; with no "
+                         "--targets nothing is built")
+    be.add_argument("--no-cache", action="store_true", help="trace the model even if the trace cache holds it")
     be.add_argument("--json", help="also write the results as JSON to this file")
 
     r = sub.add_parser("release", help="build, verify and benchmark every available target into one folder")
@@ -208,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tier", choices=["rounding", "signal", "quantised"],
                    help="tier every artifact must reach (default: the tier each build claims); the release "
                         "records the tier each one reached")
+    r.add_argument("--baseline", action="append", default=[],
+                   help=f"{baseline} (e.g. the authors' own export) to verify and benchmark beside the artifacts "
+                        "(repeatable)")
+    r.add_argument("--state", help="initial state for the baselines (npz or the authors' gzip-JSON)")
 
     i = sub.add_parser("inspect", help="node count, op histogram, params, state and FLOPs of an artifact")
     i.add_argument("artifact", help="artifact folder or model file" + "".join(
@@ -259,7 +278,8 @@ def cmd_build(a) -> int:
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
     build(_onnx_spec(a), a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
-          exact=a.exact, fps=a.fps, target_options=options or None, force=a.force, explain=a.explain, tier=a.tier)
+          exact=a.exact, fps=a.fps, target_options=options or None, force=a.force, explain=a.explain, tier=a.tier,
+          cache=not a.no_cache)
     return EXIT_OK
 
 
@@ -288,7 +308,17 @@ def cmd_verify(a) -> int:
         if tuple(stream.frame_shape) != tuple(spec.frame_shape):
             raise art.ArtifactError(f"{p} takes frames of shape {stream.frame_shape}, the {spec.name} reference "
                                     f"{tuple(spec.frame_shape)}: it is not a {spec.name} step model (see --model)")
+        pairing = {**stream.pairing, "reference_output": spec.outputs[0] if spec.outputs else "out0",
+                   "reference_state": "by position"}
+        if a.state:  # the reference starts from the state the baseline starts from, in its own layout
+            from .baseline import reference_state
+            ref_state = reference_state(stream.state, spec)
+            pairing["initial_state"] = f"{a.state} (the reference starts from it too)"
+        else:
+            ref_state = None
+            pairing["initial_state"] = f"the {spec.name} reference's own"
     else:
+        ref_state = pairing = None
         stream = art.load(a.artifact)
         equivalence.check_frames(a.frames, stream.frames_per_step, float(stream.manifest.get("fps") or 30.0))
         model = stream.manifest["model"]
@@ -321,17 +351,36 @@ def cmd_verify(a) -> int:
     clip = equivalence.Clip(frames=a.frames, hr_bpm=a.hr, seed=a.seed, fps=fps)
     print(f"verifying {a.artifact} ({m['target']}, {m.get('precision', '?')}) over {a.frames} frames",
           file=sys.stderr)
+    if pairing is not None:
+        from .baseline import format_pairing
+        print(format_pairing(pairing), file=sys.stderr)
     try:
-        result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec, clip)
+        result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec, clip,
+                                   reference_state=ref_state, atol=a.atol, rtol=a.rtol)
     except equivalence.VerificationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(result, indent=2) if a.json else format_result(result, claimed))
+    if pairing is not None:
+        result["pairing"] = pairing
+    tolerance = result.get("tolerance")
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_result(result, claimed))
+        if tolerance:
+            print(equivalence.format_tolerance(tolerance))
+    failed = False
     if claimed and not metrics.meets(claimed, result["tier"]):
-        print(f"error: the artifact reaches tier {result['tier']}, below the {claimed} tier "
-              f"{'required' if a.tier else 'its manifest claims'}; rebuild it", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        reached = f"tier {result['tier']}" if result["tier"] else "no tier"
+        print(f"error: the {'baseline' if pairing else 'artifact'} reaches {reached}, below the {claimed} tier "
+              f"{'required' if a.tier else 'its manifest claims'} ({equivalence.result_shortfall(result, claimed)})"
+              + ("" if pairing else "; rebuild it"), file=sys.stderr)
+        failed = True
+    if tolerance and not tolerance["passed"]:
+        print(f"error: outside --atol {tolerance['atol']:g} --rtol {tolerance['rtol']:g}: "
+              f"{', '.join(equivalence.tolerance_failures(tolerance))}", file=sys.stderr)
+        failed = True
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_bench(a) -> int:
@@ -348,7 +397,7 @@ def cmd_bench(a) -> int:
         raise ArtifactError(f"--json {a.json} must name a file in an existing folder")
     targets = [t.strip() for t in a.targets.split(",") if t.strip()] if a.targets else None
     result = bench.run(a.model, targets, a.baseline, a.state, a.out_dir, rounds=a.rounds, steps_per_round=a.steps,
-                       unfused=not a.fused_only, force=a.force, log=_log)
+                       unfused=not a.fused_only, force=a.force, artifacts=a.artifacts, cache=not a.no_cache, log=_log)
     print(bench.markdown(result))
     if a.json:
         write_json(Path(a.json), result)
@@ -364,6 +413,7 @@ def cmd_release(a) -> int:
     variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
     try:
         release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds, force=a.force, tier=a.tier,
+                    baselines=a.baseline, baseline_state=a.state,
                     log=_log)
     except release.ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)

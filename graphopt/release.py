@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 # fields that are timestamps by nature, kept apart so the rest of a release is reproducible
 TIMESTAMP_FIELDS = ("created", "elapsed_s")
 ROUND_BUDGET_S = 10.0  # a benchmark round of one artifact takes about this long at most (at least one step)
@@ -32,8 +34,8 @@ def default_variants(step_model) -> list[str]:
 
 
 def run(model, out: str | Path, *, variants: list[str] | None = None, frames: int = 600, rounds: int = 3,
-        steps_per_round: int = 100, force: bool = False, tier: str | None = None,
-        log: Callable[[str], None] = print) -> Path:
+        steps_per_round: int = 100, force: bool = False, tier: str | None = None, baselines: list[str] = (),
+        baseline_state: str | None = None, log: Callable[[str], None] = print) -> Path:
     from . import __version__
     from . import artifact as art
     from . import models
@@ -93,7 +95,7 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
                 "backend": backend(target)}
             if pending:  # how to finish it, in the folder it will have in the release
                 finish = hook(target, "release_pending")
-                entries[name].update(finish(out / name, path.name, manifest) if finish else {})
+                entries[name].update(finish(Path(name), path.name, manifest) if finish else {})  # relative: run from the release folder
             else:
                 streams[name] = art.load(path, threads=1)
             log(f"      tier {eq['tier']} ({eq['nrmse_over_floor']:.2f}x floor), "
@@ -103,6 +105,9 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
                                + "; ".join(f"{k}: {v}" for k, v in failures.items()))
         ref_name, ref_backend = reference_row(model, step_model)
         log(f"benchmarking {len(streams)} artifacts and the reference ({rounds} interleaved rounds) ...")
+        for path in baselines:  # the authors' own exports: verified like ours, and rows in the benchmark
+            name, stream, e = _baseline_entry(path, step_model, baseline_state, frames, log)
+            entries[name], streams[name] = e, stream
         steps = {n: _feed_step(s, step_model) for n, s in streams.items()}
         steps[ref_name] = reference_step(model if model in models.MODELS else step_model)
         per = step_model.frames_per_step
@@ -114,7 +119,11 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
                                             # built-ins run as their authors publish them (bench.reference_step)
                                             "precision": "mixed float16" if model in models.MODELS
                                             else step_model.source.get("precision", "float32")})
-            e.update(fps=r.fps, p50_ms=r.p50_ms, p99_ms=r.p99_ms, x_reference=ref.p50_ms / r.p50_ms)
+            lo, hi = r.fps_spread
+            e.update(fps=r.fps, fps_min=lo, fps_max=hi, p50_ms=r.p50_ms, p99_ms=r.p99_ms,
+                     x_reference=ref.p50_ms / r.p50_ms)
+        log("drawing the model card's pictures ...")
+        pictures = card_pictures(tmp, step_model, streams, entries, rows, frames)
         graph = step_model.trace()
         release = {
             "model": step_model.name, "graphopt_version": __version__,
@@ -130,13 +139,96 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
             "state_tensors": len(graph.state), "state_bytes": graph.state_bytes(),
             "verification": {"frames": frames // per * per,  # whole chunks only
                              "clip": "synthetic face clip, 72 bpm, seed 0"},
-            "tier_required": tier, "reference_row": ref_name, "machine": machine(), "sgemm_gflops_1thread": sgemm_gflops(), "artifacts": entries,
+            "tier_required": tier, "reference_row": ref_name, "pictures": pictures, "machine": machine(),
+            "sgemm_gflops_1thread": sgemm_gflops(), "artifacts": entries, "license": source_license(step_model.source),
             "timestamps": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "elapsed_s": round(time.time() - t0, 1)},
         }
         art.write_json(tmp / "release.json", release)
         (tmp / "README.md").write_text(model_card(release))
     log(f"wrote {out} ({time.time() - t0:.0f} s)")
+    return out
+
+
+def _baseline_entry(path: str, spec, state_file: str | None, frames: int, log) -> tuple[str, object, dict]:
+    """A model graphopt did not build (the authors' own ONNX or TFLite export) as a release row: verified
+    against the same reference over the same clip, benchmarked with the artifacts."""
+    from . import equivalence
+    from .baseline import open_baseline
+    from .bench import backend
+    stream = open_baseline(path, spec, state_file, threads=1)
+    name = f"baseline {Path(path).name}"
+    log(f"verifying {name} ...")
+    r = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec,
+                          equivalence.Clip(frames=frames, fps=spec.fps))
+    stream.reset()
+    target = stream.manifest["target"]
+    return name, stream, {"target": "baseline-" + target, "backend": backend("baseline-" + target),
+                          "file": Path(path).name, "precision": "as exported", "tier": r["tier"],
+                          "nrmse_over_floor": r["nrmse_over_floor"], "pearson": r["pearson"],
+                          "max_abs": r["max_abs"], "hr_bpm": r["hr_bpm"], "size_bytes": Path(path).stat().st_size}
+
+
+def source_license(source: dict) -> dict:
+    """The model's license and where it comes from: the source package's own metadata (its License
+    field or license classifier and its project URLs), else unknown."""
+    import importlib.metadata
+    pkg = source.get("package")
+    if not pkg:
+        return {"license": "unknown", "note": "the model's own license; graphopt does not know it"}
+    try:
+        meta = importlib.metadata.metadata(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return {"license": "unknown"}
+    lic = (meta.get("License-Expression") or meta.get("License") or "").strip()
+    if not lic or len(lic) > 40:
+        lic = next((c.rsplit("::", 1)[-1].strip().replace(" License", "") for c in meta.get_all("Classifier") or []
+                    if c.startswith("License ::")), lic[:40] or "unknown")
+    urls = [u.split(",", 1)[-1].strip() for u in meta.get_all("Project-URL") or []] + \
+        [u for u in [meta.get("Home-page")] if u]
+    return {"license": lic, "authors": (meta.get("Author") or meta.get("Author-email") or "").strip()[:200],
+            "urls": urls[:4], "package": f"{pkg}=={meta.get('Version')}"}
+
+
+def card_pictures(folder: Path, spec, streams: dict, entries: dict, rows, frames: int) -> dict:
+    """The card's pictures (card/*.svg): each artifact's waveform over the reference on the first seconds
+    of the verification clip, the reference's spectrum with its heart rate, and FPS with the spread over
+    rounds. Returns {"waveforms": {artifact: file}, "spectrum": file, "fps": file}."""
+    from scipy.signal import welch
+
+    from . import card_plots, equivalence, metrics
+    pics = folder / "card"
+    pics.mkdir()
+    per = spec.frames_per_step
+    clip = equivalence.Clip(frames=max(2 * per, min(frames, 10 * int(spec.fps)) // per * per), fps=spec.fps)
+    ref_outs, _ = equivalence.reference_run(spec, clip)
+    k = spec.output_names(len(ref_outs)).index(spec.pulse_output) if spec.pulse_output else 0
+    ref = np.asarray(ref_outs[k], np.float64).reshape(len(ref_outs[k]), -1)[:, :per].ravel() if per > 1 else \
+        np.asarray(ref_outs[k], np.float64).reshape(len(ref_outs[k]), -1)[:, 0]
+    t = np.arange(len(ref)) / spec.fps
+    out = {"waveforms": {}}
+    for name, stream in streams.items():
+        stream.reset()
+        outs, _ = equivalence.run_steps(equivalence.stream_step(stream, spec), clip.feeds(spec), stream.state)
+        stream.reset()
+        got = np.asarray(outs[k], np.float64).reshape(len(outs[k]), -1)
+        got = got[:, :per].ravel() if per > 1 else got[:, 0]
+        file = f"card/waveform-{name.replace(' ', '_')}.svg"
+        (folder / file).write_text(card_plots.line_plot(
+            f"{name}: {spec.pulse_output or spec.output_names(len(ref_outs))[0]} over the reference", t,
+            [("reference", ref), (name, got)], "seconds"))
+        out["waveforms"][name] = file
+    f, p = welch(ref - ref.mean(), fs=spec.fps, nperseg=min(len(ref), 256))
+    band = (f >= 0.5) & (f <= 4.0)
+    hr = metrics.estimate_hr(ref, spec.fps) if spec.pulse_output else None
+    (folder / "card/spectrum.svg").write_text(card_plots.line_plot(
+        "reference spectrum (Welch)" + (f", heart rate {hr:.0f} bpm" if hr else ""), f[band] * 60,
+        [("power", p[band])], "beats per minute", marks=[(hr, f"{hr:.0f} bpm")] if hr else []))
+    out["spectrum"] = "card/spectrum.svg"
+    bars = [(r.name, r.fps, *r.fps_spread) for r in rows]
+    (folder / "card/fps.svg").write_text(card_plots.bar_chart(
+        "FPS, 1 thread (bar: median round; whisker: slowest to fastest round)", bars, "frames per second"))
+    out["fps"] = "card/fps.svg"
     return out
 
 
@@ -169,8 +261,8 @@ def model_card(r: dict) -> str:
         origin = (f"Model `{r['model']}` from a graphopt.ModelSpec (fingerprint `{str(src.get('fingerprint', '?'))[:16]}…`), "
                   "exported by graphopt to every runtime below and checked against its own fn under jax.jit.")
         ref_label, ref_col = "the spec's fn (jax.jit)", "x spec's JAX JIT"
-    lines = [f"# {r['model']} — graphopt {r['graphopt_version']} release", "", origin, "",
-             "## Inputs, outputs, state", ""] + _io_lines(r) + [
+    lines = _front_matter(r) + [f"# {r['model']} — graphopt {r['graphopt_version']} release", "", origin, ""] + \
+        _use_and_license(r) + ["## Inputs, outputs, state", ""] + _io_lines(r) + [
              f"- {r['flops_per_frame'] / 1e6:.1f} MFLOP per frame, {r['params']} parameter tensors "
              f"({r['param_bytes'] / 1e6:.2f} MB).", "",
              "## Artifacts", "",
@@ -180,7 +272,8 @@ def model_card(r: dict) -> str:
     for name, e in arts.items():
         if "tier" not in e:
             continue
-        fps = f"{e['fps']:.0f}" if "fps" in e else "GPU only"
+        fps = (f"{e['fps']:.0f} ({e['fps_min']:.0f}-{e['fps_max']:.0f})" if "fps_min" in e else f"{e['fps']:.0f}") \
+            if "fps" in e else "GPU only"
         x = f"{e['x_reference']:.2f}" if "x_reference" in e else ""
         below = not metrics.meets(e["tier_claimed"], e["tier"]) if e.get("tier_claimed") else False
         tier = f"{e['tier']} (claims {e['tier_claimed']}) [*]" if below else e["tier"]
@@ -196,6 +289,11 @@ def model_card(r: dict) -> str:
                   f"`--tier {r.get('tier_required')}`): "
                   "graphopt's rewrites are exact there, the runtime's own kernels round differently from the "
                   "reference (e.g. long conv and matmul accumulations summed in another order)."]
+    pics = r.get("pictures") or {}
+    if pics:
+        lines += ["", "## Pictures", "", f"![FPS per artifact, with the spread over rounds]({pics['fps']})", "",
+                  f"![The reference's spectrum and heart rate]({pics['spectrum']})", ""]
+        lines += [f"![{name}: waveform over the reference]({file})" for name, file in pics["waveforms"].items()]
     skipped = {n: e["skipped"] for n, e in arts.items() if "skipped" in e}
     lines += [""] + [f"- `{n}` not built on this machine: {why}" for n, why in skipped.items()]
     from .targets import hook
@@ -212,6 +310,48 @@ def model_card(r: dict) -> str:
               f"{r['verification']['frames']} frames of a {r['verification']['clip']}.", "",
               "## Running each artifact", ""] + _run_snippets(r) + [""]
     return "\n".join(lines)
+
+
+def _front_matter(r: dict) -> list[str]:
+    """YAML metadata in Hugging Face's model-card convention (license, library, tags, where the model is
+    from); values are JSON strings, which YAML reads as they are."""
+    import json
+    src, lic = r["source"], r.get("license") or {}
+    license_id = str(lic.get("license", "unknown")).lower().replace(" ", "-")
+    tags = ["rppg", "remote-photoplethysmography", "heart-rate", "graphopt"] + \
+        sorted({e["target"] for e in r["artifacts"].values() if e.get("target") not in (None, "reference")
+                and not str(e.get("target")).startswith("baseline-")})
+    model_source = f"{src['package']}=={src.get('version')}" if "package" in src else src.get("file", r["model"])
+    q = json.dumps
+    return ["---", f"license: {q(license_id)}", "library_name: graphopt", "tags:"] + [f"- {q(t)}" for t in tags] + \
+        [f"model_source: {q(model_source)}", f"model_name: {q(r['model'])}",
+         f"graphopt_version: {q(r['graphopt_version'])}", "---", ""]
+
+
+def _use_and_license(r: dict) -> list[str]:
+    lic = r.get("license") or {}
+    lines = ["## Intended use and limitations", "",
+             "- Intended use: estimating a blood-volume-pulse waveform and heart rate from a face video, one "
+             "frame (or chunk) at a time, for research and wellness applications. It is not a medical device "
+             "and its output must not be used for diagnosis.",
+             "- Every artifact was verified against the reference on a **synthetic** face clip (a rendered face "
+             "whose skin colour pulses at a known rate), not on real people: the tiers say that an artifact "
+             "computes what the reference computes, not how well the model measures a pulse on real video. "
+             "The model's accuracy, and its behaviour across skin tones, lighting and motion, are the authors' "
+             "to report.",
+             "- Tiers: rounding = NRMSE within 4x the float32 noise floor (what float32 rounding alone "
+             "explains); signal = the same waveform (Pearson r >= 0.9999) and heart rate; quantised = r >= 0.999 "
+             "and the same heart rate.", "",
+             "## License and citation", ""]
+    if lic.get("package"):
+        lines.append(f"The model and its weights are `{lic['package']}`'s, under its license: "
+                     f"**{lic.get('license', 'unknown')}** (authors: {lic.get('authors') or 'see the package'}"
+                     + (f"; {', '.join(lic['urls'])}" if lic.get("urls") else "") + "). Cite the model's authors "
+                     "as that project asks; graphopt only converts the model.")
+    else:
+        lines.append("The model's license is its authors' (graphopt does not know it); graphopt only converts "
+                     "the model.")
+    return lines + [""]
 
 
 def _io_lines(r: dict) -> list[str]:

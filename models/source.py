@@ -1,6 +1,7 @@
 """Where a model's code and weights come from, and the step-model interface adapters return."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -108,8 +109,41 @@ def keras_source(model, package: str, version: str, code: str, weights_path: str
     """The ModelSpec fields every Keras adapter fills alike: readable parameter names and the source record."""
     return {"param_names": {id(v.value): v.path for v in model.variables},
             "source": {"package": package, "version": version, "code": code,
-                       "weights": os.path.abspath(weights_path), "weights_sha256": sha256_file(weights_path),
+                       "weights": portable_path(weights_path, package), "weights_sha256": sha256_file(weights_path),
                        "precision": "mixed_float16" if as_published else "float32"}}
+
+
+def portable_path(path: str, package: str) -> str:
+    """A file's name as a release may record it (no machine paths): relative to the installed package's
+    root (e.g. rppg/weights/FacePhys.rlap.weights.h5) when it ships with the package, else the file's
+    own name (a user's --weights file; its sha256 says which it was)."""
+    try:
+        root = os.path.realpath(str(importlib.metadata.distribution(package).locate_file("")))
+        rel = os.path.relpath(os.path.realpath(path), root)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        rel = None
+    if rel and not rel.startswith(".."):
+        return rel.replace(os.sep, "/")
+    return os.path.basename(path)
+
+
+@functools.lru_cache(maxsize=None)
+def package_code_sha256(package: str, version: str) -> str:
+    """A hash of the installed distribution's Python files (paths and contents), as the package ships them:
+    what identifies the authors' model code without importing it (graphopt.trace_cache's key)."""
+    import hashlib
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(f"{package} is not installed; install it with "
+                               f"`pip install --no-deps {package}=={version}`") from None
+    if dist.version != version:
+        raise ModelSourceError(f"{package} {dist.version} is installed but graphopt needs {version}")
+    h = hashlib.sha256()
+    for f in sorted(str(f) for f in dist.files or () if str(f).endswith(".py")):
+        with open(dist.locate_file(f), "rb") as fh:
+            h.update(f.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
 
 
 def sha256_file(path: str) -> str:

@@ -39,7 +39,8 @@ def test_release_folder_is_complete(small_release):
     assert set(r["timestamps"]) == set(release.TIMESTAMP_FIELDS)
     if not (trt_support.import_tensorrt() and trt_support.cuda_gpu_present()):
         engine = r["artifacts"]["tensorrt"]["engine"]
-        assert "needs an NVIDIA GPU" in engine and f"--from {out / 'tensorrt'}" in engine and ".tmp" not in engine
+        assert "needs an NVIDIA GPU" in engine and "from the release folder" in engine and "--from tensorrt " in engine
+        assert "--onnx=tensorrt/facephys.onnx" in engine and ".tmp" not in engine
     card = (out / "README.md").read_text()
     assert "| `onnx/facephys.onnx` |" in card and "tflite-int8/facephys.tflite" in card
     assert "## Running each artifact" in card and "get_signature_runner('step')" in card
@@ -151,5 +152,34 @@ def test_model_card_marks_an_artifact_below_its_claim(small_release):
     r["tier_required"] = "signal"
     r["artifacts"]["onnx"].update(tier="signal", tier_claimed="rounding", tier_required="signal")
     card = release.model_card(r)
-    assert "| `onnx/facephys.onnx` | onnxruntime (CPU) | float32 | signal (claims rounding) [*] |" in card
+    assert "| `onnx/facephys.onnx` | onnxruntime (CPU EP) | float32 | signal (claims rounding) [*] |" in card
     assert "[*] reaches a looser tier than its build's passes claim (the release accepted down to `--tier signal`)" in card
+
+
+def test_release_holds_no_machine_path_and_a_card_people_expect(small_release):
+    """No absolute path of this machine anywhere in the release (text or binary files); the card has
+    Hugging Face-style YAML metadata, the license from the model's package, the intended use, and its
+    pictures exist and are referenced."""
+    import sys
+    from pathlib import Path
+
+    import graphopt
+    _, out = small_release
+    machine = {str(out.parent).encode(), sys.prefix.encode(), str(Path(graphopt.__file__).resolve().parents[1]).encode()}
+    for f in out.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert not [m for m in machine if m in data], f"{f.relative_to(out)} holds a machine path"
+    card = (out / "README.md").read_text()
+    head = card.split("---\n")[1]
+    assert 'license: "mit"' in head and "library_name: graphopt" in head and '- "onnx"' in head
+    assert 'model_source: "open-rppg==0.1.1"' in head
+    assert "## Intended use and limitations" in card and "**synthetic** face clip" in card
+    assert "under its license: **MIT**" in card
+    r = json.loads((out / "release.json").read_text())
+    pics = r["pictures"]
+    for file in [pics["fps"], pics["spectrum"], *pics["waveforms"].values()]:
+        assert (out / file).is_file() and (out / file).read_text().startswith("<svg") and f"]({file})" in card
+    assert set(pics["waveforms"]) == {"onnx", "tflite", "tflite-fp16", "tflite-int8"}
+    onnx = r["artifacts"]["onnx"]
+    assert onnx["fps_min"] <= onnx["fps"] <= onnx["fps_max"] and f"| {onnx['fps']:.0f} ({onnx['fps_min']:.0f}-" in card

@@ -116,8 +116,9 @@ def finish_command(folder: Path, onnx_name: str, fp16: bool = False) -> str:
 
 
 def release_pending(folder: Path, file_name: str, manifest: dict) -> dict:
-    """A release's entry fields for an artifact (in `folder`, its place in the release) without its engine."""
-    return {"engine": "needs an NVIDIA GPU with TensorRT; build it there with: "
+    """A release's entry fields for an artifact (in `folder`, its place in the release, relative to the
+    release folder) without its engine."""
+    return {"engine": "needs an NVIDIA GPU with TensorRT; build it there, from the release folder, with: "
                       + finish_command(folder, file_name, manifest["tensorrt"]["fp16"]),
             "tensorrt_check": manifest["tensorrt"]["check"]["checker"]}
 
