@@ -5,7 +5,10 @@ A baseline step model has the signature (frame, dt, state_0..N-1) -> (output, st
 Inputs and outputs are matched by name where the names say their role (`input`/`frame`, `dt`,
 `state_in_<i>`, `state_out_<i>`; the authors' convention), otherwise by position. The initial state
 comes from a file (`--state`: npz, or the authors' gzip-JSON) or else from the reference model's
-initial state, matched by position and checked by shape.
+initial state, matched by position and checked by shape. With a state file, the reference starts from it
+too (`reference_state`: the baseline's state in the reference's layout, by position, checked by shape), so
+both start from the same state. `Stream.pairing` (see `pairing`) says which input is the frame, which is
+dt, and which output each state input is carried to; `format_pairing` says it in one line.
 """
 from __future__ import annotations
 
@@ -64,6 +67,61 @@ def order_io(inputs: list[tuple[str, tuple]], outputs: list[tuple[str, tuple]]):
                             f"{tuple(out_shapes[o])}: the outputs are not in state order and their names do not say "
                             "which is which (name them state_out_<i>, or export with signatures)")
     return (frame, dt, states), (out, out_states)
+
+
+def pairing(frame: str, dt: str, states: list[str], out: str, out_states: list[str]) -> dict:
+    """The roles order_io chose, and how: {"frame", "dt", "output", "state": [[state input, state output],
+    ...], "matched": {"frame": "by name" | "by position", "dt": "by name" | "by shape", "state inputs":
+    "by index in name" | "in input order", "outputs": "by name" | "by position"}}."""
+    by_name_out = len(out_states) > 0 and all("state" in n.lower() and _index(n) is not None for n in out_states) \
+        and "state" not in out.lower()
+    return {"frame": frame, "dt": dt, "output": out, "state": [[i, o] for i, o in zip(states, out_states)],
+            "matched": {"frame": "by name" if frame.lower() in FRAME_NAMES else "by position",
+                        "dt": "by name" if dt.lower() == "dt" else "by shape",
+                        "state inputs": "by index in name" if states and all(_index(n) is not None for n in states)
+                        else "in input order",
+                        "outputs": "by name" if by_name_out or not out_states else "by position"}}
+
+
+def format_pairing(p: dict) -> str:
+    """One line: e.g. "pairing: frame = input, dt = dt, output = output -> reference bvp; state_in_<i> ->
+    state_out_<i> for i = 0..45 (state i = the reference's state leaf i); matched by name"."""
+    pairs = p["state"]
+    stem_i, stem_o = (re.sub(r"\d+$", "", n) for n in pairs[0]) if pairs else ("", "")
+    if not pairs:
+        states = "no state"
+    elif all(i == f"{stem_i}{k}" and o == f"{stem_o}{k}" for k, (i, o) in enumerate(pairs)):  # in_k -> out_k
+        states = f"{stem_i}<i> -> {stem_o}<i> for i = 0..{len(pairs) - 1}"
+    else:
+        states = ", ".join(f"{i} -> {o}" for i, o in pairs)
+    if pairs and "reference_state" in p:
+        states += " (state input i is the reference's state leaf i)"
+    matched = p["matched"]
+    how = "matched by name" if list(matched.values()) == ["by name", "by name", "by index in name", "by name"] \
+        else "matched " + ", ".join(f"{k} {v}" for k, v in matched.items())
+    ref = f" -> reference {p['reference_output']}" if p.get("reference_output") else ""
+    start = f"; initial state: {p['initial_state']}" if p.get("initial_state") else ""
+    return f"pairing: frame = {p['frame']}, dt = {p['dt']}, output = {p['output']}{ref}; {states}; {how}{start}"
+
+
+def reference_state(state: list, spec, source: str = "the --state") -> list[np.ndarray]:
+    """A baseline's initial state in the reference's state layout (matched by position, checked by shape:
+    the same element count and the same dimensions apart from unit ones), so the reference's step starts
+    from the state the baseline starts from. BaselineError says why it cannot."""
+    leaves = spec.state_leaves
+    why = f"the {spec.name} reference cannot start from {source}"
+    if len(state) != len(leaves):
+        raise BaselineError(f"{why}: the baseline carries {len(state)} state tensors, the reference {len(leaves)} "
+                            "(is --model the model the baseline is an export of?)")
+    out = []
+    squeeze = lambda shape: tuple(d for d in shape if d != 1)
+    for i, (s, leaf) in enumerate(zip(state, leaves)):
+        s = np.asarray(s)
+        if s.size != leaf.size or squeeze(s.shape) != squeeze(leaf.shape):
+            raise BaselineError(f"{why}: state {i} has shape {tuple(s.shape)}, the reference's state leaf {i} "
+                                f"{tuple(leaf.shape)} (the state is matched by position)")
+        out.append(s.reshape(leaf.shape).astype(leaf.dtype))
+    return out
 
 
 MAX_STATE_JSON_BYTES = 32 << 20  # decompressed gzip-JSON state (FacePhys: about 6 MB); parsing costs ~10x in memory
@@ -145,6 +203,7 @@ class OnnxBaseline(Stream):
         ins = [(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape)) for i in self.session.get_inputs()]
         outs = [(o.name, tuple(d if isinstance(d, int) else 1 for d in o.shape)) for o in self.session.get_outputs()]
         (self._frame, self._dt, self._states), (self._out, self._out_states) = order_io(ins, outs)
+        self.pairing = pairing(self._frame, self._dt, self._states, self._out, self._out_states)
         shapes = dict(ins)
         self._dt_shape = shapes[self._dt]
         state_shapes = [shapes[n] for n in self._states]
@@ -176,6 +235,7 @@ class TfliteBaseline(Stream):
         shape = lambda d: tuple(int(x) for x in d["shape"])
         (self._frame, self._dt, self._states), (self._out, self._out_states) = order_io(
             [(n, shape(d)) for n, d in ins.items()], [(n, shape(d)) for n, d in outs.items()])
+        self.pairing = pairing(self._frame, self._dt, self._states, self._out, self._out_states)
         self._in = {n: d["index"] for n, d in ins.items()}
         self._outs = {n: d["index"] for n, d in outs.items()}
         self._dt_shape = shape(ins[self._dt])

@@ -9,8 +9,7 @@ from typing import Callable
 import numpy as np
 
 from . import artifact as art
-from . import equivalence, metrics
-from .ir import verify as verify_ir
+from . import equivalence, metrics, trace_cache
 from .targets import NeedsDevice as EngineNeedsGpu  # the artifact is written but for a device part; exit 3
 
 MIN_FPS, MAX_FPS = 0.1, 10000.0  # --fps: dt = 1/fps must be a usable float32 number of seconds
@@ -41,7 +40,8 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
           fuse: bool = True, pass_names: list[str] | None = None, verify_each_pass: bool = False,
           verify: bool = True, frames: int = 600, exact: bool = False, fps: float | None = None,
           target_options: dict | None = None, force: bool = False, explain: list[str] = (),
-          tier: str | None = None, log: Callable[[str], None] = log_stderr) -> art.Artifact:
+          tier: str | None = None, cache: bool = True, traced: trace_cache.Traced | None = None,
+          log: Callable[[str], None] = log_stderr) -> art.Artifact:
     """Build one artifact into `out` (a new or empty folder, written atomically; with force, an earlier
     graphopt artifact there is replaced). Raises on any failure, leaving `out` as it was.
 
@@ -54,6 +54,11 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
     held to at most its precision's tier). A looser tier than the claim accepts an artifact whose runtime's
     own kernels round differently (e.g. long conv accumulations summed in another order); the manifest
     keeps the claim, the tier required and the tier reached.
+
+    cache: take the traced IR from the trace cache when it holds this model (graphopt.trace_cache), and store
+    it there after a trace; False (--no-cache) builds and traces the model and leaves the cache alone.
+    traced: the model already traced (trace_cache.load_traced; graphopt.bench builds several artifacts from
+    one trace): the build runs on a copy of its graph.
     """
     from graphopt import models, passes
     from .outdir import check_destination
@@ -89,16 +94,26 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
     out = check_destination(Path(out), force)  # before the long work: a refused --out costs nothing
     t0 = time.perf_counter()
     log(f"[1/4] loading {getattr(model, 'name', model)} ...")
-    spec = models.resolve(model, weights, as_published)
-    if verify:
-        equivalence.check_frames(frames, spec.frames_per_step, spec.fps)
-    if fps is not None and not spec.takes_dt:
-        raise BuildUsageError(f"--fps needs a model with a dt input; {spec.name} has none")
-    graph = spec.trace()
-    verify_ir(graph)
-    graph.meta["source"] = {**spec.source, "fingerprint": equivalence.fingerprint(spec)}
-    log(f"      traced {len(graph.nodes)} nodes, {graph.flops() / 1e6:.1f} MFLOP/step "
-        f"({time.perf_counter() - t0:.1f} s)")
+
+    def check_spec(spec):  # before any trace (a trace-cache hit is checked alike)
+        if verify:
+            equivalence.check_frames(frames, spec.frames_per_step, spec.fps)
+        if fps is not None and not spec.takes_dt:
+            raise BuildUsageError(f"--fps needs a model with a dt input; {spec.name} has none")
+
+    if traced is not None:
+        check_spec(traced.spec)
+        traced = trace_cache.Traced(traced.spec, traced.copy_graph(), traced.seconds, traced.cache)
+    else:
+        traced = trace_cache.load_traced(model, weights, as_published, cache=cache, check=check_spec, log=log)
+    spec, graph = traced.spec, traced.graph
+    if traced.cache == "hit":
+        log(f"      loaded the traced IR from the cache ({traced.seconds:.1f} s): {len(graph.nodes)} nodes, "
+            f"{graph.flops() / 1e6:.1f} MFLOP/step")
+    else:
+        log(f"      traced {len(graph.nodes)} nodes, {graph.flops() / 1e6:.1f} MFLOP/step ({traced.seconds:.1f} s)")
+    if traced.note:
+        log(f"      note: {traced.note}")
     fixed_inputs = {}
     if fps is not None:
         fixed_inputs = {spec.dt_input: 1.0 / fps}
@@ -121,6 +136,8 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
     report["name"] = "custom" if pass_names is not None else ("default" if fuse else "none") + \
         (" (exact only)" if exact and fuse else "")
     report["raise_math"] = _summarize_raised(report.pop("notes").get("raise_math", []))
+    # the trace (or the trace cache's load): its time and whether the cache was hit (hit, miss, off, unavailable)
+    report["trace"] = {"time_s": round(traced.seconds, 3), "cache": traced.cache}
     if report["raise_math"]:
         log("      raised to native ops: " + ", ".join(
             f"{r['count']} x {r['op']} (approximation error {r['max_error']:.2g} {r['error_kind']})"
@@ -172,6 +189,8 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
                     f"(accepted: --tier {required})")
         else:
             log("[4/4] verification skipped (--no-verify)")
+        # the build's own time, from loading the model to a verified artifact (a trace-cache hit shows here)
+        manifest.setdefault("pipeline", {})["build_time_s"] = round(time.perf_counter() - t0, 3)
         art.write_json(artifact.manifest_path, manifest)
     final = out / artifact.path.name
     log(f"wrote {final} ({time.perf_counter() - t0:.1f} s)")
@@ -193,6 +212,7 @@ def _summarize_raised(entries: list[dict]) -> list[dict]:
 
 def format_result(r: dict, claimed: str | None = None) -> str:
     outputs = r.get("outputs") or {"": r}
+    tier = lambda o: o["tier"] or "none" + (f" ({o['tier_note']})" if o.get("tier_note") else "")  # not reached
     lines = []
     for name, o in outputs.items():
         floor, at = o["noise_floor"], f" [{name}]" if name else ""
@@ -204,10 +224,10 @@ def format_result(r: dict, claimed: str | None = None) -> str:
             lines.append(f"  heart rate{at:<7} {o['hr_bpm']:.1f} bpm (reference {o['hr_ref_bpm']:.1f} bpm, "
                          f"bin {o['hr_bin_bpm']:.1f})")
         if name:
-            lines.append(f"  tier{at:<13} {o['tier']}")
+            lines.append(f"  tier{at:<13} {tier(o)}")
     lines += [
         (f"  final state error {r['state_max_rel']:.3g} (max relative)" if r.get("state_max_rel") is not None
          else f"  final state       not compared ({r.get('state_note', 'no state')})"),
-        f"  tier reached      {r['tier']}" + (f" (claimed: {claimed})" if claimed else ""),
+        f"  tier reached      {tier(r)}" + (f" (claimed: {claimed})" if claimed else ""),
     ]
     return "\n".join(lines)

@@ -3,9 +3,13 @@
 The reference is the ModelSpec's `fn` under jax.jit. A run feeds a verification clip step by step with
 state carried: the synthetic face clip for the spec's face-frame input (a chunk model: chunk by chunk),
 dt = 1/fps for its dt input, and deterministic uniform random values in `input_range` for any other
-input. The reference's outputs on the clip, and on the clip with every float input moved by one ulp (the
-noise floor), are cached on disk per model fingerprint (its jaxpr, weights and initial state) and clip.
-Every output is compared; the heart-rate criterion applies to the spec's pulse output.
+input. The reference starts from the spec's initial state, or from a given one (`reference_state`: e.g. a
+baseline's --state, so that the reference and the candidate start from the same state). The reference's
+outputs on the clip, and on the clip with every float input moved by one ulp (the noise floor), are cached
+on disk per model fingerprint (its jaxpr, weights and initial state), the state the run starts from, and
+the clip.
+Every output is compared; the heart-rate criterion applies to the spec's pulse output. With atol/rtol,
+every output and the final state are also compared elementwise (|out - ref| <= atol + rtol * |ref|).
 """
 from __future__ import annotations
 
@@ -202,9 +206,34 @@ def _cache_path(kind: str, key: dict) -> Path:
     return cache_dir() / f"{kind}-{digest}.npz"
 
 
-def reference_run(spec, clip: Clip, perturbed: bool = False) -> tuple[list[np.ndarray], list]:
-    """The spec's reference on the clip (cached): (each output over the clip, final state)."""
-    key = {**_source_key(spec), **asdict(clip), "perturbed": perturbed}
+def _state_digest(state: list) -> str:
+    """What an initial state holds (dtypes, shapes, values), for the cache key."""
+    h = hashlib.sha256()
+    for s in state:
+        a = np.ascontiguousarray(np.asarray(s))
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _start_state(spec, initial_state: list | None) -> list:
+    """The state the reference starts from: the spec's own, or `initial_state` in the spec's state layout."""
+    leaves = spec.state_leaves
+    if initial_state is None:
+        return leaves
+    state = [np.asarray(s) for s in initial_state]
+    if len(state) != len(leaves) or any(s.shape != leaf.shape for s, leaf in zip(state, leaves)):
+        raise ValueError(f"the reference's initial state must be laid out like the spec's state ({len(leaves)} "
+                         f"tensors of its shapes, got {len(state)}); see baseline.reference_state")
+    return [np.asarray(s, leaf.dtype) for s, leaf in zip(state, leaves)]
+
+
+def reference_run(spec, clip: Clip, perturbed: bool = False,
+                  initial_state: list | None = None) -> tuple[list[np.ndarray], list]:
+    """The spec's reference on the clip (cached), from the spec's initial state or from `initial_state` (in
+    the spec's state layout): (each output over the clip, final state)."""
+    start = _start_state(spec, initial_state)
+    key = {**_source_key(spec), **asdict(clip), "perturbed": perturbed, "initial_state": _state_digest(start)}
     path = _cache_path("reference", key)
     if path.is_file():
         try:
@@ -214,7 +243,7 @@ def reference_run(spec, clip: Clip, perturbed: bool = False) -> tuple[list[np.nd
         except (KeyError, ValueError, OSError):
             pass  # a cache entry from another version, or a damaged one: computed again below
     try:
-        outputs, state = run_steps(spec_step(spec), clip.feeds(spec, perturbed), spec.state_leaves)
+        outputs, state = run_steps(spec_step(spec), clip.feeds(spec, perturbed), list(start))
     except (Exception, SystemExit) as e:  # the user's fn under jax.jit: any error type
         from .spec import SpecError
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -260,20 +289,28 @@ def check_fingerprint(spec, source: dict) -> None:
                         "built from")
 
 
-def noise_floor(spec, clip: Clip) -> list[dict]:
-    """Per output: NRMSE and max abs between the reference on the clip and on the clip moved by one ulp."""
-    ref, _ = reference_run(spec, clip)
-    perturbed, _ = reference_run(spec, clip, perturbed=True)
+def noise_floor(spec, clip: Clip, initial_state: list | None = None) -> list[dict]:
+    """Per output: NRMSE and max abs between the reference on the clip and on the clip moved by one ulp
+    (both from the same initial state: the spec's, or `initial_state`)."""
+    ref, _ = reference_run(spec, clip, initial_state=initial_state)
+    perturbed, _ = reference_run(spec, clip, perturbed=True, initial_state=initial_state)
     return [{"nrmse": max(MIN_FLOOR, float(np.sqrt(np.mean((p - r) ** 2)) / max(float(np.std(r)), 1e-30))),
              "max_abs": float(np.max(np.abs(p - r))) if r.size else 0.0} for r, p in zip(ref, perturbed)]
 
 
-def check(step: StepFn, initial_state: list, spec, clip: Clip = Clip()) -> dict:
-    """Run `step` over the clip and compare every output with the spec's reference: metrics, noise floor
-    and tier reached (the loosest over the outputs). The top-level metrics are the pulse output's (else
-    the first output's); "outputs" has each output's."""
-    ref_outs, ref_state = reference_run(spec, clip)
-    floors = noise_floor(spec, clip)
+def check(step: StepFn, initial_state: list, spec, clip: Clip = Clip(), *, reference_state: list | None = None,
+          atol: float | None = None, rtol: float | None = None) -> dict:
+    """Run `step` from `initial_state` over the clip and compare every output with the spec's reference:
+    metrics, noise floor and tier reached (the loosest over the outputs; when none is reached, "tier_note"
+    says which criterion of the quantised tier failed). The top-level metrics are the pulse output's (else
+    the first output's); "outputs" has each output's.
+
+    reference_state: the state the reference starts from, in the spec's state layout (default: the spec's
+    initial state); give it when the candidate starts from another state than the spec's (a baseline's
+    --state). atol/rtol (either; the other is 0): also compare every output and the final state element
+    by element, |out - ref| <= atol + rtol * |ref| ("tolerance": per output and the state, passed or not)."""
+    ref_outs, ref_state = reference_run(spec, clip, initial_state=reference_state)
+    floors = noise_floor(spec, clip, initial_state=reference_state)
     from .stream import StepError
     try:
         outs, state = run_steps(step, clip.feeds(spec), list(initial_state))
@@ -290,16 +327,91 @@ def check(step: StepFn, initial_state: list, spec, clip: Clip = Clip()) -> dict:
         except ValueError as e:
             raise VerificationError(f"output {name}: {e}") from None
         per_output[name] = {**metrics.with_floor(m, floor["nrmse"]), "noise_floor": floor}
+        if per_output[name]["tier"] is None:
+            per_output[name]["tier_note"] = f"below quantised: {metrics.missed(m, floor['nrmse'], 'quantised')}"
     primary = spec.pulse_output if spec.pulse_output in per_output else names[0]
     result = dict(per_output[primary])
     result["tier"] = metrics.loosest([o["tier"] for o in per_output.values()])
+    if result["tier"] is None:
+        result["tier_note"] = "below quantised: " + shortfall(per_output, "quantised")
     result["state_max_rel"] = metrics.state_max_rel(ref_state, state) if same_layout else None
     if not same_layout:  # e.g. a baseline model with its own state layout
         result["state_note"] = (f"the candidate's state ({len(state)} tensors) is not laid out like the reference's "
                                 f"({len(ref_state)} tensors): final state not compared")
     if len(per_output) > 1:
         result["outputs"] = per_output
+    if atol is not None or rtol is not None:
+        result["tolerance"] = _tolerance(names, ref_outs, outs, ref_state, state, atol or 0.0, rtol or 0.0)
     result["clip"] = asdict(clip)
     result["reference"] = (f"{spec.name} ({spec.source.get('precision', 'float32')}, its own fn under jax.jit)"
                            if spec.reference_kind == "jax.jit" else f"{spec.name} ({spec.reference_kind})")
+    if reference_state is not None:
+        result["reference_initial_state"] = "given"  # not the spec's own initial state
     return result
+
+
+def shortfall(outputs: dict, tier: str) -> str | None:
+    """Why outputs (name -> metrics with their noise floor, as check's "outputs") miss `tier`: the failed
+    criteria in words, prefixed by the output's name when there are several; None if they all meet it."""
+    reasons = [(name, metrics.missed(o, o["noise_floor"]["nrmse"], tier)) for name, o in outputs.items()]
+    reasons = [(n, r) for n, r in reasons if r is not None]
+    if not reasons:
+        return None
+    return "; ".join(f"{n}: {r}" if len(outputs) > 1 else r for n, r in reasons)
+
+
+def result_shortfall(result: dict, tier: str) -> str | None:
+    """shortfall over a check result's outputs (its "outputs", or the result itself for one output)."""
+    return shortfall(result.get("outputs") or {"": result}, tier)
+
+
+def _tolerance(names, ref_outs, outs, ref_state, state, atol: float, rtol: float) -> dict:
+    """Each output and the final state against the reference, elementwise (metrics.tolerance). A final
+    state laid out otherwise than the reference's (tensor count, or a tensor's element count) is not
+    compared."""
+    report = {"atol": float(atol), "rtol": float(rtol),
+              "outputs": {n: metrics.tolerance(r, c, atol, rtol) for n, r, c in zip(names, ref_outs, outs)}}
+    if not state and not ref_state:
+        report["state"], report["state_note"] = None, "the model has no state"
+    elif len(state) == len(ref_state) and all(np.size(c) == np.size(r) for c, r in zip(state, ref_state)):
+        per = [metrics.tolerance(r, c, atol, rtol) for r, c in zip(ref_state, state)]
+        total = metrics.tolerance(list(ref_state), list(state), atol, rtol)
+        total["failing_tensors"] = [i for i, t in enumerate(per) if not t["passed"]]
+        report["state"] = total
+    else:
+        report["state"] = None
+        report["state_note"] = (f"the candidate's state ({len(state)} tensors) is not laid out like the "
+                                f"reference's ({len(ref_state)} tensors)")
+    report["passed"] = all(t["passed"] for t in report["outputs"].values()) and \
+        (report["state"] is None or report["state"]["passed"])
+    return report
+
+
+def format_tolerance(report: dict) -> str:
+    """A tolerance report (check's "tolerance") as lines: one per output and one for the final state."""
+    def line(label, t):
+        rel = "n/a (reference all zero)" if t["max_rel"] is None else f"{t['max_rel']:.3g}"
+        abs_ = "NaN/Inf" if t["max_abs"] is None else f"{t['max_abs']:.3g}"
+        return (f"  {label:<17} {'PASS' if t['passed'] else 'FAIL'}  max abs error {abs_}, max rel "
+                f"error {rel}; {t['failing']} of {t['elements']} elements fail ({100 * t['fraction']:.3g}%)")
+    lines = [f"  tolerance         |out - ref| <= atol {report['atol']:g} + rtol {report['rtol']:g} * |ref|, "
+             "every element over the clip"]
+    lines += [line(f"[{name}]", t) for name, t in report["outputs"].items()]
+    st = report["state"]
+    if st is None:
+        lines.append(f"  [final state]     not compared ({report.get('state_note', 'no state')})")
+    else:
+        bad = st.get("failing_tensors") or []
+        more = f" (state tensors {', '.join(map(str, bad[:8]))}{', ...' if len(bad) > 8 else ''})" if bad else ""
+        lines.append(line("[final state]", st) + more)
+    return "\n".join(lines)
+
+
+def tolerance_failures(report: dict) -> list[str]:
+    """What failed a tolerance report, e.g. ["bvp (600 of 600 elements)", "final state (3 of 12 elements)"]."""
+    out = [f"{n} ({t['failing']} of {t['elements']} elements)" for n, t in report["outputs"].items()
+           if not t["passed"]]
+    st = report["state"]
+    if st is not None and not st["passed"]:
+        out.append(f"final state ({st['failing']} of {st['elements']} elements)")
+    return out

@@ -10,6 +10,10 @@ turn those numbers into a claim, strictest first:
 * 'signal'    -- the waveform is the same signal (r >= 0.9999) with the same HR;
 * 'quantised' -- close enough for a reduced-precision build (r >= 0.999), same HR.
 
+`missed` says in words which of a tier's criteria a comparison fails. `tolerance` is the elementwise
+check in the style of Polygraphy's `--atol/--rtol`: |candidate - reference| <= atol + rtol * |reference|
+for every element.
+
 All results are plain Python floats/bools/None, so they serialise to JSON.
 """
 
@@ -231,3 +235,59 @@ def with_floor(metrics: Mapping[str, Any], noise_floor_nrmse: float) -> dict[str
         "nrmse_over_floor": ratio,
         "tier": tier_reached(metrics, noise_floor_nrmse),
     }
+
+
+def missed(metrics: Mapping[str, Any], noise_floor_nrmse: float, tier: str) -> str | None:
+    """Which of `tier`'s criteria `metrics` (from `compare`) fail, in words (e.g. "r 0.977 < 0.999"), or
+    None if the metrics meet the tier."""
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")
+    if meets(tier, tier_reached(metrics, noise_floor_nrmse)):
+        return None
+    if tier == "rounding":
+        bound = ROUNDING_FLOOR_FACTOR * noise_floor_nrmse
+        return (f"NRMSE {metrics['nrmse']:.3g} > {ROUNDING_FLOOR_FACTOR:g}x the noise floor {noise_floor_nrmse:.3g}"
+                f" (= {bound:.3g})")
+    reasons = []
+    least = SIGNAL_MIN_PEARSON if tier == "signal" else QUANTISED_MIN_PEARSON
+    if metrics["pearson"] < least:
+        reasons.append(f"r {metrics['pearson']:.6g} < {least:g}")
+    if metrics["same_hr"] is False:
+        reasons.append(f"heart rate {metrics['hr_bpm']:.1f} bpm vs the reference's {metrics['hr_ref_bpm']:.1f} bpm, "
+                       f"more than one {metrics['hr_bin_bpm']:.1f} bpm bin apart")
+    return "; ".join(reasons)
+
+
+MAX_TOLERANCE = 1e6  # atol and rtol above this accept anything a float32 model computes
+
+
+def _check_tolerance(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(value) <= MAX_TOLERANCE:  # also refuses NaN
+        raise ValueError(f"{name} must be a finite number from 0 to {MAX_TOLERANCE:g}, got {value!r:.40}")
+    return float(value)
+
+
+def tolerance(reference: Any, candidate: Any, atol: float = 0.0, rtol: float = 0.0) -> dict[str, Any]:
+    """Elementwise |candidate - reference| <= atol + rtol * |reference| (Polygraphy's --atol/--rtol check).
+
+    Returns passed, max_abs (max |c - r|), max_rel (max |c - r| / |r| over the elements where r != 0;
+    None if there are none), failing (elements outside the tolerance; NaN/Inf in the candidate fails),
+    elements and fraction (failing / elements). Sequences of arrays (a state) are checked as one set of
+    elements, flattened in order."""
+    atol, rtol = _check_tolerance("atol", atol), _check_tolerance("rtol", rtol)
+    flat = lambda x: (np.concatenate([np.asarray(a, np.float64).ravel() for a in x]) if len(x) else np.zeros(0)) \
+        if isinstance(x, (list, tuple)) else np.asarray(x, np.float64).ravel()
+    ref, cand = flat(reference), flat(candidate)
+    if ref.size != cand.size:
+        raise ValueError(f"length mismatch: candidate has {cand.size} elements, reference {ref.size}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(cand - ref)
+        ok = diff <= atol + rtol * np.abs(ref)  # NaN: False
+        nonzero = ref != 0
+        rel = diff[nonzero] / np.abs(ref[nonzero])
+    failing = int(ref.size - np.count_nonzero(ok))
+    finite = lambda v: float(v) if np.isfinite(v) else None
+    return {"passed": failing == 0, "max_abs": finite(np.max(diff)) if diff.size else 0.0,
+            "max_rel": finite(np.max(rel)) if rel.size else None, "failing": failing, "elements": int(ref.size),
+            "fraction": failing / ref.size if ref.size else 0.0}

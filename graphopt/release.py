@@ -154,13 +154,14 @@ def _baseline_entry(path: str, spec, state_file: str | None, frames: int, log) -
     """A model graphopt did not build (the authors' own ONNX or TFLite export) as a release row: verified
     against the same reference over the same clip, benchmarked with the artifacts."""
     from . import equivalence
-    from .baseline import open_baseline
+    from .baseline import open_baseline, reference_state
     from .bench import backend
     stream = open_baseline(path, spec, state_file, threads=1)
     name = f"baseline {Path(path).name}"
     log(f"verifying {name} ...")
+    start = reference_state(stream.state, spec) if state_file else None  # the reference starts where it does
     r = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec,
-                          equivalence.Clip(frames=frames, fps=spec.fps))
+                          equivalence.Clip(frames=frames, fps=spec.fps), reference_state=start)
     stream.reset()
     target = stream.manifest["target"]
     return name, stream, {"target": "baseline-" + target, "backend": backend("baseline-" + target),
