@@ -298,20 +298,15 @@ def _tier_line(out: str) -> str:
 
 
 @pytest.mark.slow
-def test_verify_toy_prints_metrics(toy, capsys):
-    rc = cli.main(["verify", str(toy.onnx), "--state", str(toy.npz), "--frames", "60"])
-    out = capsys.readouterr().out
-    assert rc == 0
-    assert "Pearson r" in out and "NRMSE" in out
-    assert _tier_line(out) in ("None", "quantised")  # not FacePhys: below the signal tier
-
-
-@pytest.mark.slow
-def test_verify_toy_required_tier_fails(toy, capsys):
-    rc = cli.main(["verify", str(toy.tflite), "--state", str(toy.npz), "--frames", "60", "--tier", "signal"])
+@pytest.mark.parametrize("kind", ["onnx", "tflite"])
+def test_verify_a_state_the_reference_cannot_start_from_is_exit_2(toy, capsys, kind):
+    """The reference starts from the baseline's --state: the toy's 2 state tensors are no FacePhys state
+    (46 tensors), so verifying it against facephys is a one-line error, not a meaningless tier."""
+    rc = cli.main(["verify", str(getattr(toy, kind)), "--state", str(toy.npz), "--frames", "60", "--tier", "signal"])
     err = capsys.readouterr().err
-    assert rc == 1
-    assert "below the signal tier required" in err
+    assert rc == 2 and err.count("\n") == 1
+    assert "the facephys reference cannot start from the --state: the baseline carries 2 state tensors, the " \
+           "reference 46" in err
 
 
 def test_verify_missing_file(tmp_path, capsys):
@@ -375,32 +370,11 @@ def test_verify_state_file_errors(toy, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def facephys_authors_onnx(tmp_path_factory, facephys):
     """FacePhys's step as a TF function with the authors' I/O names (input, dt, state_in_i -> output,
-    state_out_i), converted by tf2onnx: no graphopt emitter involved."""
+    state_out_i), converted by tf2onnx: no graphopt emitter involved (tests/onnx_corpus.py)."""
     pytest.importorskip("tensorflow")
-    tf2onnx = pytest.importorskip("tf2onnx")
-    import tf2onnx.optimizer
-    from graphopt import artifact as art
-    from graphopt import passes
-    from graphopt.targets.tf_module import build_module
-    graph = facephys.trace()  # a fresh graph: the passes rewrite it in place
-    graph, report = passes.run_pipeline(graph, passes.pipeline_for("tf", exact_only=True))
-    assert report["exact"]
-    manifest = art.describe_graph(graph, "x", "onnx", "float32")
-    manifest["inputs"][0]["name"], manifest["inputs"][1]["name"] = "input", "dt"
-    manifest["outputs"][0]["name"] = "output"
-    module, signatures = build_module(graph, manifest, "io")
-    spec = signatures["step"].structured_input_signature[0]
-    path = tmp_path_factory.mktemp("authors") / "facephys_authors_style.onnx"
-    with pytest.MonkeyPatch.context() as mp:
-        # tf2onnx 1.17's transpose optimizer pushes an NHWC->NCHW transpose through a reshape to the
-        # rank-5 state and emits an invalid model (Sub: incompatible dimensions [1,32,36,36] vs
-        # [1,36,1,36]; onnxruntime refuses it): an upstream bug. remove_back_to_back is value-changing
-        # (it lands at 3.9x the noise floor, a hair under the rounding tier's 4x): both are left out,
-        # the rest of tf2onnx's default optimizers run.
-        mp.delitem(tf2onnx.optimizer._optimizers, "optimize_transpose")
-        mp.delitem(tf2onnx.optimizer._optimizers, "remove_back_to_back")
-        tf2onnx.convert.from_function(module.step, input_signature=spec, opset=17, output_path=str(path))
-    return path
+    pytest.importorskip("tf2onnx")
+    from onnx_corpus import facephys_tf2onnx
+    return facephys_tf2onnx(tmp_path_factory.mktemp("authors"), facephys).path
 
 
 @pytest.mark.slow
