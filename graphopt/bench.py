@@ -91,45 +91,145 @@ def reference_step(model) -> Callable:
 
 def run(model="facephys", targets: list[str] | None = None, baselines: list[str] = (),
         state_file: str | None = None, out_dir: str | None = None, rounds: int = 5, steps_per_round: int = 100,
-        unfused: bool = True, force: bool = False, log: Callable[[str], None] = print) -> dict:
+        unfused: bool = True, force: bool = False, artifacts: list[str] = (), cache: bool = True,
+        log: Callable[[str], None] = print) -> dict:
+    """The FPS table's rows, measured. The model is traced once (or taken from the trace cache) for every
+    build. artifacts: artifact folders (or folders of them) of this model to measure as they are; with
+    artifacts and no targets nothing is built. out_dir: where builds go and stay; an artifact already there
+    for the same model, target and pipeline is measured again instead of rebuilt (unless force). Without
+    out_dir the builds go to a temporary folder, removed at the end (also on failure)."""
     single_thread_env()
     from . import artifact as art
+    from . import trace_cache
+    from .builder import target_module
+    from .targets import names as target_names
+
+    explicit = targets is not None
+    targets = list(targets if explicit else ([] if artifacts else target_names()))
+    for t in targets:
+        target_module(t)  # unknown targets fail before any work
+    given = [m for path in artifacts for m in _artifact_folders(path)]  # a missing or foreign folder fails here
+    traced = trace_cache.load_traced(model, cache=cache, log=log)  # once: every build starts from this graph
+    log(f"{'loaded the traced IR of' if traced.cache == 'hit' else 'traced'} {traced.spec.name} "
+        f"({traced.seconds:.1f} s)")
+    tmp = None if out_dir else tempfile.mkdtemp(prefix="graphopt-bench-")
+    try:
+        return _run(model, traced, targets, given, baselines, state_file, Path(out_dir or tmp), tmp is None,
+                    rounds, steps_per_round, unfused, force, log, art)
+    finally:
+        if tmp is not None:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _artifact_folders(path: str) -> list[tuple[dict, Path]]:
+    """(manifest, folder) of the artifact at `path`, or of each artifact folder directly inside it."""
+    from . import artifact as art
+    p = Path(path)
+    if not p.is_dir():
+        raise art.ArtifactError(f"--artifacts {path} is not a folder; pass artifact folders graphopt built")
+    try:
+        return [art.read_manifest(p)]
+    except art.ArtifactError:
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+        found = []
+        for d in subs:
+            try:
+                found.append(art.read_manifest(d))
+            except art.ArtifactError:
+                continue
+        if not found:
+            raise art.ArtifactError(f"--artifacts {path} holds no graphopt artifact (nor do its folders)") from None
+        return found
+
+
+def _variant(manifest: dict) -> str:
+    """fused (the default pipeline), unfused (--no-fuse), or the pipeline's own name."""
+    name = (manifest.get("pipeline") or {}).get("name", "default")
+    return {"default": "fused", "none": "unfused"}.get(name, str(name))
+
+
+def _reusable(folder: Path, spec, target: str, variant: str) -> bool:
+    """Whether `folder` holds an artifact a build of this row would make: the same model (fingerprint),
+    target, pipeline and precision, nothing baked in."""
+    from . import artifact as art
+    from .equivalence import fingerprint
+    if not folder.is_dir():
+        return False
+    try:
+        m, _ = art.read_manifest(folder)
+    except art.ArtifactError:
+        return False
+    return (m.get("model") == spec.name and m.get("target") == target and _variant(m) == variant
+            and (m.get("source") or {}).get("fingerprint") == fingerprint(spec)
+            and m.get("precision") == spec.source.get("precision", "float32") and not m.get("fixed_inputs"))
+
+
+def _run(model, traced, targets, given, baselines, state_file, work: Path, keep: bool, rounds, steps_per_round,
+         unfused, force, log, art) -> dict:
     from . import models
     from .baseline import open_baseline
     from .benchmark import measure, plan
     from .builder import EngineNeedsGpu, build, target_module
-    from .targets import get as get_target
-    from .targets import names as target_names
     from .equivalence import Clip
+    from .targets import get as get_target
 
-    targets = list(targets or target_names())
-    for t in targets:
-        target_module(t)  # unknown targets fail before any work
-    work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="graphopt-bench-"))
-    ref_model = models.resolve(model)
+    ref_model = traced.spec
     per = ref_model.frames_per_step
     frames = Clip(frames=max(64, 2 * per), fps=ref_model.fps).feeds(ref_model)
     steps: dict[str, Callable] = {}
     meta: dict[str, dict] = {}
+
+    def add(name: str, stream, target: str, variant: str, path) -> None:
+        if name in steps:  # two given artifacts of the same row: tell them apart by their folder
+            name += f" ({Path(path).parent.name})"
+        while name in steps:
+            name += "'"
+        steps[name] = _feed_step(stream, ref_model)
+        meta[name] = {"backend": backend(target), "nodes": stream.manifest["graph"]["nodes"], "target": target,
+                      "fused": variant == "fused", "artifact": str(path) if path is not None else None}
+
+    covered = set()
+    for manifest, folder in given:
+        if manifest.get("model") != ref_model.name:
+            raise art.ArtifactError(f"--artifacts {folder} is a {manifest.get('model')!r:.40} artifact, not "
+                                    f"{ref_model.name}")
+        stream = art.load(folder, threads=1)
+        variant = _variant(manifest)
+        covered.add((manifest["target"], variant))
+        log(f"measuring {folder} as it is")
+        add(f"graphopt {manifest['target']} {variant}", stream, manifest["target"], variant,
+            folder / manifest["file"])
     for t in targets:
         ok, reason = target_module(t).available()
         if not ok:
             log(f"skipping {t}: {reason}")
             continue
         for fused in ([True, False] if unfused else [True]):
-            name = f"graphopt {t} {'fused' if fused else 'unfused'}"
-            log(f"building {name} ...")
-            try:
-                a = build(ref_model, t, work / f"{ref_model.name}-{t}-{'fused' if fused else 'unfused'}", fuse=fused,
-                          verify=False, force=force, log=lambda m: None)
-            except EngineNeedsGpu as e:  # a part only a machine with a device builds
-                part = get_target(t).device_part
-                log(f"skipping {t}: {part.bench_note if part else e}")
-                break
-            stream = art.load(a.path, threads=1)
-            steps[name] = _feed_step(stream, ref_model)
-            meta[name] = {"backend": backend(t), "nodes": a.manifest["graph"]["nodes"], "target": t,
-                          "fused": fused, "artifact": str(a.path)}
+            variant = "fused" if fused else "unfused"
+            if (t, variant) in covered:
+                continue
+            dest = work / f"{ref_model.name}-{t}-{variant}"
+            name = f"graphopt {t} {variant}"
+            stream = None
+            if keep and not force and _reusable(dest, ref_model, t, variant):
+                try:
+                    stream = art.load(dest, threads=1)
+                    path = dest / stream.manifest["file"]
+                    log(f"reusing {name} in {dest}")
+                except art.ArtifactError as e:  # e.g. a changed file: built again (which needs --force)
+                    log(f"not reusing {dest}: {e}")
+            if stream is None:
+                log(f"building {name} ...")
+                try:
+                    a = build(model, t, dest, fuse=fused, verify=False, force=force, traced=traced,
+                              log=lambda m: None)
+                except EngineNeedsGpu as e:  # a part only a machine with a device builds
+                    part = get_target(t).device_part
+                    log(f"skipping {t}: {part.bench_note if part else e}")
+                    break
+                stream, path = art.load(a.path, threads=1), a.path
+            add(name, stream, t, variant, path if keep else None)  # a temporary folder is removed after the run
     ref_row, ref_backend = reference_row(model, ref_model)
     steps[ref_row] = reference_step(model if model in models.MODELS else ref_model)
     meta[ref_row] = {"backend": ref_backend, "target": "reference"}
@@ -147,11 +247,11 @@ def run(model="facephys", targets: list[str] | None = None, baselines: list[str]
     log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {timing['steps_per_round']} steps, 1 thread ...")
     rows = measure(steps, frames, rounds=rounds, frames_per_step=per, **timing)
     gflops = sgemm_gflops()
-    flops = ref_model.trace().flops() / per
+    flops = traced.graph.flops() / per  # the traced graph (builds run on copies of it)
     bound_fps = gflops * 1e9 / flops if flops else None
     ref = next(r for r in rows if r.name == ref_row)
-    result = {"model": ref_model.name, "frames_per_step": per, "machine": machine(), "sgemm_gflops_1thread": gflops, "flops_per_frame": flops,
-              "compute_bound_fps": bound_fps, "rows": []}
+    result = {"model": ref_model.name, "frames_per_step": per, "machine": machine(), "sgemm_gflops_1thread": gflops,
+              "flops_per_frame": flops, "compute_bound_fps": bound_fps, "rows": []}
     for r in rows:
         result["rows"].append({"name": r.name, "fps": r.fps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                                "x_reference": ref.p50_ms / r.p50_ms,

@@ -277,6 +277,8 @@ class ModelSpec:
         signature and the initial state (the reference cache's key)."""
         import jax
         closed = jax.make_jaxpr(self.flat_fn())(*self.inputs.values(), *self.state_leaves)
+        # the readable name each weight gets in the trace (graphopt.trace_cache keys a traced graph by them)
+        self._const_names = [self.param_names.get(id(c)) for c in closed.consts]
         h = hashlib.sha256(str(closed.jaxpr).encode())
         for c in closed.consts:
             a = np.asarray(np.asarray(c), order="C")

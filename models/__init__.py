@@ -83,6 +83,33 @@ def resolve(model, weights: str | None = None, as_published: bool = False):
     return load(model, weights, as_published)
 
 
+def cache_identity(model, weights: str | None = None, as_published: bool = False) -> dict | None:
+    """What identifies a built-in model's spec without building it (graphopt.trace_cache's key): its name,
+    package, version and a hash of the package's Python files, the weights file (path and sha256), the
+    shipped initial state's sha256 where the model starts from it, and the precision. None for a model
+    that is not built in; ModelSourceError where the package or a file is missing (as loading would)."""
+    from .source import locate_package_file, package_code_sha256, sha256_file
+    if not is_builtin(model):
+        return None
+    mod = adapter(model)
+    if model in MODELS:
+        path = weights or locate_package_file(mod.PACKAGE, mod.VERSION, mod.WEIGHTS)
+        ident = {"model": model, "weights": os.path.abspath(path), "weights_sha256": sha256_file(path),
+                 "precision": "mixed_float16" if as_published else "float32"}
+    else:
+        name = mod.canonical(model)
+        family, variant = mod.family_of(name)
+        rel = family.weights.format(v=variant)
+        ident = {"model": name, "weights": rel,
+                 "weights_sha256": sha256_file(locate_package_file(mod.PACKAGE, mod.VERSION, rel)),
+                 "precision": "float32"}
+        if family.name in ("ME-flow", "ME-chunk"):  # they start from the state open-rppg ships
+            ident["state_sha256"] = sha256_file(locate_package_file(mod.PACKAGE, mod.VERSION, mod.STATE_FILE))
+    ident.update(package=mod.PACKAGE, version=mod.VERSION,
+                 package_code_sha256=package_code_sha256(mod.PACKAGE, mod.VERSION))
+    return ident
+
+
 @functools.lru_cache(maxsize=4)
 def _load_user(ref: str):
     from ..spec import load_spec
@@ -102,5 +129,5 @@ def _load(name: str, weights: str | None, as_published: bool):
     return adapter(name).spec(name)
 
 
-__all__ = ["MODELS", "ModelSourceError", "adapter", "check", "is_builtin", "is_user_ref", "load", "names", "resolve",
-           "zoo_names"]
+__all__ = ["MODELS", "ModelSourceError", "adapter", "cache_identity", "check", "is_builtin", "is_user_ref", "load",
+           "names", "resolve", "zoo_names"]
