@@ -299,7 +299,9 @@ def load(path: str | os.PathLike, *, check_finite: bool = True, **options):
     a = open_artifact(path)
     from .targets import module_for
     target = module_for(a.manifest["target"])
-    ok, reason = target.available()
+    # a target whose build needs more than its runtime (tflite: TensorFlow's converter, LiteRT to run) says
+    # what loading needs in runtime_available(); loading imports that runtime alone
+    ok, reason = getattr(target, "runtime_available", target.available)()
     if not ok:
         raise ArtifactError(f"cannot run a {a.manifest['target']} artifact here: {reason}")
     try:

@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="graphopt", description="Export and optimise streaming rPPG models.")
     p.add_argument("--version", action="version", version=f"graphopt {__version__}")
     p.add_argument("--verbose", action="store_true", help="show the runtimes' own log lines (TensorFlow, absl, "
-                                                          "XNNPACK, torch) and library warnings")
+                                                          "XNNPACK, PyTorch) and library warnings")
     p.add_argument("--quiet", action="store_true", help="no progress lines: only errors and results")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -161,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--tier", choices=["rounding", "signal", "quantised"],
                    help="tier the output must reach (default: rounding with --exact, else signal)")
     o.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    o.add_argument("--no-speed-check", action="store_true",
+                   help="write graphopt's output even where it is not faster than the input in onnxruntime "
+                        "(default: the faster of the two is written)")
     o.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_onnx_flags(o, "initial state of the recurrent state for verification (npz or the authors' gzip-JSON; "
                        "default zeros)")
@@ -439,7 +442,7 @@ def cmd_optimize(a) -> int:
     from .optimize import optimize
     log = (lambda m: None) if a.json else _log
     report = optimize(a.input, a.output, exact=a.exact, verify=not a.no_verify, frames=a.frames, tier=a.tier,
-                      force=a.force, log=lambda m: None if m.startswith("wrote ") and ".graphopt-" in m else log(m),
+                      force=a.force, speed_check=not a.no_speed_check, log=lambda m: None if m.startswith("wrote ") and ".graphopt-" in m else log(m),
                       **_onnx_options(a))
     if a.json:
         print(json.dumps(report, indent=2))

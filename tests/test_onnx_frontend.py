@@ -69,7 +69,7 @@ def test_a_step_model_imports_with_its_state_and_matches_onnxruntime(tmp_path):
 def test_optimize_keeps_names_order_metadata_and_verifies(tmp_path, capsys, state_first):
     src = stateful_model(tmp_path, state_first=state_first)
     dst = tmp_path / "out.onnx"
-    assert cli.main(["optimize", src, "-o", str(dst), "--exact", "--json"]) == 0
+    assert cli.main(["optimize", src, "-o", str(dst), "--exact", "--json", "--no-speed-check"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tier"] == "rounding" and report["verified"] and report["state_pairs"] == [["h_in", "h_out"]]
     a, b = onnx.load(src), onnx.load(str(dst))
@@ -241,3 +241,21 @@ def test_verify_an_artifact_against_the_onnx_file_it_was_built_from(tmp_path, ca
     np.savez(tmp_path / "s.npz", a=np.ones((1, 4), np.float32))
     assert cli.main(["verify", artifact, "--model", other, "--state", str(tmp_path / "s.npz")]) == 2
     assert "was built from another model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("margin, written", [(0.0, "output"), (1e9, "input")])
+def test_optimize_writes_the_faster_of_input_and_output(tmp_path, capsys, monkeypatch, margin, written):
+    """Both models are timed in onnxruntime; the output is written only where it is faster (here the
+    margin forces each outcome), else the input's model: optimize never makes a model slower."""
+    from graphopt import optimize as opt
+    monkeypatch.setattr(opt, "SPEED_MARGIN", margin)
+    src = stateful_model(tmp_path)
+    dst = tmp_path / "out.onnx"
+    assert cli.main(["optimize", src, "-o", str(dst), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    speed = report["speed"]
+    assert report["written"] == speed["kept"] == written and speed["input_fps"] > 0 and speed["output_fps"] > 0
+    assert speed["ratio"] == pytest.approx(speed["output_fps"] / speed["input_fps"])
+    got = onnx.load(str(dst))
+    assert len(got.graph.node) == (5 if written == "input" else report["nodes_out"])
+    assert [o.name for o in got.graph.output] == ["y", "h_out"]

@@ -96,6 +96,8 @@ def _strip_timings(m: dict) -> dict:
     m = json.loads(json.dumps(m))
     for p in m.get("pipeline", {}).get("passes", []):
         p.pop("time_s", None)  # measured durations, not content
+    m.get("pipeline", {}).pop("build_time_s", None)
+    m.get("pipeline", {}).pop("trace", None)  # how long the trace took and whether the trace cache held it
     for key in ("rtx_build_s",):
         m.get("tensorrt", {}).get("check", {}).pop(key, None)
     return m

@@ -171,6 +171,9 @@ ALLOWED_MENTIONS = {
     "graphopt/frontends/onnx/model.py": {"onnx"},
     # ONNX in, ONNX out: optimize is the onnx target's pipeline and emitter by definition
     "graphopt/optimize.py": {"onnx"},
+    # library names: the loggers the console quiets, the library versions a cached trace depends on
+    "graphopt/console.py": {"torch", "onnx"},
+    "graphopt/trace_cache.py": {"onnx"},
 }
 
 

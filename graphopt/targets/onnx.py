@@ -2,6 +2,10 @@
 
 Lowering is a table (`TABLE`, a lowering.LoweringTable): one function per IR op that emits ONNX nodes
 through an OnnxBuilder. Groups of nodes with a smaller ONNX spelling are emitted by onnx_fusions.
+
+The file describes itself to tools that never read the manifest (Netron, onnxruntime's profiler, TensorRT's
+parser messages): every node is named after the IR node it lowers (_name_nodes), and metadata_props carry
+the manifest's essentials (metadata_props()); producer_name/producer_version are graphopt's.
 """
 from __future__ import annotations
 
@@ -395,11 +399,14 @@ def to_onnx(graph: Graph, fuse: bool = True, table: LoweringTable = TABLE):
         b.name_of[id(v)] = claimed.get(id(v)) or b.fresh(v.name)
         return b.name_of[id(v)]
     fusions = onnx_fusions.plan(graph) if fuse else onnx_fusions.Plan()
+    origin: list[tuple[str | None, str]] = []  # per ONNX node: (IR op or None for a fused group, its output)
     for node in graph.nodes:
         if id(node) in fusions.skip:
             continue
+        start = len(b.nodes)
         if id(node) in fusions.emit:
             fusions.emit[id(node)](b, lambda v: b.name_of[id(v)], out_name)
+            origin += [(None, n.output[0]) for n in b.nodes[start:]]
             continue
         table.lookup(node)
         if len(node.outputs) != 1:
@@ -408,10 +415,12 @@ def to_onnx(graph: Graph, fuse: bool = True, table: LoweringTable = TABLE):
         out = claimed.get(id(v)) or b.fresh(v.name)
         table.lower(node, b, node, [b.name_of[id(x)] for x in node.inputs], out)
         b.name_of[id(v)] = out
+        origin += [(node.op, out)] * (len(b.nodes) - start)
     outputs = []
     for name, v in sinks:
         if b.name_of[id(v)] != name:  # inputs, params, or a value that is two sinks
             b.node("Identity", [b.name_of[id(v)]], name)
+            origin.append(("output", name))
         outputs.append(info(name, v))
     order = graph.meta.get("io_order") or {}  # an imported ONNX file's own order of inputs and outputs
     inputs, outputs = _in_order(inputs, order.get("inputs")), _in_order(outputs, order.get("outputs"))
@@ -419,10 +428,75 @@ def to_onnx(graph: Graph, fuse: bool = True, table: LoweringTable = TABLE):
     g = helper.make_graph(b.nodes, graph.name, inputs, outputs,
                           [t for t in b.initializers if t.name in used])  # a fused group may not read some
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="graphopt",
-                              ir_version=IR_VERSION)
+                              producer_version=_version(), ir_version=IR_VERSION)
     _carry_onnx_names(model, graph)
+    _name_nodes(model, origin)
+    if "onnx_metadata" not in graph.meta:  # an imported ONNX model keeps its own metadata_props, as they were
+        helper.set_model_props(model, metadata_props(graph))
     onnx.checker.check_model(model)
     return model
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def _name_nodes(model, origin: list[tuple[str | None, str]]) -> None:
+    """Name every node that has no name yet (one carried from an imported ONNX model keeps it) after the
+    IR: `<IR op>/<output>` for the node that computes an IR node's output value, `<IR op>/<output>/<ONNX
+    op>` for the others its lowering emits, `fused.<ONNX op>/<output>` for a group onnx_fusions lowers as
+    one, `output/<name>` for an Identity that names a graph output. Names are unique in the model (a
+    repeat gets _1, _2, ...) and depend only on the graph, so rebuilds stay byte-identical."""
+    nodes = model.graph.node
+    assert len(nodes) == len(origin)
+    used = {n.name for n in nodes if n.name}
+    for n, (op, out) in zip(nodes, origin):
+        if n.name:
+            continue
+        if op is None:
+            base = f"fused.{n.op_type}/{n.output[0]}"
+        elif op == "output" or n.output[0] == out:
+            base = f"{op}/{out}"
+        else:
+            base = f"{op}/{out}/{n.op_type}"
+        name, i = base, 0
+        while name in used:
+            i += 1
+            name = f"{base}_{i}"
+        used.add(name)
+        n.name = name
+
+
+METADATA_PREFIX = "graphopt."
+
+
+def metadata_props(graph: Graph) -> dict[str, str]:
+    """The manifest's essentials as ONNX metadata_props (Netron and other tools show them; values are
+    strings, JSON where structured): graphopt's version, the model, the state pairs (input -> output, in
+    state order), each input's and output's role, fps, frames per step, the inputs an --fps build fixed,
+    and the tier the pass pipeline claims (absent outside a build: nothing was claimed). The claim is made before verification and written here so the model file
+    stays what was verified (its sha256 is in the manifest); the tier verification reached is in the
+    manifest (equivalence.tier), next to the claim."""
+    import json
+    m = art.describe_graph(graph, "model.onnx", NAME, "float32")
+    dump = lambda x: json.dumps(x, separators=(",", ":"))
+    props = {"version": _version(), "model": str(m["model"]),
+             "state_pairs": dump([[s["input"], s["output"]] for s in m["state"]]),
+             "input_roles": dump({i["name"]: i["role"] for i in m["inputs"]}),
+             "output_roles": dump({o["name"]: o.get("role", "output") for o in m["outputs"]}),
+             "frames_per_step": str(m["frames_per_step"])}
+    if m["fps"]:
+        props["fps"] = str(m["fps"])
+    if m["fixed_inputs"]:
+        props["fixed_inputs"] = dump(m["fixed_inputs"])
+    exact = (graph.meta.get("pipeline") or {}).get("exact")
+    if exact is not None:
+        props["tier_claimed"] = "rounding" if exact else "signal"
+        props["tier_note"] = ("claimed by the pass pipeline before verification; the tier the artifact reached "
+                              "is in its manifest (equivalence.tier)")
+    props["manifest"] = "the rest (sha256, verification, tools) is in the .manifest.json beside this file"
+    return {METADATA_PREFIX + k: v for k, v in props.items()}
 
 
 def _in_order(infos: list, names: list | None) -> list:

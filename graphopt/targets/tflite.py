@@ -36,11 +36,22 @@ TARGET = Target(NAME, emits=".tflite (builtin ops)", backend="LiteRT + XNNPACK",
 
 
 def available() -> tuple[bool, str]:
+    """Whether this machine builds (and runs) TFLite artifacts: the TFLite converter is TensorFlow's."""
     try:
         import tensorflow  # noqa: F401
         from ai_edge_litert.interpreter import Interpreter  # noqa: F401
     except ImportError as e:
         return False, f"{e.name} is not installed (pip install tensorflow-cpu ai-edge-litert; see requirements.txt)"
+    return True, ""
+
+
+def runtime_available() -> tuple[bool, str]:
+    """Whether this machine runs TFLite artifacts (graphopt.load): LiteRT alone, TensorFlow is not imported
+    (importing it takes seconds and fills stderr with its start-up log)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    except ImportError as e:
+        return False, f"{e.name} is not installed (pip install ai-edge-litert, or graphopt[tflite])"
     return True, ""
 
 
