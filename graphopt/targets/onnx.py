@@ -83,7 +83,7 @@ Lowering = Callable[[OnnxBuilder, Node, list[str], str], None]
 TABLE = LoweringTable("ONNX", "graphopt/targets/onnx.py")
 lowering = TABLE.register
 
-DIRECT = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "pow": "Pow",
+DIRECT = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "min": "Min", "pow": "Pow",
           "and": "And", "or": "Or", "lt": "Less", "le": "LessOrEqual", "gt": "Greater",
           "ge": "GreaterOrEqual", "eq": "Equal", "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt",
           "floor": "Floor", "ceil": "Ceil", "abs": "Abs", "sign": "Sign", "sin": "Sin", "cos": "Cos",
@@ -100,6 +100,20 @@ for _op, _onnx in DIRECT.items():
 
 def _scalar(b: OnnxBuilder, n: Node, value) -> str:
     return b.const(np.asarray(value, dtype=n.outputs[0].dtype))
+
+
+@lowering("max")
+def _max(b, n, ins, out):
+    """max(x, 0) is Relu (onnxruntime fuses Conv+Relu, not Conv+Max), any other max is Max."""
+    def zero(v):
+        return v.is_param and v.const.size == 1 and v.dtype.startswith("float") and float(v.const.ravel()[0]) == 0.0
+    shape = n.outputs[0].shape
+    x = 0 if zero(n.inputs[1]) and n.inputs[0].shape == shape else \
+        1 if zero(n.inputs[0]) and n.inputs[1].shape == shape else None
+    if x is None:
+        b.node("Max", ins, out)
+    else:
+        b.node("Relu", [ins[x]], out)
 
 
 @lowering("ne")
@@ -515,9 +529,11 @@ def _carry_onnx_names(model, graph: Graph) -> None:
     if props:
         helper.set_model_props(model, {str(k): str(v) for k, v in props.items()})
     names = graph.meta.get("onnx_node_names") or {}
+    taken = set()  # one imported node may become several (an unrolled GRU or Loop): its name goes to the first
     for n in model.graph.node:
-        if not n.name and n.output and n.output[0] in names:
+        if not n.name and n.output and names.get(n.output[0]) and names[n.output[0]] not in taken:
             n.name = names[n.output[0]]
+            taken.add(n.name)
 
 
 def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
