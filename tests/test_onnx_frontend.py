@@ -188,6 +188,8 @@ def test_pairing_by_names_by_the_authors_positions_and_given(tmp_path):
     m = model({"x": [1, 2], "past_key.0": [1, 3], "h_in": [1, 4], "c0": [1, 5]},
               {"y": [1, 2], "present_key.0": [1, 3], "h_out": [1, 4], "cn": [1, 5]})
     assert pairing.find(m, "m") == [("past_key.0", "present_key.0"), ("h_in", "h_out"), ("c0", "cn")]
+    m = model({"input": [1, 4], "h_in": [1, 3]}, {"output": [1, 1], "h_out": [1, 3]})
+    assert pairing.find(m, "m") == [("h_in", "h_out")]  # input -> output by name, but not of one type
     # the authors' tf2onnx export: state_in_i -> the i-th output of the state's shape, the waveform skipped
     m = model({"input": [1, 36, 36, 3], "state_in_0": [1, 8], "state_in_1": [1, 9]},
               {"Identity:0": [1, 1], "Identity_1:0": [1, 8], "Identity_2:0": [1, 9]})

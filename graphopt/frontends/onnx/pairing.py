@@ -80,8 +80,8 @@ def find(model, path, given: Sequence[str] | None = None) -> list[tuple[str, str
             pairs[i] = o
     else:
         for vi in inputs:
-            for cand in _swapped(vi.name):
-                if cand in out_by and cand not in pairs.values():
+            for cand in _swapped(vi.name):  # a name that fits but a type that does not (input -> output): no pair
+                if cand in out_by and cand not in pairs.values() and _compatible(vi, out_by[cand]):
                     pairs[vi.name] = cand
                     break
         rest_in = sorted((vi for vi in inputs if vi.name not in pairs and _STATE_IN.match(vi.name)),
