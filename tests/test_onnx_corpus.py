@@ -1,7 +1,7 @@
 """Third-party ONNX files (tests/onnx_corpus.py: tf2onnx, torch.onnx TorchScript and dynamo, jax2onnx,
 open-rppg's BlazeFace) through `graphopt optimize` (default: the signal tier or better; --exact: the
 rounding tier) and, for a subset, `graphopt build --target tflite`: the output keeps the input's I/O
-names and order and has no more nodes than the input.
+names and order, and is graphopt's model only where onnxruntime runs it faster (else the input's).
 
 A model graphopt cannot import fails with the frontend's one-line error (it names the node, the op and
 the opset); a model whose exporter is not installed here is skipped, naming why.
@@ -66,7 +66,11 @@ def test_optimize(onnx_corpus, name, exact, tmp_path, capsys):
     got_ins, got_outs, n_out = _io(dst)
     assert (got_ins, got_outs) == (ins, outs)
     assert report["nodes_in"] == n_in and report["nodes_out"] == n_out
-    assert n_out <= n_in, f"{m.name}: {n_in} -> {n_out} nodes (more than the input)"
+    # optimize writes graphopt's output only where onnxruntime runs it faster than the input, else the input
+    if report["written"] == "input":
+        assert n_out == n_in and report["speed"]["ratio"] < 1.02
+    else:
+        assert report["speed"]["ratio"] >= 1.02, report["speed"]
     if m.stateful:
         assert report["state_pairs"], report
 

@@ -185,3 +185,21 @@ def test_release_holds_no_machine_path_and_a_card_people_expect(small_release):
     assert set(pics["waveforms"]) == {"onnx", "tflite", "tflite-fp16", "tflite-int8"}
     onnx = r["artifacts"]["onnx"]
     assert onnx["fps_min"] <= onnx["fps"] <= onnx["fps_max"] and f"| {onnx['fps']:.0f} ({onnx['fps_min']:.0f}-" in card
+
+
+def test_an_xla_artifact_names_no_path_of_this_machine(tmp_path):
+    """jax.export records source locations: they name files by base name only (no builder path)."""
+    import sys
+    from pathlib import Path
+
+    import jax.numpy as jnp
+
+    import graphopt
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    spec = graphopt.ModelSpec(name="tiny", fn=lambda x: jnp.tanh(x @ w), inputs={"x": np.zeros((2, 4), np.float32)})
+    a = build(spec, "xla", tmp_path / "x", frames=32, log=lambda m: None)
+    machine = {sys.prefix.encode(), str(Path(graphopt.__file__).resolve().parents[1]).encode(), str(tmp_path).encode()}
+    for f in Path(a.path).parent.iterdir():
+        data = f.read_bytes()
+        assert not [m for m in machine if m in data], f.name
+    assert b'loc("' in (Path(a.path).parent / "tiny.stablehlo.mlir").read_bytes()

@@ -9,6 +9,7 @@ call's state inputs, so only the frame goes in and only the output comes back.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +46,29 @@ def export(graph: Graph, platforms=PLATFORMS):
     from .jax_lowering import to_jax_function
     f = jax.jit(to_jax_function(graph))
     args = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in graph.inputs + [s.input for s in graph.state]]
+    # source locations name files by their base name only: no path of the building machine in the artifact
+    with _no_source_paths():
+        try:
+            return jex.export(f, platforms=platforms)(*args)
+        except Exception:  # e.g. a CPU-only jaxlib without the CUDA lowering rules
+            if tuple(platforms) == ("cpu",):
+                raise
+            return jex.export(f, platforms=("cpu",))(*args)
+
+
+@contextmanager
+def _no_source_paths():
+    """MLIR source locations name a file by its base name (graphopt's lowering), never its path on this machine."""
+    import jax
+    keys = {"jax_hlo_source_file_canonicalization_regex": r".*[/\\]", "jax_include_full_tracebacks_in_locations": False}
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in keys.items():
+        jax.config.update(k, v)
     try:
-        return jex.export(f, platforms=platforms)(*args)
-    except Exception:  # e.g. a CPU-only jaxlib without the CUDA lowering rules
-        if tuple(platforms) == ("cpu",):
-            raise
-        return jex.export(f, platforms=("cpu",))(*args)
+        yield
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
 
 
 def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifact:
