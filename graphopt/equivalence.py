@@ -114,11 +114,12 @@ def cache_dir() -> Path:
     return path
 
 
-def run_steps(step: StepFn, feeds: list[dict], state: list) -> tuple[list[np.ndarray], list]:
+def run_steps(step: StepFn, feeds: list[dict], state: list, desc: str = "running the clip") -> tuple[list[np.ndarray], list]:
     """Run a step function over the clip's feeds with state carried; returns (each output's values over the
-    clip, flattened and concatenated, float64; the final state)."""
+    clip, flattened and concatenated, float64; the final state). Progress (elapsed, time left) on stderr."""
+    from .console import progress
     per_output: list[list[np.ndarray]] | None = None
-    for f in feeds:
+    for f in progress(feeds, desc=desc):
         outs, state = step(f, state)
         if per_output is None:
             per_output = [[] for _ in outs]
@@ -243,7 +244,8 @@ def reference_run(spec, clip: Clip, perturbed: bool = False,
         except (KeyError, ValueError, OSError):
             pass  # a cache entry from another version, or a damaged one: computed again below
     try:
-        outputs, state = run_steps(spec_step(spec), clip.feeds(spec, perturbed), list(start))
+        outputs, state = run_steps(spec_step(spec), clip.feeds(spec, perturbed), list(start),
+                                   desc="the reference" + (", inputs moved by one ulp" if perturbed else ""))
     except (Exception, SystemExit) as e:  # the user's fn under jax.jit: any error type
         from .spec import SpecError
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -313,7 +315,7 @@ def check(step: StepFn, initial_state: list, spec, clip: Clip = Clip(), *, refer
     floors = noise_floor(spec, clip, initial_state=reference_state)
     from .stream import StepError
     try:
-        outs, state = run_steps(step, clip.feeds(spec), list(initial_state))
+        outs, state = run_steps(step, clip.feeds(spec), list(initial_state), desc="the candidate")
     except StepError as e:
         raise VerificationError(f"the candidate failed on the synthetic clip: {e}") from None
     if len(outs) != len(ref_outs):
