@@ -52,6 +52,7 @@ def _or(words: list[str]) -> str:
     return " or ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
+JSON_HELP = "print the result as JSON on stdout (progress stays on stderr)"
 MODEL_HELP = ("model: facephys, physnet, an open-rppg model (e.g. tscan.rlap, me-flow.pure; see README), an ONNX "
               "file (FILE.onnx), or FILE.py:FUNC / package.module:FUNC where FUNC() returns a graphopt.ModelSpec")
 
@@ -145,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                         "accepts a runtime whose own kernels round differently")
     b.add_argument("--frames", type=frames, default=600, help="frames of the synthetic clip to verify on")
     b.add_argument("--force", action="store_true", help="replace an artifact graphopt wrote earlier in --out")
+    b.add_argument("--json", action="store_true", help=JSON_HELP)
     b.add_argument("--no-cache", action="store_true",
                    help="build and trace the model even if the trace cache holds it, and leave the cache alone")
     _add_onnx_flags(b, "ONNX model: its initial state (npz, or the authors' gzip-JSON; in state-pair order; "
@@ -212,7 +214,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="artifact folders (or folders of them) of this model to measure as they are; with no "
                          "--targets nothing is built")
     be.add_argument("--no-cache", action="store_true", help="trace the model even if the trace cache holds it")
-    be.add_argument("--json", help="also write the results as JSON to this file")
+    be.add_argument("--json", action="store_true", help=JSON_HELP)
+    be.add_argument("--json-out", metavar="FILE", help="also write the results as JSON to this file")
 
     r = sub.add_parser("release", help="build, verify and benchmark every available target into one folder")
     r.add_argument("--model", required=True, help=MODEL_HELP)
@@ -230,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"{baseline} (e.g. the authors' own export) to verify and benchmark beside the artifacts "
                         "(repeatable)")
     r.add_argument("--state", help="initial state for the baselines (npz or the authors' gzip-JSON)")
+    r.add_argument("--json", action="store_true", help=JSON_HELP)
 
     i = sub.add_parser("inspect", help="node count, op histogram, params, state and FLOPs of an artifact")
     i.add_argument("artifact", help="artifact folder or model file" + "".join(
@@ -279,10 +283,16 @@ def cmd_build(a) -> int:
         raise BuildUsageError(f"build needs --model and --out{f' (or {how})' if how else ''}")
     options = _target_options(a)
     names = [n.strip() for n in a.passes.split(",") if n.strip()] if a.passes is not None else None
-    build(_onnx_spec(a), a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
+    artifact = build(_onnx_spec(a), a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
           exact=a.exact, fps=a.fps, target_options=options or None, force=a.force, explain=a.explain, tier=a.tier,
           cache=not a.no_cache)
+    if a.json:
+        m = artifact.manifest
+        print(json.dumps({"artifact": str(artifact.path), "target": m["target"], "model": m["model"],
+                          "nodes": m["graph"]["nodes"], "equivalence": m.get("equivalence"),
+                          "pipeline": {k: v for k, v in m.get("pipeline", {}).items() if k != "passes"}},
+                         indent=2, default=str))
     return EXIT_OK
 
 
@@ -396,14 +406,14 @@ def cmd_bench(a) -> int:
             raise ArtifactError(f"--baseline {path} is not a file")
     if a.state and not Path(a.state).is_file():
         raise ArtifactError(f"--state {a.state} is not a file")
-    if a.json and (Path(a.json).is_dir() or not Path(a.json).parent.resolve().is_dir()):
-        raise ArtifactError(f"--json {a.json} must name a file in an existing folder")
+    if a.json_out and (Path(a.json_out).is_dir() or not Path(a.json_out).parent.resolve().is_dir()):
+        raise ArtifactError(f"--json-out {a.json_out} must name a file in an existing folder")
     targets = [t.strip() for t in a.targets.split(",") if t.strip()] if a.targets else None
     result = bench.run(a.model, targets, a.baseline, a.state, a.out_dir, rounds=a.rounds, steps_per_round=a.steps,
                        unfused=not a.fused_only, force=a.force, artifacts=a.artifacts, cache=not a.no_cache, log=_log)
-    print(bench.markdown(result))
-    if a.json:
-        write_json(Path(a.json), result)
+    print(json.dumps(result, indent=2, default=str) if a.json else bench.markdown(result))
+    if a.json_out:
+        write_json(Path(a.json_out), result)
     return EXIT_OK
 
 
@@ -415,12 +425,13 @@ def cmd_release(a) -> int:
     out = a.out or f"artifacts/{a.model}-{__version__}"
     variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else None
     try:
-        release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds, force=a.force, tier=a.tier,
-                    baselines=a.baseline, baseline_state=a.state,
-                    log=_log)
+        folder = release.run(a.model, out, variants=variants, frames=a.frames, rounds=a.rounds, force=a.force,
+                             tier=a.tier, baselines=a.baseline, baseline_state=a.state, log=_log)
     except release.ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    if a.json:
+        print((folder / "release.json").read_text())
     return EXIT_OK
 
 

@@ -83,7 +83,7 @@ def test_baseline_state_files(tmp_path, tiny_onnx, capsys, name, content, match)
      "not a file"),
     (["build", "--model", "physnet", "--target", "onnx", "--out", "{tmp}/b", "--state-mode", "io"], "tflite only"),
     (["bench", "--baseline", "{tmp}/none.onnx"], "not a file"),
-    (["bench", "--json", "{tmp}", "--targets", "onnx"], "--json"),
+    (["bench", "--json-out", "{tmp}", "--targets", "onnx"], "--json-out"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, argv, says):
     import time
