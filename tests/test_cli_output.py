@@ -74,3 +74,15 @@ def test_progress_lines_without_a_terminal_say_elapsed_and_time_left(monkeypatch
     with console.working("y"):
         time.sleep(0.1)
     assert capsys.readouterr().err == ""
+
+
+def test_build_json_prints_the_result_on_stdout(spec_file, tmp_path, capsys):
+    import json
+
+    from graphopt import cli
+    assert cli.main(["build", "--model", f"{spec_file / 'tiny.py'}:spec", "--target", "onnx", "--out",
+                     str(tmp_path / "j"), "--frames", "32", "--json"]) == 0
+    out, err = capsys.readouterr()
+    r = json.loads(out)
+    assert r["artifact"].endswith("tiny.onnx") and r["equivalence"]["tier"] == "rounding" and r["nodes"] > 0
+    assert "[4/4] verifying" in err  # progress stays on stderr
