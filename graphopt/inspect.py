@@ -65,18 +65,28 @@ def _np_dtype(elem_type: int):
     return np_dtype(elem_type)
 
 
+def _shown(text, limit: int = 120) -> str:
+    """A name from an untrusted file as printed: control characters escaped (no terminal escapes or forged
+    lines), at most `limit` characters."""
+    text = str(text)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def format_onnx_file(s: dict) -> str:
-    shape = lambda v: f"{v['dtype']}[{','.join(map(str, v['shape']))}]" if v["shape"] is not None else v["dtype"]
-    lines = [s["file"], f"  format      ONNX, opset {s['opset']}, producer {s['producer'] or 'unknown'} "
-                        "(no graphopt manifest)",
+    shape = lambda v: f"{v['dtype']}[{_shown(','.join(map(str, v['shape'])))}]" if v["shape"] is not None \
+        else v["dtype"]
+    lines = [_shown(s["file"], 1000), f"  format      ONNX, opset {s['opset']}, producer "
+                                      f"{_shown(s['producer']) or 'unknown'} (no graphopt manifest)",
              f"  nodes       {s['nodes']}",
              f"  params      {s['params']} tensors, {s['param_bytes'] / 1e6:.2f} MB",
-             "  inputs      " + ", ".join(f"{v['name']} {shape(v)}" for v in s["inputs"]),
-             "  outputs     " + ", ".join(f"{v['name']} {shape(v)}" for v in s["outputs"]),
-             "  state       " + (", ".join(f"{i} -> {o}" for i, o in s["state_pairs"]) or
+             "  inputs      " + ", ".join(f"{_shown(v['name'])} {shape(v)}" for v in s["inputs"]),
+             "  outputs     " + ", ".join(f"{_shown(v['name'])} {shape(v)}" for v in s["outputs"]),
+             "  state       " + (", ".join(f"{_shown(i)} -> {_shown(o)}" for i, o in s["state_pairs"]) or
                                  "none found (give pairs with --state-pairs IN:OUT,...)"),
              f"  file size   {s['size_bytes'] / 1e6:.2f} MB",
-             "  ops         " + ", ".join(f"{k} {v}" for k, v in s["ops"].items())]
+             "  ops         " + ", ".join(f"{_shown(k)} {v}" for k, v in s["ops"].items())]
     return "\n".join(lines)
 
 

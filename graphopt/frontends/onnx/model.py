@@ -126,6 +126,9 @@ def load(path: str | Path, *, input_shapes: Mapping[str, Sequence[int]] | None =
             state_vis[vi.name] = (shape, dtype)
         else:
             inputs[vi.name] = np.zeros(shape, dtype)
+    if not inputs:
+        raise OnnxImportError(f"{p}: the model has no input other than its state; graphopt compiles a step that takes "
+                              "at least one (a frame, a sample)")
     init = _initial_state(p, state, pairs, state_vis)
     outputs = [vo.name for vo in model.graph.output if vo.name not in {o for _, o in pairs}]
     dt = next((k for k, a in inputs.items() if k.lower() == "dt" and a.size == 1 and a.dtype == np.float32

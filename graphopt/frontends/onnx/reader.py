@@ -37,23 +37,40 @@ def read(path: str | Path):
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}); keep the data files beside "
                               "the model as the exporter wrote them") from None
     opset = opset_of(model, p)
+    _check_names(model, p)
     if model.functions:
         try:
             from onnx import inliner
             model = inliner.inline_local_functions(model)
         except Exception as e:
             raise OnnxImportError(f"{p}: its local functions cannot be inlined ({type(e).__name__})") from None
+    from .importer import tensor_array
+    for t in external_data_helper._get_all_tensors(model):  # initializers and Constant values, in subgraphs too
+        tensor_array(t, p)  # dims and data agree (or a one-line error), before anything reads them
     return model, opset
+
+
+def _check_names(model, p: Path) -> None:
+    """Graph inputs, outputs and initializers each named once (a name defined twice has no one meaning)."""
+    g = model.graph
+    for what, names in (("input", [vi.name for vi in g.input]), ("output", [vo.name for vo in g.output]),
+                        ("initializer", [t.name for t in g.initializer])):
+        seen = set()
+        for n in names:
+            if n in seen:
+                raise OnnxImportError(f"{p}: the graph lists {what} {n!r:.80} twice; an ONNX graph names each "
+                                      f"{what} once (re-export the model)")
+            seen.add(n)
 
 
 def _check_location(p: Path, base: Path, location: str, tensor: str) -> None:
     fix = "external data must be a file beside the model (a relative path inside its folder)"
-    if not location or os.path.isabs(location) or ".." in Path(location).parts:
+    if not location or not location.isprintable() or os.path.isabs(location) or ".." in Path(location).parts:
         raise OnnxImportError(f"{p}: tensor {tensor!r:.60} names external data {location!r:.80}; {fix}")
     target = (base / location)
     try:
         resolved = target.resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         raise OnnxImportError(f"{p}: the external data file {location!r:.80} of tensor {tensor!r:.60} is "
                               f"missing; {fix}") from None
     if base not in resolved.parents or not resolved.is_file():
@@ -64,7 +81,13 @@ def _check_location(p: Path, base: Path, location: str, tensor: str) -> None:
 def opset_of(model, p: Path) -> int:
     import onnx
     newest = onnx.defs.onnx_opset_version()
-    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    opsets = {}
+    for o in model.opset_import:
+        domain = o.domain or "ai.onnx"
+        if domain in opsets and opsets[domain] != o.version:
+            raise OnnxImportError(f"{p} imports the opset of domain {domain!r:.60} twice ({opsets[domain]} and "
+                                  f"{o.version}); an ONNX model imports each domain once (re-export it)")
+        opsets[domain] = o.version
     opset = opsets.get("ai.onnx")
     if opset is None:
         raise OnnxImportError(f"{p} imports no default ONNX opset; graphopt reads opsets {MIN_OPSET} to {newest}")

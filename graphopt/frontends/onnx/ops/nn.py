@@ -796,10 +796,12 @@ def _resize(ctx, x, attrs, scales, sizes):
             out[a], scale[a] = int(f32(xs[a]) * s), f32(s)
     if int(attrs.get("antialias", 0)) and mode != "nearest" and any(s < 1 for s in scale):
         ctx.fail("antialias=1 when downscaling is not supported; resize without antialias")
-    y = x
     for a in range(r):
         if out[a] < 1:
             ctx.fail(f"the output size along axis {a} is {out[a]}")
+    ctx.check_size(out, "the resized output")
+    y = x
+    for a in range(r):
         y = _apply_taps(ctx, y, a, _resize_taps(ctx, attrs, mode, xs[a], out[a], scale[a]))
     if ctx.is_const(y):
         y = ctx.value(y)
@@ -849,6 +851,10 @@ def _qparam(ctx, v, xs, attrs, what):
     if block:
         if not ctx.is_const(v):
             ctx.fail(f"a blocked {what} must be a constant")
+        if block < 1 or not 0 <= axis < r or len(vs) != r or vs[axis] * block < xs[axis] or \
+                (vs[axis] - 1) * block >= xs[axis]:
+            ctx.fail(f"a blocked {what} of shape {vs} with block_size {block} does not cover an input of shape "
+                     f"{xs} on axis {axis}")
         v = np.repeat(np.asarray(v), block, axis=axis)
         return v[tuple(slice(0, xs[axis]) if i == axis else slice(None) for i in range(r))]
     if len(vs) != 1 or vs[0] != xs[axis]:

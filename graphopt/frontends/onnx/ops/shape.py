@@ -3,6 +3,8 @@ pad amount such an operator takes must be known while importing (the importer fo
 arithmetic to constants); a runtime one is refused, naming the input."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ....ir import Value
@@ -25,7 +27,7 @@ def _attr_or_input(ctx, ins, attrs, index: int, name: str, what: str):
 
 
 def _prod(xs) -> int:
-    return int(np.prod(xs, dtype=np.int64))
+    return math.prod(int(d) for d in xs)  # Python ints: a product of huge dims does not wrap around
 
 
 @converter("Shape")
@@ -412,6 +414,7 @@ def pad(ctx, ins, attrs):
 @converter("ConstantOfShape")
 def constant_of_shape(ctx, ins, attrs):
     shape = tuple(_ints(ctx, ins[0], "ConstantOfShape's shape"))
+    ctx.check_size(shape, "the constant it makes")
     value = attrs.get("value")
     value = np.zeros((), np.float32) if value is None else np.asarray(value).reshape(())
     return np.full(shape, value, value.dtype)
@@ -430,6 +433,13 @@ def constant(ctx, ins, attrs):
 def range_(ctx, ins, attrs):
     start, limit, delta = (ctx.const(v, f"Range's {w} (its length must be known while importing)")
                            for v, w in zip(ins, ("start", "limit", "delta")))
+    for v, w in ((start, "start"), (limit, "limit"), (delta, "delta")):
+        if v.size != 1:
+            ctx.fail(f"Range's {w} has {v.size} elements; it must be a scalar")
+    a, b, d = (float(v.reshape(())) for v in (start, limit, delta))
+    if d == 0 or not all(map(math.isfinite, (a, b, d))):
+        ctx.fail(f"Range({a:g}, {b:g}, {d:g}) has no finite length (delta must be non-zero, the bounds finite)")
+    ctx.check_size((max(0, math.ceil((b - a) / d)),), "the range it makes")
     return np.arange(start.reshape(()), limit.reshape(()), delta.reshape(()), dtype=start.dtype)
 
 
@@ -498,6 +508,7 @@ def one_hot(ctx, ins, attrs):
     idx, depth, values = ins
     depth = int(ctx.const(depth, "OneHot's depth").reshape(-1)[0])
     si = ctx.shape(idx)
+    ctx.check_size(si + (depth,), "its one-hot output")
     axis = attrs.get("axis", -1)
     rank = len(si) + 1
     axis = norm_axis(ctx, axis, rank)
