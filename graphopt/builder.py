@@ -105,7 +105,9 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
         check_spec(traced.spec)
         traced = trace_cache.Traced(traced.spec, traced.copy_graph(), traced.seconds, traced.cache)
     else:
-        traced = trace_cache.load_traced(model, weights, as_published, cache=cache, check=check_spec, log=log)
+        from .console import working
+        with working(f"loading and tracing {getattr(model, 'name', model)}"):  # tens of seconds on a cache miss
+            traced = trace_cache.load_traced(model, weights, as_published, cache=cache, check=check_spec, log=log)
     spec, graph = traced.spec, traced.graph
     if traced.cache == "hit":
         log(f"      loaded the traced IR from the cache ({traced.seconds:.1f} s): {len(graph.nodes)} nodes, "
