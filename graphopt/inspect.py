@@ -90,6 +90,47 @@ def format_onnx_file(s: dict) -> str:
     return "\n".join(lines)
 
 
+def tflite_file_summary(path: Path) -> dict:
+    """Summary of a .tflite file graphopt did not build: I/O, signatures, ops of the main subgraph and the
+    XNNPACK delegate partitions (the file passes the same trust check a load does first)."""
+    from .trust import check_model_file
+    check_model_file(path)
+    from .targets import tflite
+    it = tflite.interpreter(path)
+    s = tflite.delegate_summary(path)
+    safe = _shown
+    tensors = it.get_tensor_details()
+    consts = [t for t in tensors if t.get("buffer_idx", 0)] if tensors and "buffer_idx" in tensors[0] else []
+    return {"file": str(path), "target": "TFLite file (no graphopt manifest)", "nodes": s["ops"],
+            "ops": s["op_histogram"], "xnnpack_partitions": s["xnnpack_partitions"],
+            "inputs": [{"name": safe(d["name"]), "shape": [int(x) for x in d["shape"]], "dtype": d["dtype"].__name__}
+                       for d in it.get_input_details()],
+            "outputs": [{"name": safe(d["name"]), "shape": [int(x) for x in d["shape"]], "dtype": d["dtype"].__name__}
+                        for d in it.get_output_details()],
+            "signatures": {safe(k): {kind: [safe(n) for n in v.get(kind, {})] for kind in ("inputs", "outputs")}
+                           for k, v in it.get_signature_list().items()},
+            "tensors": len(tensors), "size_bytes": file_size(path), "constant_tensors": len(consts)}
+
+
+def format_tflite_file(s: dict) -> str:
+    shape = lambda v: f"{v['dtype']}[{','.join(map(str, v['shape']))}]"
+    lines = [s["file"], "  format      TFLite (no graphopt manifest)",
+             f"  ops         {s['nodes']} in the main subgraph: " + ", ".join(f"{k} {v}" for k, v in s["ops"].items()),
+             f"  XNNPACK     {s['xnnpack_partitions']} delegate partition(s)",
+             "  inputs      " + ", ".join(f"{v['name']} {shape(v)}" for v in s["inputs"]),
+             "  outputs     " + ", ".join(f"{v['name']} {shape(v)}" for v in s["outputs"]),
+             f"  tensors     {s['tensors']}",
+             f"  file size   {s['size_bytes'] / 1e6:.2f} MB"]
+    for name, sig in s["signatures"].items():
+        lines.append(f"  signature   {name}: ({', '.join(sig['inputs'])}) -> ({', '.join(sig['outputs'])})")
+    return "\n".join(lines)
+
+
+def is_plain_tflite(path) -> bool:
+    p = Path(path)
+    return p.is_file() and p.suffix.lower() == ".tflite" and not art.manifest_path_for(p).is_file()
+
+
 def is_plain_onnx(path) -> bool:
     p = Path(path)
     return p.is_file() and p.suffix.lower() == ".onnx" and not art.manifest_path_for(p).is_file()
@@ -101,6 +142,8 @@ def inspect(path) -> dict:
     An ONNX file without a graphopt manifest: onnx_file_summary."""
     if is_plain_onnx(path):
         return onnx_file_summary(Path(path))
+    if is_plain_tflite(path):
+        return tflite_file_summary(Path(path))
     opened = art.open_artifact(path)
     try:
         return _summary(opened.manifest, opened.model_file)
@@ -131,6 +174,8 @@ def _summary(manifest: dict, model_file: Path) -> dict:
 def format_summary(s: dict) -> str:
     if "state_pairs" in s:
         return format_onnx_file(s)
+    if "signatures" in s:
+        return format_tflite_file(s)
     lines = [f"{s['file']}",
              f"  target      {s['target']} ({s['precision']}), model {s['model']}",
              f"  pipeline    {', '.join(s['pipeline']) or 'none (unfused)'}",

@@ -86,3 +86,23 @@ def test_build_json_prints_the_result_on_stdout(spec_file, tmp_path, capsys):
     r = json.loads(out)
     assert r["artifact"].endswith("tiny.onnx") and r["equivalence"]["tier"] == "rounding" and r["nodes"] > 0
     assert "[4/4] verifying" in err  # progress stays on stderr
+
+
+def test_inspect_a_tflite_file_without_a_manifest(spec_file, tmp_path, capsys):
+    import json
+    import shutil
+
+    from graphopt import cli
+    assert cli.main(["build", "--model", f"{spec_file / 'tiny.py'}:spec", "--target", "tflite", "--out",
+                     str(tmp_path / "t"), "--frames", "32"]) == 0
+    plain = tmp_path / "plain.tflite"
+    shutil.copy(tmp_path / "t" / "tiny.tflite", plain)
+    capsys.readouterr()
+    assert cli.main(["inspect", str(plain), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["inputs"][0]["shape"] == [2, 4] and s["xnnpack_partitions"] >= 1 and sum(s["ops"].values()) == s["nodes"]
+    assert cli.main(["inspect", str(plain)]) == 0
+    out = capsys.readouterr().out
+    assert "format      TFLite (no graphopt manifest)" in out and "XNNPACK" in out
+    plain.write_bytes(b"not a flatbuffer" * 4)
+    assert cli.main(["inspect", str(plain)]) == 2
