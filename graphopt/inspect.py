@@ -57,7 +57,17 @@ def onnx_file_summary(path: Path) -> dict:
              inputs=[io(v) for v in model.graph.input if v.name not in inits],
              outputs=[io(v) for v in model.graph.output],
              state_pairs=[list(p) for p in pairing.find(model, path)], size_bytes=file_size(path))
+    s["flops_per_step"], s["flops_note"] = _onnx_flops(path)
     return s
+
+
+def _onnx_flops(path: Path) -> tuple[int | None, str]:
+    """FLOPs of one step as the ONNX frontend imports the file (dynamic leading dims as 1), or why not."""
+    from .frontends.onnx import OnnxImportError, load
+    try:
+        return int(load(path).trace().flops()), "as imported by graphopt (dynamic leading dims as 1)"
+    except OnnxImportError as e:
+        return None, f"not imported: {' '.join(str(e).split())[:200]}"
 
 
 def _np_dtype(elem_type: int):
@@ -86,6 +96,8 @@ def format_onnx_file(s: dict) -> str:
              "  state       " + (", ".join(f"{_shown(i)} -> {_shown(o)}" for i, o in s["state_pairs"]) or
                                  "none found (give pairs with --state-pairs IN:OUT,...)"),
              f"  file size   {s['size_bytes'] / 1e6:.2f} MB",
+             "  FLOPs/step  " + (f"{s['flops_per_step'] / 1e6:.1f} M ({s['flops_note']})" if s.get("flops_per_step")
+                                 is not None else _shown(s.get("flops_note", "unknown"), 240)),
              "  ops         " + ", ".join(f"{_shown(k)} {v}" for k, v in s["ops"].items())]
     return "\n".join(lines)
 
