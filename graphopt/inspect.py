@@ -63,10 +63,11 @@ def onnx_file_summary(path: Path) -> dict:
 
 def _onnx_flops(path: Path) -> tuple[int | None, str]:
     """FLOPs of one step as the ONNX frontend imports the file (dynamic leading dims as 1), or why not."""
-    from .frontends.onnx import OnnxImportError, load
+    from .frontends.onnx import load
+    from .models.source import ModelSourceError
     try:
         return int(load(path).trace().flops()), "as imported by graphopt (dynamic leading dims as 1)"
-    except OnnxImportError as e:
+    except ModelSourceError as e:  # the frontend's and the spec's one-line errors
         return None, f"not imported: {' '.join(str(e).split())[:200]}"
 
 
