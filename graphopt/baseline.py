@@ -138,7 +138,14 @@ def load_state_file(path: str | Path) -> list[np.ndarray]:
     if p.suffix == ".npz":
         data = art.read_npz(p, None, "state file", fix)
         keys = sorted(data, key=lambda k: (_index(k) is None, _index(k) or 0, k))
-        return [np.asarray(data[k], np.float32) for k in keys]
+        out = []
+        for k in keys:
+            with np.errstate(over="ignore"):
+                a = np.asarray(data[k], np.float32)
+            if not np.isfinite(a).all():  # finite in its own dtype (read_npz), not in float32: e.g. float64 1e300
+                raise BaselineError(f"state file {p}: {k} holds numbers too large for float32; {fix}")
+            out.append(a)
+        return out
     try:
         with open(p, "rb") as raw:
             gz = raw.read(2) == b"\x1f\x8b"
@@ -159,8 +166,11 @@ def load_state_file(path: str | Path) -> list[np.ndarray]:
     out = []
     for i, x in enumerate(data):
         try:
-            a = np.asarray(x, np.float32)
-        except (ValueError, TypeError, RecursionError):
+            if np.asarray(x).dtype.kind not in "biuf":  # strings ("1.5"), nulls, mixed lists: not numbers
+                raise TypeError
+            with np.errstate(over="ignore"):
+                a = np.asarray(x, np.float32)
+        except (ValueError, TypeError, RecursionError, OverflowError):
             raise BaselineError(f"state file {p}: tensor {i} is not a rectangular array of numbers; {fix}") from None
         if not np.isfinite(a).all():
             raise BaselineError(f"state file {p}: tensor {i} holds NaN/Inf (or numbers too large for float32); {fix}")

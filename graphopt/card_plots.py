@@ -3,9 +3,20 @@
 (FPS per artifact, the bar at the median round and a whisker from the slowest to the fastest round)."""
 from __future__ import annotations
 
-from html import escape
+import re
+from html import escape as _html_escape
 
 import numpy as np
+
+# characters XML 1.0 does not allow in a document at all, escaped or not (C0 controls, lone surrogates, U+FFFE/F)
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def escape(text) -> str:
+    """Text for an SVG element or attribute: markup characters escaped, characters XML cannot hold shown as
+    \\xNN / \\uNNNN (names come from untrusted files: model outputs, baseline file names)."""
+    return _html_escape(_NOT_XML.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"),
+                                     str(text)))
 
 W, H, PAD = 640, 220, 44
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")

@@ -502,8 +502,13 @@ def _log(msg: str) -> None:
 
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:  # e.g. PermissionError, disk full: the path and the reason
-        return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
-    return " ".join(str(e).split()) or type(e).__name__
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    else:
+        text = " ".join(str(e).split()) or type(e).__name__
+    if not text.isprintable():  # names from untrusted files: no terminal escapes, no forged lines
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       for c in text)
+    return text
 
 
 if __name__ == "__main__":

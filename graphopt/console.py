@@ -43,8 +43,20 @@ def detach_native_stderr() -> None:
     Only for the console entry point (tests call cli.main in-process with their own capture)."""
     try:
         real = os.dup(2)
+    except OSError:  # the caller closed stderr: hold fd 2 on /dev/null, so that no file graphopt opens lands
+        try:         # there (and takes what native code writes to fd 2), and keep errors off stdout
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if devnull != 2:
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            sys.stderr = open(os.devnull, "w")
+        except OSError:
+            pass
+        return
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
     except OSError:
+        os.close(real)
         return
     sys.stderr.flush()
     sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")

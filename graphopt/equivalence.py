@@ -110,7 +110,12 @@ def cache_dir() -> Path:
     root = os.environ.get("GRAPHOPT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "graphopt")
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        from .errors import ArtifactError
+        raise ArtifactError(f"the cache folder {path} is not a folder; set GRAPHOPT_CACHE_DIR to a folder "
+                            "graphopt may write (or remove what is there)") from None
     return path
 
 
@@ -236,13 +241,10 @@ def reference_run(spec, clip: Clip, perturbed: bool = False,
     start = _start_state(spec, initial_state)
     key = {**_source_key(spec), **asdict(clip), "perturbed": perturbed, "initial_state": _state_digest(start)}
     path = _cache_path("reference", key)
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                return ([data[f"o{i}"] for i in range(int(data["n_out"]))],
-                        [data[f"s{i}"] for i in range(int(data["n_state"]))])
-        except (KeyError, ValueError, OSError):
-            pass  # a cache entry from another version, or a damaged one: computed again below
+    from . import trace_cache  # read and written like a trace entry: the key inside, checked (untrusted)
+    hit = trace_cache.read_reference(path, key)
+    if hit is not None:
+        return hit  # else a missing, damaged, foreign or older entry: computed again below
     try:
         outputs, state = run_steps(spec_step(spec), clip.feeds(spec, perturbed), list(start),
                                    desc="the reference" + (", inputs moved by one ulp" if perturbed else ""))
@@ -252,11 +254,7 @@ def reference_run(spec, clip: Clip, perturbed: bool = False,
         raise SpecError(f"spec {spec.name}: the reference ({'fn under ' if spec.reference_kind == 'jax.jit' else ''}"
                         f"{spec.reference_kind}) failed on the verification clip "
                         f"({type(e).__name__}: {first})") from None
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, n_out=len(outputs), n_state=len(state), **{f"o{i}": o for i, o in enumerate(outputs)},
-                 **{f"s{i}": s for i, s in enumerate(state)})
-    os.replace(tmp, path)
+    trace_cache.write_reference(path, key, outputs, state)
     return outputs, state
 
 

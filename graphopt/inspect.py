@@ -108,9 +108,14 @@ def tflite_file_summary(path: Path) -> dict:
     XNNPACK delegate partitions (the file passes the same trust check a load does first)."""
     from .trust import check_model_file
     check_model_file(path)
+    _check_tflite_tensors(path)
     from .targets import tflite
-    it = tflite.interpreter(path)
-    s = tflite.delegate_summary(path)
+    try:
+        it = tflite.interpreter(path)
+        s = tflite.delegate_summary(path)
+    except (RuntimeError, ValueError) as e:  # LiteRT refusing an inconsistent model when it allocates it
+        raise art.ArtifactError(f"LiteRT cannot load {path} ({_shown(' '.join(str(e).split()) or type(e).__name__, 200)}"
+                                "); it is not a valid TFLite model: export it again") from None
     safe = _shown
     tensors = it.get_tensor_details()
     consts = [t for t in tensors if t.get("buffer_idx", 0)] if tensors and "buffer_idx" in tensors[0] else []
@@ -123,6 +128,32 @@ def tflite_file_summary(path: Path) -> dict:
             "signatures": {safe(k): {kind: [safe(n) for n in v.get(kind, {})] for kind in ("inputs", "outputs")}
                            for k, v in it.get_signature_list().items()},
             "tensors": len(tensors), "size_bytes": file_size(path), "constant_tensors": len(consts)}
+
+
+MAX_TFLITE_TENSOR_BYTES = 4 << 30  # all tensors of all subgraphs, as declared: LiteRT allocates them to inspect
+
+
+def _check_tflite_tensors(path: Path) -> None:
+    """Refuse a file whose declared tensors would take more than MAX_TFLITE_TENSOR_BYTES when LiteRT allocates
+    them (inspect allocates the model to count its XNNPACK partitions), before it does."""
+    from .trust import _tflite_schema
+    data = path.read_bytes()
+    total = 0
+    try:
+        model = _tflite_schema(path).Model.GetRootAsModel(data, 0)
+        for s in range(model.SubgraphsLength()):
+            sub = model.Subgraphs(s)
+            for t in range(sub.TensorsLength()):
+                tensor = sub.Tensors(t)
+                total += 8 * int(np.prod([max(int(d), 1) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength()
+                                         else [1], dtype=np.float64))
+    except Exception as e:  # a corrupt flatbuffer (check_model_file reads it first, so rarely here)
+        raise art.ArtifactError(f"{path} is not a readable TFLite flatbuffer ({type(e).__name__}); export it again") \
+            from None
+    if total > MAX_TFLITE_TENSOR_BYTES:
+        raise art.ArtifactError(f"{path} declares tensors of about {total / 2 ** 30:.0f} GiB, more than the "
+                                f"{MAX_TFLITE_TENSOR_BYTES >> 30} GiB inspect lets LiteRT allocate; it is not an rPPG "
+                                "step model (check its shapes)")
 
 
 def format_tflite_file(s: dict) -> str:

@@ -10,6 +10,7 @@ from the target registry (graphopt.targets).
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +215,10 @@ def card_pictures(folder: Path, spec, streams: dict, entries: dict, rows, frames
         stream.reset()
         got = np.asarray(outs[k], np.float64).reshape(len(outs[k]), -1)
         got = got[:, :per].ravel() if per > 1 else got[:, 0]
-        file = f"card/waveform-{name.replace(' ', '_')}.svg"
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:80]  # a baseline's name is its file's: untrusted
+        file = f"card/waveform-{stem}.svg"
+        while file in out["waveforms"].values():
+            file = file[:-4] + "_.svg"
         (folder / file).write_text(card_plots.line_plot(
             f"{name}: {spec.pulse_output or spec.output_names(len(ref_outs))[0]} over the reference", t,
             [("reference", ref), (name, got)], "seconds"))
@@ -254,8 +258,8 @@ def model_card(r: dict) -> str:
                   "checked against the authors' own step.")
         ref_label, ref_col = "authors' step (open-rppg, jax.jit)", "x authors' JAX JIT"
     elif src.get("format") == SOURCE_FORMAT:
-        origin = (f"Model from the ONNX file `{src.get('file', '?')}` (sha256 `{str(src.get('sha256', '?'))[:16]}…`, "
-                  f"opset {src.get('opset', '?')}, made by {src.get('producer') or 'an unknown exporter'}), exported "
+        origin = (f"Model from the ONNX file `{_md(src.get('file', '?'))}` (sha256 `{str(src.get('sha256', '?'))[:16]}…`, "
+                  f"opset {_md(src.get('opset', '?'))}, made by {_md(src.get('producer') or 'an unknown exporter')}), exported "
                   "by graphopt to every runtime below and checked against onnxruntime running that file.")
         ref_label, ref_col = "the original file (onnxruntime)", "x original file"
     else:
@@ -278,7 +282,7 @@ def model_card(r: dict) -> str:
         x = f"{e['x_reference']:.2f}" if "x_reference" in e else ""
         below = not metrics.meets(e["tier_claimed"], e["tier"]) if e.get("tier_claimed") else False
         tier = f"{e['tier']} (claims {e['tier_claimed']}) [*]" if below else e["tier"]
-        lines.append(f"| `{e['file']}` | {e['backend']} | {e['precision']} | {tier} | "
+        lines.append(f"| `{_md(e['file'])}` | {e['backend']} | {e['precision']} | {tier} | "
                      f"{e['nrmse_over_floor']:.1f} | {e['pearson']:.6f} | {e['size_bytes'] / 1e6:.2f} | {fps} | {x} |")
     ref = arts.get(ref_name)
     if ref:
@@ -294,9 +298,10 @@ def model_card(r: dict) -> str:
     if pics:
         lines += ["", "## Pictures", "", f"![FPS per artifact, with the spread over rounds]({pics['fps']})", "",
                   f"![The reference's spectrum and heart rate]({pics['spectrum']})", ""]
-        lines += [f"![{name}: waveform over the reference]({file})" for name, file in pics["waveforms"].items()]
+        lines += [f"![{_md(name).replace('[', '(').replace(']', ')')}: waveform over the reference]({file})"
+                  for name, file in pics["waveforms"].items()]
     skipped = {n: e["skipped"] for n, e in arts.items() if "skipped" in e}
-    lines += [""] + [f"- `{n}` not built on this machine: {why}" for n, why in skipped.items()]
+    lines += [""] + [f"- `{_md(n)}` not built on this machine: {_md(why, 1000)}" for n, why in skipped.items()]
     from .targets import hook
     for name, e in arts.items():  # a target's own notes, e.g. an engine still to be built
         note = hook(e.get("target", ""), "card_lines")
@@ -323,10 +328,32 @@ def _front_matter(r: dict) -> list[str]:
         sorted({e["target"] for e in r["artifacts"].values() if e.get("target") not in (None, "reference")
                 and not str(e.get("target")).startswith("baseline-")})
     model_source = f"{src['package']}=={src.get('version')}" if "package" in src else src.get("file", r["model"])
-    q = json.dumps
+    q = _yaml_str
     return ["---", f"license: {q(license_id)}", "library_name: graphopt", "tags:"] + [f"- {q(t)}" for t in tags] + \
         [f"model_source: {q(model_source)}", f"model_name: {q(r['model'])}",
          f"graphopt_version: {q(r['graphopt_version'])}", "---", ""]
+
+
+def _md(text, limit: int = 200) -> str:
+    """Untrusted text (a file name, an exporter's name) for one line of the card: characters that are not
+    printable (newlines, terminal escapes, lone surrogates) shown as \\n, \\x1b, ...; backticks as '."""
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       for c in text)
+    text = text.replace("`", "'").replace("|", "\\|")  # no code span or table cell ended early
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _yaml_str(text) -> str:
+    """A YAML double-quoted scalar that every YAML parser reads back as `text`: a JSON string without ASCII
+    escapes of non-ASCII characters (YAML has no surrogate pairs), the unprintable ones shown as _md does."""
+    import json
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       for c in text)
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _use_and_license(r: dict) -> list[str]:

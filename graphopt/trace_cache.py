@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .models.source import ModelSourceError
 from .spec import ModelSpec
 
 FORMAT, VERSION = "graphopt-trace-cache", 1
@@ -49,8 +50,9 @@ SPEC_FIELDS = ("name", "inputs", "state", "outputs", "dt_input", "frame_input", 
                "source", "fingerprint", "reference_kind")
 
 
-class TraceCacheError(RuntimeError):
-    """The model does not match its cache entry (the entry is removed): build again, or pass --no-cache."""
+class TraceCacheError(ModelSourceError):
+    """The model does not match its cache entry (the entry is removed): build again, or pass --no-cache.
+    A ModelSourceError, so the command line says it in one line (exit status 2)."""
 
 
 def cache_root() -> Path:
@@ -228,7 +230,7 @@ def read(path: Path, key: dict) -> tuple[dict, dict[str, np.ndarray]] | None:
     try:
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES or not _ours(st):
                 return None
             with zipfile.ZipFile(f) as z:
                 infos = {i.filename: i for i in z.infolist()}
@@ -263,6 +265,41 @@ def read(path: Path, key: dict) -> tuple[dict, dict[str, np.ndarray]] | None:
         return doc, arrays
     except Exception:  # a damaged or foreign entry: any error type from the zip, npy or JSON readers
         return None
+
+
+def _ours(st: os.stat_result) -> bool:
+    """An entry this user wrote and nobody else can change: owned by the user, not group- or world-writable
+    (a cache folder shared with others must not feed one user's build with another's graph)."""
+    uid = getattr(os, "geteuid", None)
+    return (uid is None or st.st_uid == uid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def read_reference(path: Path, key: dict) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """A reference-cache entry (graphopt.equivalence.reference_run): (outputs, final state) if `path` is a
+    well-formed entry for `key` (read like a trace entry: no pickle, sizes checked, the key compared),
+    else None: a damaged, foreign or older entry is a miss."""
+    got = read(path, {"reference": key})
+    if got is None:
+        return None
+    doc, arrays = got
+    n_out, n_state = doc.get("n_out"), doc.get("n_state")
+    if type(n_out) is not int or type(n_state) is not int or set(arrays) != \
+            {f"o{i}" for i in range(max(n_out, 0))} | {f"s{i}" for i in range(max(n_state, 0))}:
+        return None
+    outputs = [arrays[f"o{i}"] for i in range(n_out)]
+    if any(o.ndim != 1 or o.dtype != np.float64 or not np.isfinite(o).all() for o in outputs):
+        return None
+    return outputs, [arrays[f"s{i}"] for i in range(n_state)]
+
+
+def write_reference(path: Path, key: dict, outputs: list, state: list) -> None:
+    """Store a reference run (see read_reference); a cache that cannot be written is left alone."""
+    arrays = {**{f"o{i}": np.asarray(o) for i, o in enumerate(outputs)},
+              **{f"s{i}": np.asarray(s) for i, s in enumerate(state)}}
+    try:
+        write(path, {"reference": key}, {"n_out": len(outputs), "n_state": len(state)}, arrays)
+    except (OSError, TypeError, ValueError):
+        pass
 
 
 def write(path: Path, key: dict, doc: dict, arrays: dict[str, np.ndarray]) -> None:
