@@ -1,5 +1,6 @@
 # Two entry points (see README.md):
-#   make artifacts  -- create .venv if missing, release every model (every target, verified, benchmarked) into artifacts/
+#   make artifacts  -- create .venv if missing, release every model (verified, benchmarked) into artifacts/;
+#                      a failing zoo release does not stop the others (make exits 1 naming them)
 #   make test       -- create .venv if missing, run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -31,7 +32,10 @@ ZOO ?= $$($(PY) -c "from graphopt import models; print(' '.join(models.zoo_names
 artifacts: venv
 	set -e; version=$$($(PY) -c "import graphopt; print(graphopt.__version__)"); \
 	for m in $(MODELS); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version --force; done; \
-	for m in $(ZOO); do $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version --force $(ZOO_FLAGS); done
+	failed=""; for m in $(ZOO); do \
+	  $(VENV)/bin/graphopt release --model $$m --out artifacts/$$m-$$version --force $(ZOO_FLAGS) || failed="$$failed $$m"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "error: these releases failed (the others were written):$$failed" >&2; exit 1; fi
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time so that
 # each module's fixtures are built once; BLAS gets one thread per worker, as the runtimes do.

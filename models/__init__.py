@@ -39,8 +39,9 @@ def is_user_ref(name) -> bool:
 def adapter(name: str):
     """The module that loads a built-in model (its load(weights, as_published))."""
     if not is_builtin(name):
-        raise ModelSourceError(f"unknown model {name!r:.60}; choose one of: {', '.join(names())}, or give "
-                               "FILE.py:FUNC (or package.module:FUNC) where FUNC() returns a graphopt.ModelSpec")
+        raise ModelSourceError(f"unknown model {name!r:.60}; choose one of: {', '.join(names())}, or give an ONNX "
+                               "file (FILE.onnx) or FILE.py:FUNC (or package.module:FUNC) where FUNC() returns a "
+                               "graphopt.ModelSpec")
     return importlib.import_module(MODELS.get(name, "graphopt.models.rppg_zoo"))
 
 
