@@ -231,7 +231,7 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
                 stream, path = art.load(a.path, threads=1), a.path
             add(name, stream, t, variant, path if keep else None)  # a temporary folder is removed after the run
     ref_row, ref_backend = reference_row(model, ref_model)
-    steps[ref_row] = reference_step(model if model in models.MODELS else ref_model)
+    steps[ref_row] = reference_step(model if isinstance(model, str) and model in models.MODELS else ref_model)
     meta[ref_row] = {"backend": ref_backend, "target": "reference"}
     for path in baselines:
         stream = open_baseline(path, ref_model, state_file, threads=1)

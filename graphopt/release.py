@@ -10,6 +10,7 @@ from the target registry (graphopt.targets).
 """
 from __future__ import annotations
 
+import gc
 import re
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 
 # fields that are timestamps by nature, kept apart so the rest of a release is reproducible
 TIMESTAMP_FIELDS = ("created", "elapsed_s")
+MAX_INTERLEAVED_BYTES = 8 << 30  # a model whose step computes more than this is benchmarked one runtime at a time
 ROUND_BUDGET_S = 10.0  # a benchmark round of one artifact takes about this long at most (at least one step)
 
 
@@ -98,34 +100,49 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
                 finish = hook(target, "release_pending")
                 entries[name].update(finish(Path(name), path.name, manifest) if finish else {})  # relative: run from the release folder
             else:
-                streams[name] = art.load(path, threads=1)
+                streams[name] = path  # opened for the benchmark, after every build (each runtime holds memory)
             log(f"      tier {eq['tier']} ({eq['nrmse_over_floor']:.2f}x floor), "
                 f"{entries[name]['size_bytes'] / 1e6:.2f} MB")
         if failures:
             raise ReleaseError("release failed; nothing was written. Failing targets: "
                                + "; ".join(f"{k}: {v}" for k, v in failures.items()))
         ref_name, ref_backend = reference_row(model, step_model)
-        log(f"benchmarking {len(streams)} artifacts and the reference ({rounds} interleaved rounds) ...")
+        graph = step_model.trace()
+        interleaved = activation_bytes(graph) <= MAX_INTERLEAVED_BYTES
+        log(f"benchmarking {len(streams)} artifacts and the reference ({rounds} "
+            + ("interleaved rounds) ..." if interleaved else "rounds, one runtime at a time: its activations are "
+               f"{activation_bytes(graph) / 2**30:.1f} GiB a step, too much to hold every runtime at once) ..."))
         for path in baselines:  # the authors' own exports: verified like ours, and rows in the benchmark
             name, stream, e = _baseline_entry(path, step_model, baseline_state, frames, log)
             entries[name], streams[name] = e, stream
-        steps = {n: _feed_step(s, step_model) for n, s in streams.items()}
-        steps[ref_name] = reference_step(model if model in models.MODELS else step_model)
         per = step_model.frames_per_step
-        rows = measure(steps, Clip(frames=max(64, 2 * per), fps=step_model.fps).feeds(step_model), rounds=rounds,
-                       frames_per_step=per, round_budget_s=ROUND_BUDGET_S, **plan(per, steps_per_round))
+        clip_feeds = Clip(frames=max(64, 2 * per), fps=step_model.fps).feeds(step_model)
+        timing = dict(rounds=rounds, frames_per_step=per, round_budget_s=ROUND_BUDGET_S, **plan(per, steps_per_round))
+        opened = {n: (lambda s=s: art.load(s, threads=1) if isinstance(s, Path) else s) for n, s in streams.items()}
+        reference = reference_step(model if isinstance(model, str) and model in models.MODELS else step_model)
+        if interleaved:
+            live = {n: o() for n, o in opened.items()}
+            steps = {n: _feed_step(s, step_model) for n, s in live.items()}
+            rows = measure({**steps, ref_name: reference}, clip_feeds, **timing)
+            opened = {n: (lambda s=s: s) for n, s in live.items()}
+        else:
+            rows = []
+            for n, o in opened.items():
+                rows += measure({n: _feed_step(o(), step_model)}, clip_feeds, **timing)
+                gc.collect()  # the runtime's buffers go before the next one's arrive
+            rows += measure({ref_name: reference}, clip_feeds, **timing)
         ref = next(r for r in rows if r.name == ref_name)
         for r in rows:
             e = entries.setdefault(r.name, {"target": "reference", "backend": ref_backend,
                                             # built-ins run as their authors publish them (bench.reference_step)
-                                            "precision": "mixed float16" if model in models.MODELS
-                                            else step_model.source.get("precision", "float32")})
+                                            "precision": "mixed float16" if isinstance(model, str)
+                                            and model in models.MODELS else step_model.source.get("precision",
+                                                                                                  "float32")})
             lo, hi = r.fps_spread
             e.update(fps=r.fps, fps_min=lo, fps_max=hi, p50_ms=r.p50_ms, p99_ms=r.p99_ms,
                      x_reference=ref.p50_ms / r.p50_ms)
         log("drawing the model card's pictures ...")
-        pictures = card_pictures(tmp, step_model, streams, entries, rows, frames)
-        graph = step_model.trace()
+        pictures = card_pictures(tmp, step_model, opened, entries, rows, frames)
         release = {
             "model": step_model.name, "graphopt_version": __version__,
             "source": step_model.source if "package" in step_model.source else
@@ -149,6 +166,11 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
         (tmp / "README.md").write_text(model_card(release))
     log(f"wrote {out} ({time.time() - t0:.0f} s)")
     return out
+
+
+def activation_bytes(graph) -> int:
+    """Bytes of every value one step computes (an upper bound of what a runtime holds at once)."""
+    return sum(v.type.nbytes for n in graph.nodes for v in n.outputs)
 
 
 def _baseline_entry(path: str, spec, state_file: str | None, frames: int, log) -> tuple[str, object, dict]:
@@ -195,7 +217,8 @@ def source_license(source: dict) -> dict:
 def card_pictures(folder: Path, spec, streams: dict, entries: dict, rows, frames: int) -> dict:
     """The card's pictures (card/*.svg): each artifact's waveform over the reference on the first seconds
     of the verification clip, the reference's spectrum with its heart rate, and FPS with the spread over
-    rounds. Returns {"waveforms": {artifact: file}, "spectrum": file, "fps": file}."""
+    rounds. streams: artifact name -> a callable that opens its Stream (each is run, then let go).
+    Returns {"waveforms": {artifact: file}, "spectrum": file, "fps": file}."""
     from scipy.signal import welch
 
     from . import card_plots, equivalence, metrics
@@ -209,10 +232,13 @@ def card_pictures(folder: Path, spec, streams: dict, entries: dict, rows, frames
         np.asarray(ref_outs[k], np.float64).reshape(len(ref_outs[k]), -1)[:, 0]
     t = np.arange(len(ref)) / spec.fps
     out = {"waveforms": {}}
-    for name, stream in streams.items():
+    for name, open_stream in streams.items():  # one runtime at a time where the release benchmarked so
+        stream = open_stream()
         stream.reset()
         outs, _ = equivalence.run_steps(equivalence.stream_step(stream, spec), clip.feeds(spec), stream.state)
         stream.reset()
+        del stream
+        gc.collect()
         got = np.asarray(outs[k], np.float64).reshape(len(outs[k]), -1)
         got = got[:, :per].ravel() if per > 1 else got[:, 0]
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:80]  # a baseline's name is its file's: untrusted

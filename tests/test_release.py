@@ -203,3 +203,21 @@ def test_an_xla_artifact_names_no_path_of_this_machine(tmp_path):
         data = f.read_bytes()
         assert not [m for m in machine if m in data], f.name
     assert b'loc("' in (Path(a.path).parent / "tiny.stablehlo.mlir").read_bytes()
+
+
+def test_a_model_too_large_to_hold_every_runtime_is_benchmarked_one_at_a_time(tmp_path, monkeypatch):
+    """Above MAX_INTERLEAVED_BYTES of activations a step, the release opens one runtime at a time for the
+    benchmark and the pictures (PhysMamba's interleaved benchmark took ~17 GB); every row is still there."""
+    import jax.numpy as jnp
+
+    import graphopt
+    monkeypatch.setattr(release, "MAX_INTERLEAVED_BYTES", 0)
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    spec = graphopt.ModelSpec(name="tiny", fn=lambda x: jnp.tanh(x @ w), inputs={"x": np.zeros((2, 4), np.float32)})
+    lines = []
+    out = release.run(spec, tmp_path / "rel", variants=["onnx", "tflite"], frames=32, rounds=1, steps_per_round=5,
+                      log=lines.append)
+    assert any("one runtime at a time" in m for m in lines)
+    r = json.loads((out / "release.json").read_text())
+    assert {n for n, e in r["artifacts"].items() if e.get("fps", 0) > 0} == {"onnx", "tflite", "tiny JAX JIT (reference)"}
+    assert set(r["pictures"]["waveforms"]) == {"onnx", "tflite"}
