@@ -221,3 +221,4 @@ def test_a_model_too_large_to_hold_every_runtime_is_benchmarked_one_at_a_time(tm
     r = json.loads((out / "release.json").read_text())
     assert {n for n, e in r["artifacts"].items() if e.get("fps", 0) > 0} == {"onnx", "tflite", "tiny JAX JIT (reference)"}
     assert set(r["pictures"]["waveforms"]) == {"onnx", "tflite"}
+    assert r["benchmark"] == "one runtime at a time" and "rounds run one runtime at a time" in (out / "README.md").read_text()
