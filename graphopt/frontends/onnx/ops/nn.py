@@ -301,17 +301,22 @@ def _kernel(ctx, attrs, ws, nsp):
     return kernel
 
 
-@converter("Conv")
-def conv(ctx, ins, attrs):
+def _conv_geometry(ctx, ins, attrs):
+    """What Conv and ConvTranspose share: x, w, b, their shapes, the spatial rank, kernel, strides,
+    dilations and group, checked against each other."""
     x, w, b = ins[0], ins[1], _arg(ins, 2)
     xs, nsp = _spatial(ctx, x)
     ws = ctx.shape(w)
     if len(ws) != len(xs):
         ctx.fail(f"the weight {ws} and the input {xs} differ in rank")
     kernel = _kernel(ctx, attrs, ws, nsp)
-    strides = _ints(attrs, "strides", nsp, 1)
-    dilations = _ints(attrs, "dilations", nsp, 1)
-    group = int(attrs.get("group", 1))
+    return (x, w, b, xs, ws, nsp, kernel, _ints(attrs, "strides", nsp, 1), _ints(attrs, "dilations", nsp, 1),
+            int(attrs.get("group", 1)))
+
+
+@converter("Conv")
+def conv(ctx, ins, attrs):
+    x, w, b, xs, ws, nsp, kernel, strides, dilations, group = _conv_geometry(ctx, ins, attrs)
     if xs[1] != ws[1] * group or ws[0] % group:
         ctx.fail(f"{xs[1]} input channels do not match the weight {ws} with group={group}")
     pads, _ = _auto_pads(ctx, attrs, xs[2:], kernel, strides, dilations)
@@ -324,16 +329,8 @@ def conv_transpose(ctx, ins, attrs):
     """The gradient of a conv as a conv: the input spread by the strides (lhs_dilations), padded by
     (k - 1) * d minus the ONNX pads, with the kernel's in/out channels swapped per group and its
     taps flipped."""
-    x, w, b = ins[0], ins[1], _arg(ins, 2)
-    xs, nsp = _spatial(ctx, x)
-    ws = ctx.shape(w)
-    if len(ws) != len(xs):
-        ctx.fail(f"the weight {ws} and the input {xs} differ in rank")
-    kernel = _kernel(ctx, attrs, ws, nsp)
-    strides = _ints(attrs, "strides", nsp, 1)
-    dilations = _ints(attrs, "dilations", nsp, 1)
+    x, w, b, xs, ws, nsp, kernel, strides, dilations, group = _conv_geometry(ctx, ins, attrs)
     out_pad = _ints(attrs, "output_padding", nsp, 0)
-    group = int(attrs.get("group", 1))
     cin, cout_g = ws[0], ws[1]
     if xs[1] != cin or cin % group:
         ctx.fail(f"{xs[1]} input channels do not match the weight {ws} with group={group}")
