@@ -6,9 +6,10 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from .artifact import load  # noqa: E402
+from .multistream import MultiStream, load_multi  # noqa: E402
 from .spec import ModelSpec, from_keras  # noqa: E402
 
-__all__ = ["ModelSpec", "build", "from_keras", "load"]
+__all__ = ["ModelSpec", "MultiStream", "build", "from_keras", "load", "load_multi"]
 __version__ = "0.1.0"
 
 

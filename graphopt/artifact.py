@@ -378,4 +378,5 @@ def describe_graph(graph, file_name: str, target: str, precision: str) -> dict:
         "source": graph.meta.get("source", {}),
         "pipeline": graph.meta.get("pipeline", {"passes": []}),
         "fixed_inputs": graph.meta.get("fixed_inputs") or {},
+        **({"streams": graph.meta["streams"]} if graph.meta.get("streams") else {}),  # graphopt.multistream
     }

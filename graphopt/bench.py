@@ -72,32 +72,58 @@ def reference_row(model, spec) -> tuple[str, str]:
     return f"{spec.name} {spec.reference_kind} (reference)", spec.reference_kind
 
 
-def reference_step(model) -> Callable:
+def reference_step(model, streams: int = 1) -> Callable:
     """The model's own step under jax.jit (a built-in: as its authors publish it), state carried on the
-    device: a callable over one step's feeds (input name -> array)."""
+    device: a callable over one step's feeds (input name -> array). streams > 1: the step under jax.vmap
+    over that many streams, each fed the same feeds."""
     import jax
     from . import models
     m = models.resolve(model, None, True) if isinstance(model, str) and model in models.MODELS else models.resolve(model)
+    base = m
+    if streams > 1:
+        from .multistream import MultiStreamSpec
+        m = MultiStreamSpec(m, streams)
     step = m.reference()
     names = list(m.inputs)
     state = [np.asarray(s) for s in m.initial_state]
+    batch = _batcher(base, streams)
 
     def one(feeds):
         nonlocal state
+        feeds = batch(feeds)
         y, state = step(*(feeds[n] for n in names), *state)
         return jax.block_until_ready(y)  # JAX dispatches asynchronously: time the step, not its dispatch
     return one
 
 
+def _batcher(spec, streams: int) -> Callable:
+    """One step's feeds of a one-stream spec -> the feeds of `streams` streams (each the same), memoised per
+    feeds dict (a benchmark cycles through a few)."""
+    if streams <= 1:
+        return lambda feeds: feeds
+    from .multistream import stack
+    memo = {}
+
+    def batch(feeds):
+        key = id(feeds)
+        if key not in memo:
+            memo[key] = (feeds, {k: (np.full(streams, np.asarray(v).reshape(()), np.float32) if k == spec.dt_input
+                                     else stack([v] * streams, np.shape(v), streams)) for k, v in feeds.items()})
+        return memo[key][1]
+    return batch
+
+
 def run(model="facephys", targets: list[str] | None = None, baselines: list[str] = (),
         state_file: str | None = None, out_dir: str | None = None, rounds: int = 5, steps_per_round: int = 100,
         unfused: bool = True, force: bool = False, artifacts: list[str] = (), cache: bool = True,
-        log: Callable[[str], None] = print) -> dict:
+        streams: list[int] = (), log: Callable[[str], None] = print) -> dict:
     """The FPS table's rows, measured. The model is traced once (or taken from the trace cache) for every
     build. artifacts: artifact folders (or folders of them) of this model to measure as they are; with
     artifacts and no targets nothing is built. out_dir: where builds go and stay; an artifact already there
     for the same model, target and pipeline is measured again instead of rebuilt (unless force). Without
-    out_dir the builds go to a temporary folder, removed at the end (also on failure)."""
+    out_dir the builds go to a temporary folder, removed at the end (also on failure).
+    streams: also build every target with each of these stream counts (graphopt.multistream; fused only) and
+    run the reference under jax.vmap with as many: rows "... xN" whose FPS counts the frames of all streams."""
     single_thread_env()
     from . import artifact as art
     from . import trace_cache
@@ -115,7 +141,7 @@ def run(model="facephys", targets: list[str] | None = None, baselines: list[str]
     tmp = None if out_dir else tempfile.mkdtemp(prefix="graphopt-bench-")
     try:
         return _run(model, traced, targets, given, baselines, state_file, Path(out_dir or tmp), tmp is None,
-                    rounds, steps_per_round, unfused, force, log, art)
+                    rounds, steps_per_round, unfused, force, log, art, [n for n in streams if n > 1])
     finally:
         if tmp is not None:
             import shutil
@@ -166,7 +192,7 @@ def _reusable(folder: Path, spec, target: str, variant: str) -> bool:
 
 
 def _run(model, traced, targets, given, baselines, state_file, work: Path, keep: bool, rounds, steps_per_round,
-         unfused, force, log, art) -> dict:
+         unfused, force, log, art, streams: list[int]) -> dict:
     from . import models
     from .baseline import open_baseline
     from .benchmark import measure, plan
@@ -187,7 +213,8 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
             name += "'"
         steps[name] = _feed_step(stream, ref_model)
         meta[name] = {"backend": backend(target), "nodes": stream.manifest["graph"]["nodes"], "target": target,
-                      "fused": variant == "fused", "artifact": str(path) if path is not None else None}
+                      "fused": variant == "fused", "artifact": str(path) if path is not None else None,
+                      "streams": stream.streams}
 
     covered = set()
     for manifest, folder in given:
@@ -230,9 +257,18 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
                     break
                 stream, path = art.load(a.path, threads=1), a.path
             add(name, stream, t, variant, path if keep else None)  # a temporary folder is removed after the run
+        for n in streams:
+            name, dest = f"graphopt {t} x{n}", work / f"{ref_model.name}-{t}-x{n}"
+            log(f"building {name} ({n} streams per step) ...")
+            a = build(model, t, dest, verify=False, force=True, streams=n, log=lambda m: None)
+            add(name, art.load(a.path, threads=1), t, "fused", a.path if keep else None)
     ref_row, ref_backend = reference_row(model, ref_model)
-    steps[ref_row] = reference_step(model if isinstance(model, str) and model in models.MODELS else ref_model)
-    meta[ref_row] = {"backend": ref_backend, "target": "reference"}
+    ref_src = model if isinstance(model, str) and model in models.MODELS else ref_model
+    steps[ref_row] = reference_step(ref_src)
+    meta[ref_row] = {"backend": ref_backend, "target": "reference", "streams": 1}
+    for n in streams:  # the authors' step under jax.vmap: what batching gives without graphopt
+        steps[f"{ref_row} x{n} (jax.vmap)"] = reference_step(ref_src, streams=n)
+        meta[f"{ref_row} x{n} (jax.vmap)"] = {"backend": ref_backend, "target": "reference", "streams": n}
     for path in baselines:
         stream = open_baseline(path, ref_model, state_file, threads=1)
         kind = "baseline-" + stream.manifest["target"]
@@ -246,6 +282,8 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
     timing = plan(per, steps_per_round)
     log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {timing['steps_per_round']} steps, 1 thread ...")
     rows = measure(steps, frames, rounds=rounds, frames_per_step=per, **timing)
+    for r in rows:  # a multi-stream step advances every stream: its FPS counts the frames of all of them
+        r.frames_per_step = per * meta[r.name].get("streams", 1)
     gflops = sgemm_gflops()
     flops = traced.graph.flops() / per  # the traced graph (builds run on copies of it)
     bound_fps = gflops * 1e9 / flops if flops else None
@@ -255,7 +293,14 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
     for r in rows:
         result["rows"].append({"name": r.name, "fps": r.fps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                                "x_reference": ref.p50_ms / r.p50_ms,
-                               "of_compute_bound": r.fps / bound_fps if bound_fps else None, **meta[r.name]})
+                               "of_compute_bound": r.fps / bound_fps if bound_fps else None,
+                               "live_streams_30fps": r.fps / ref_model.fps, **meta[r.name]})
+    for r in result["rows"]:  # per-frame gain of a multi-stream row over the same runtime with one stream
+        base = r["name"].rsplit(" x", 1)[0]
+        one = next((o for o in result["rows"] if o.get("streams", 1) == 1 and o["target"] == r["target"]
+                    and (o["name"] == base or o["name"] == base + " fused")), None)
+        if r.get("streams", 1) > 1 and one:
+            r["x_one_stream"] = r["fps"] / one["fps"]
     return result
 
 
@@ -284,6 +329,15 @@ def markdown(result: dict) -> str:
     lines.append("")
     per = result.get("frames_per_step", 1)
     unit = "state carried" if per == 1 else f"chunks of {per} frames (FPS counts frames)"
+    multi = [r for r in result["rows"] if r.get("streams", 1) > 1]
+    if multi:
+        lines += ["", "| Runtime | streams per step | FPS (all streams) | live 30-FPS streams per core | "
+                      "per-frame gain over 1 stream | p50 ms per step |", "|---|---:|---:|---:|---:|---:|"]
+        for r in sorted(multi, key=lambda r: (r["name"].rsplit(" x", 1)[0], r["streams"])):
+            gain = f"{r['x_one_stream']:.2f}" if r.get("x_one_stream") else ""
+            lines.append(f"| {r['name']} | {r['streams']} | {r['fps']:.0f} | {r['live_streams_30fps']:.1f} | {gain} | "
+                         f"{r['p50_ms']:.3f} |")
+        lines.append("")
     lines.append(f"Batch 1, {unit}, 1 thread, interleaved rounds. Machine: {m['cpu']}, {m['cores']} cores. "
                  f"Single-thread sgemm {result['sgemm_gflops_1thread']:.1f} GFLOP/s; "
                  f"{(result['flops_per_frame'] or 0) / 1e6:.1f} MFLOP/frame -> compute bound "
@@ -295,4 +349,8 @@ def _feed_step(stream, spec) -> Callable:
     """A Stream as a callable over one step's feeds (input name -> array), as bench measures it."""
     from .equivalence import stream_step
     step = stream_step(stream, spec)
-    return lambda feeds: step(feeds, None)
+    if stream.streams <= 1:
+        return lambda feeds: step(feeds, None)
+    batch = _batcher(spec, stream.streams)
+    dt = {spec.dt_input: "dt"} if spec.dt_input else {}  # the stream's dt, whatever its name
+    return lambda feeds: stream.step(**{dt.get(k, k): v for k, v in batch(feeds).items()})

@@ -41,7 +41,7 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
           verify: bool = True, frames: int = 600, exact: bool = False, fps: float | None = None,
           target_options: dict | None = None, force: bool = False, explain: list[str] = (),
           tier: str | None = None, cache: bool = True, traced: trace_cache.Traced | None = None,
-          log: Callable[[str], None] = log_stderr) -> art.Artifact:
+          streams: int = 1, log: Callable[[str], None] = log_stderr) -> art.Artifact:
     """Build one artifact into `out` (a new or empty folder, written atomically; with force, an earlier
     graphopt artifact there is replaced). Raises on any failure, leaving `out` as it was.
 
@@ -59,6 +59,8 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
     it there after a trace; False (--no-cache) builds and traces the model and leaves the cache alone.
     traced: the model already traced (trace_cache.load_traced; graphopt.bench builds several artifacts from
     one trace): the build runs on a copy of its graph.
+    streams: one step advances this many independent streams (graphopt.multistream); each stream is verified
+    against the model's one-stream reference on its own clip.
     """
     from graphopt import models, passes
     from .outdir import check_destination
@@ -91,6 +93,13 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
         raise BuildUsageError(str(e)) from None
     if weights is not None and not Path(weights).is_file():
         raise BuildUsageError(f"--weights {weights} is not a file")
+    from . import multistream
+    streams = multistream.check_streams(streams)
+    if streams > 1 and fps is not None:
+        raise BuildUsageError("--fps and --streams do not go together yet: a multi-stream artifact takes one dt per "
+                              "stream at run time; leave out --fps")
+    if streams > 1 and traced is not None and traced.spec.streams != streams:
+        raise BuildUsageError(f"the traced model has {traced.spec.streams} streams, not the {streams} asked for")
     out = check_destination(Path(out), force)  # before the long work: a refused --out costs nothing
     t0 = time.perf_counter()
     log(f"[1/4] loading {getattr(model, 'name', model)} ...")
@@ -107,6 +116,10 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
     else:
         from .console import working
         with working(f"loading and tracing {getattr(model, 'name', model)}"):  # tens of seconds on a cache miss
+            if streams > 1:  # the model under jax.vmap, traced as a spec of its own
+                model = multistream.MultiStreamSpec(models.resolve(model, weights, as_published), streams)
+                weights, as_published = None, False
+                log(f"      {streams} streams per step")
             traced = trace_cache.load_traced(model, weights, as_published, cache=cache, check=check_spec, log=log)
     spec, graph = traced.spec, traced.graph
     if traced.cache == "hit":
@@ -171,8 +184,13 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
             log(f"[4/4] verifying over {frames} frames against the model's reference ({spec.reference_kind}) ...")
             stream = art.load(artifact.path)
             try:
-                result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec,
-                                           equivalence.Clip(frames=frames, fps=fps or spec.fps))
+                if spec.streams > 1:  # each stream against the one-stream reference on its own clip
+                    result = multistream.check(stream, spec, frames, fps)
+                    log("      per stream: " + ", ".join(f"{i}: {r['tier']} (NRMSE {r['nrmse']:.2g})"
+                                                        for i, r in enumerate(result["per_stream"])))
+                else:
+                    result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec,
+                                               equivalence.Clip(frames=frames, fps=fps or spec.fps))
             except equivalence.VerificationError as e:
                 raise BuildError(f"{e}; no artifact was written") from None
             manifest["equivalence"].update(result, verified=True)

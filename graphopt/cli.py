@@ -15,6 +15,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message}; see {self.prog} --help\n")
 
 
+def _count_list(text: str) -> list[int]:
+    """An argparse type: comma-separated stream counts from 1 to 1024 (bench --streams)."""
+    parse = _number(int, 1, 1024)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or len(items) > 16:
+        raise argparse.ArgumentTypeError(f"must be 1 to 16 comma-separated counts, e.g. 2,4,8, got {text!r:.40}")
+    return sorted(set(parse(t) for t in items))
+
+
 def _number(kind, lo, hi):
     """An argparse type: a `kind` (int or float) from lo to hi, finite."""
     def parse(text: str):
@@ -145,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="tier the artifact must reach (default: the tier the pipeline claims); a looser tier "
                         "accepts a runtime whose own kernels round differently")
     b.add_argument("--frames", type=frames, default=600, help="frames of the synthetic clip to verify on")
+    b.add_argument("--streams", type=_number(int, 1, 1024), default=1, metavar="N",
+                   help="one step advances N independent streams (batch N; each with its own state and dt; "
+                        "graphopt.load_multi runs it); each stream is verified on a clip of its own")
     b.add_argument("--force", action="store_true", help="replace an artifact graphopt wrote earlier in --out")
     b.add_argument("--json", action="store_true", help=JSON_HELP)
     b.add_argument("--no-cache", action="store_true",
@@ -214,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="artifact folders (or folders of them) of this model to measure as they are; with no "
                          "--targets nothing is built")
     be.add_argument("--no-cache", action="store_true", help="trace the model even if the trace cache holds it")
+    be.add_argument("--streams", type=_count_list, default=[], metavar="N,N,...",
+                    help="also build every target with N streams per step (e.g. 2,4,8,16) and run the reference "
+                         "under jax.vmap with as many: FPS of all streams, live 30-FPS streams per core")
     be.add_argument("--json", action="store_true", help=JSON_HELP)
     be.add_argument("--json-out", metavar="FILE", help="also write the results as JSON to this file")
 
@@ -286,7 +301,7 @@ def cmd_build(a) -> int:
     artifact = build(_onnx_spec(a), a.target, a.out, weights=a.weights, as_published=a.as_published, fuse=not a.no_fuse,
           pass_names=names, verify_each_pass=a.verify_each_pass, verify=not a.no_verify, frames=a.frames,
           exact=a.exact, fps=a.fps, target_options=options or None, force=a.force, explain=a.explain, tier=a.tier,
-          cache=not a.no_cache)
+          cache=not a.no_cache, streams=a.streams)
     if a.json:
         m = artifact.manifest
         print(json.dumps({"artifact": str(artifact.path), "target": m["target"], "model": m["model"],
@@ -368,8 +383,15 @@ def cmd_verify(a) -> int:
         from .baseline import format_pairing
         print(format_pairing(pairing), file=sys.stderr)
     try:
-        result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec, clip,
-                                   reference_state=ref_state, atol=a.atol, rtol=a.rtol)
+        if stream.streams > 1:  # each stream against the one-stream reference on a clip of its own
+            from . import multistream
+            if pairing is not None or a.atol is not None or a.rtol is not None:
+                raise art.ArtifactError("verify of a multi-stream artifact takes no --state, --atol or --rtol; "
+                                        "it checks each stream against the model's reference on its own clip")
+            result = multistream.check(stream, multistream.MultiStreamSpec(spec, stream.streams), a.frames, fps)
+        else:
+            result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec, clip,
+                                       reference_state=ref_state, atol=a.atol, rtol=a.rtol)
     except equivalence.VerificationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -410,7 +432,8 @@ def cmd_bench(a) -> int:
         raise ArtifactError(f"--json-out {a.json_out} must name a file in an existing folder")
     targets = [t.strip() for t in a.targets.split(",") if t.strip()] if a.targets else None
     result = bench.run(a.model, targets, a.baseline, a.state, a.out_dir, rounds=a.rounds, steps_per_round=a.steps,
-                       unfused=not a.fused_only, force=a.force, artifacts=a.artifacts, cache=not a.no_cache, log=_log)
+                       unfused=not a.fused_only, force=a.force, artifacts=a.artifacts, cache=not a.no_cache,
+                       streams=a.streams, log=_log)
     print(json.dumps(result, indent=2, default=str) if a.json else bench.markdown(result))
     if a.json_out:
         write_json(Path(a.json_out), result)

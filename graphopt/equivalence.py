@@ -309,13 +309,21 @@ def check(step: StepFn, initial_state: list, spec, clip: Clip = Clip(), *, refer
     initial state); give it when the candidate starts from another state than the spec's (a baseline's
     --state). atol/rtol (either; the other is 0): also compare every output and the final state element
     by element, |out - ref| <= atol + rtol * |ref| ("tolerance": per output and the state, passed or not)."""
-    ref_outs, ref_state = reference_run(spec, clip, initial_state=reference_state)
-    floors = noise_floor(spec, clip, initial_state=reference_state)
     from .stream import StepError
+    reference_run(spec, clip, initial_state=reference_state)  # computed (or read) before the candidate runs
     try:
         outs, state = run_steps(step, clip.feeds(spec), list(initial_state), desc="the candidate")
     except StepError as e:
         raise VerificationError(f"the candidate failed on the synthetic clip: {e}") from None
+    return judge(spec, clip, outs, state, reference_state=reference_state, atol=atol, rtol=rtol)
+
+
+def judge(spec, clip: Clip, outs: list, state: list, *, reference_state: list | None = None,
+          atol: float | None = None, rtol: float | None = None) -> dict:
+    """A candidate's outputs over the clip (each output stacked over the steps) and its final state, compared
+    with the spec's reference (see check)."""
+    ref_outs, ref_state = reference_run(spec, clip, initial_state=reference_state)
+    floors = noise_floor(spec, clip, initial_state=reference_state)
     if len(outs) != len(ref_outs):
         raise VerificationError(f"the candidate has {len(outs)} outputs, the reference {len(ref_outs)}")
     names = spec.output_names(len(ref_outs))

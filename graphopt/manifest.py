@@ -126,9 +126,6 @@ def validate(m, where: str) -> dict:
     for s in inputs:
         if s.get("role") == "frame" and len(s["shape"]) < 3:
             c.fail("inputs (frame)", f"must be (..., H, W, C) frames, not shape {s['shape']}")
-    for s in inputs:
-        if s.get("role") == "dt" and math.prod(s["shape"]) != 1:
-            c.fail("inputs (dt)", f"must hold one number, not shape {s['shape']}")
     for i, spec in enumerate(outputs):
         _tensor(c, spec, f"outputs[{i}]")
     names = [s["name"] for s in inputs] + [s["name"] for s in outputs]
@@ -143,6 +140,11 @@ def validate(m, where: str) -> dict:
         total += math.prod(shape) * 8
         if spec.get("view"):
             _view(c, spec["view"], shape, f"state[{i}].view")
+    from .multistream import manifest_streams
+    streams = manifest_streams(m)["n"] if m.get("streams") is not None else 1  # a multi-stream artifact
+    for s in inputs:
+        if s.get("role") == "dt" and math.prod(s["shape"]) != streams:
+            c.fail("inputs (dt)", f"must hold one number per stream ({streams}), not shape {s['shape']}")
     if total > MAX_TOTAL_STATE:
         c.fail("state", f"holds more than {MAX_TOTAL_STATE >> 20} MiB")
     init = c.get(m, "initial_state", dict, "initial_state")

@@ -78,6 +78,8 @@ class ModelSpec:
     source: dict = field(default_factory=dict)
     param_names: dict = field(default_factory=dict, repr=False)
 
+    streams = 1  # independent streams one step advances (graphopt.multistream.MultiStreamSpec: more)
+
     def __post_init__(self):
         self.validate()
 
@@ -126,7 +128,11 @@ class ModelSpec:
             if self.dt_input not in inputs:
                 raise SpecError(f"{where}: dt_input {self.dt_input!r} is not one of the inputs {list(inputs)}")
             dt = inputs[self.dt_input]
-            if dt.size != 1 or dt.ndim > 1 or dt.dtype != np.float32:
+            if self.streams > 1:  # a multi-stream spec (graphopt.multistream): one dt per stream
+                if dt.shape != (self.streams,) or dt.dtype != np.float32:
+                    raise SpecError(f"{where}: dt_input {self.dt_input} of {self.streams} streams must be float32 of "
+                                    f"shape ({self.streams},), not {dt.dtype} {dt.shape}")
+            elif dt.size != 1 or dt.ndim > 1 or dt.dtype != np.float32:
                 raise SpecError(f"{where}: dt_input {self.dt_input} must be one float32 number (shape () or (1,)), "
                                 f"not {dt.dtype} {dt.shape}")
         square = lambda a: a.dtype.kind == "f" and a.ndim >= 3 and a.shape[-1] == 3 and a.shape[-2] == a.shape[-3] > 0

@@ -43,3 +43,14 @@ def to_manifest(view) -> list[dict]:
 def model_shape(stored_shape, view) -> tuple[int, ...]:
     """The shape of the model's state tensor the view gives from a stored tensor of stored_shape."""
     return tuple(apply(np.empty(stored_shape, np.bool_), view).shape)
+
+
+def unapply(x: np.ndarray, view, stored_shape) -> np.ndarray:
+    """The stored tensor from the model's one (the inverse of apply; stored_shape: the stored tensor's)."""
+    shapes = [tuple(stored_shape)]
+    for step in view:  # the shape before each step
+        shapes.append(tuple(apply(np.empty(shapes[-1], np.bool_), [step]).shape))
+    for step, before in zip(reversed(list(view)), reversed(shapes[:-1])):
+        op, arg = (step["op"], step.get("perm", step.get("shape"))) if isinstance(step, dict) else step
+        x = np.transpose(x, np.argsort(arg)) if op == "transpose" else np.reshape(x, before)
+    return x

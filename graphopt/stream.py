@@ -57,6 +57,7 @@ class Stream:
         self.frame_shape, self.frame_dtype = self._input_specs[frame]
         self.takes_dt = "dt" in self.input_roles
         self.frames_per_step = int(manifest.get("frames_per_step") or 1)
+        self.streams = int((manifest.get("streams") or {}).get("n") or 1)  # graphopt.multistream
         self.fixed_dt = (manifest.get("fixed_inputs") or {}).get(
             self.input_names[self.input_roles.index("dt")] if self.takes_dt else "dt")
         self.default_dt = self.fixed_dt or 1.0 / float(manifest.get("fps") or 30.0)
@@ -275,6 +276,22 @@ class Stream:
             if dt is not None:
                 raise FrameError(f"this model takes no dt (it is a {self.kind} model); call step(frame) alone")
             return None, False
+        if self.streams > 1:  # a multi-stream artifact: one dt for all streams, or one per stream
+            try:
+                n = np.size(dt) if dt is not None and not isinstance(dt, (str, bytes)) else 1
+            except (TypeError, ValueError, RuntimeError):
+                n = 1
+            if n == self.streams:
+                got = [self._check_one_dt(d) for d in np.asarray(dt, dtype=object).reshape(-1)]
+                return np.asarray([v for v, _ in got], np.float32), any(c for _, c in got)
+            if n != 1:
+                raise FrameError(f"dt must be one number or {self.streams} numbers (one per stream), got {n}")
+            value, clamped = self._check_one_dt(dt)
+            return np.full(self.streams, value, np.float32), clamped
+        return self._check_one_dt(dt)
+
+    def _check_one_dt(self, dt) -> tuple[np.ndarray, bool]:
+        """One stream's dt as a float32 scalar (None: the default), and whether a stall was clamped."""
         if dt is None:
             dt = self.default_dt
         if isinstance(dt, (str, bytes, bool, np.bool_)):
@@ -299,6 +316,21 @@ class Stream:
         elif value > self.max_dt:
             value, clamped = self.max_dt, True
         return np.asarray(value, dtype=np.float32), clamped
+
+    state_settable = True  # load_native_state works (not for a runtime that keeps the state inside the model)
+
+    def load_native_state(self, arrays) -> None:
+        """Make `arrays` (stored layout, manifest state order) the current state, in the runtime's own form:
+        each runtime's _reset turns the initial state into that form, so it is run on these arrays."""
+        if not self.state_settable:
+            raise RuntimeError(f"{type(self).__name__} keeps its state inside the model: it can only be reset")
+        with self._lock:
+            saved = self._initial_state
+            self._initial_state = [np.array(a, dtype=np.asarray(s).dtype) for a, s in zip(arrays, saved)]
+            try:
+                self._reset()
+            finally:
+                self._initial_state = saved
 
     # ---- for subclasses ------------------------------------------------------------------
     def _run(self, feeds: list[np.ndarray], state: list) -> tuple[list[np.ndarray], list]:

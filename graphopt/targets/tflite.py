@@ -63,6 +63,8 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     requested = state_mode
     if not graph.state:
         state_mode = "io"  # the converter drops a read_state signature with no outputs
+    elif graph.meta.get("streams") and "state_mode" not in options:
+        state_mode = "io"  # a multi-stream step puts back the state of idle streams: the state must be I/O
     out_dir = Path(out_dir)
     stem = options.get("stem", graph.name)
     model_file = out_dir / f"{stem}{SUFFIX}"
@@ -93,7 +95,10 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
         # e.g. dynamic-range quantisation skips CONV_3D: nothing was stored narrower, so claim nothing looser
         manifest["precision"] = f"float32 ({weights} asked for; the converter stored no {stored} weights)"
         manifest.pop("precision_tier", None)
-    if requested != state_mode:
+    if requested != state_mode and graph.state:
+        manifest["tflite"]["state_mode_note"] = ("a multi-stream step puts back the state of idle streams: "
+                                                 "emitted in io mode")
+    elif requested != state_mode:
         manifest["tflite"]["state_mode_note"] = (f"state mode {requested!r} was asked for, but the graph has no "
                                                  "state: emitted in io mode (step alone)")
     manifest["tools"] = art.tool_versions("tensorflow-cpu", "ai-edge-litert")
@@ -164,6 +169,7 @@ class TfliteStream(Stream):
         self._check_signature(model_file)
         self._state_in = [s["input"] for s in manifest["state"]]
         self._state_out = [s["output"] for s in manifest["state"]]
+        self.state_settable = self.state_mode != "variables"
         self._reset()
 
     def _check_signature(self, model_file: Path) -> None:
