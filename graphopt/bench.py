@@ -195,10 +195,11 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
          unfused, force, log, art, streams: list[int]) -> dict:
     from . import models
     from .baseline import open_baseline
-    from .benchmark import measure, plan
+    from .benchmark import Row, measure, plan
     from .builder import EngineNeedsGpu, build, target_module
     from .equivalence import Clip
     from .targets import get as get_target
+    from .targets import hook
 
     ref_model = traced.spec
     per = ref_model.frames_per_step
@@ -206,15 +207,38 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
     steps: dict[str, Callable] = {}
     meta: dict[str, dict] = {}
 
+    in_page = []  # rows a target measures in its own loop (a browser runtime: in the page, no Python per step)
+
     def add(name: str, stream, target: str, variant: str, path) -> None:
         if name in steps:  # two given artifacts of the same row: tell them apart by their folder
             name += f" ({Path(path).parent.name})"
         while name in steps:
             name += "'"
+        one = ref_model.frame_input and getattr(stream, "streams", 1) == 1
+        measure_own = hook(target, "bench_in_page") if one else None
+        own = measure_own(stream, [f[ref_model.frame_input] for f in frames], rounds=rounds,
+                          **plan(per, steps_per_round)) if measure_own else None
+        if own is not None:  # [(label, latencies in s, each round's median)]
+            for label, lat, medians in own:
+                in_page.append(Row(f"{name} ({label})", lat, per, medians))
+                meta[in_page[-1].name] = {"backend": backend(target), "nodes": stream.manifest["graph"]["nodes"],
+                                          "target": target, "fused": variant == "fused", "streams": 1,
+                                          "artifact": str(path) if path is not None else None, "measured": "in page"}
+            return
         steps[name] = _feed_step(stream, ref_model)
         meta[name] = {"backend": backend(target), "nodes": stream.manifest["graph"]["nodes"], "target": target,
                       "fused": variant == "fused", "artifact": str(path) if path is not None else None,
                       "streams": stream.streams}
+
+    multi = {}
+
+    def multi_traced(n: int):  # the model with n streams, traced once for every target
+        if n not in multi:
+            from . import trace_cache
+            from .multistream import MultiStreamSpec
+            base = multi.setdefault("base", models.resolve(model))
+            multi[n] = trace_cache.load_traced(MultiStreamSpec(base, n), cache=False)
+        return multi[n]
 
     covered = set()
     for manifest, folder in given:
@@ -260,7 +284,7 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
         for n in streams:
             name, dest = f"graphopt {t} x{n}", work / f"{ref_model.name}-{t}-x{n}"
             log(f"building {name} ({n} streams per step) ...")
-            a = build(model, t, dest, verify=False, force=True, streams=n, log=lambda m: None)
+            a = build(model, t, dest, verify=False, force=True, traced=multi_traced(n), log=lambda m: None)
             add(name, art.load(a.path, threads=1), t, "fused", a.path if keep else None)
     ref_row, ref_backend = reference_row(model, ref_model)
     ref_src = model if isinstance(model, str) and model in models.MODELS else ref_model
@@ -281,7 +305,7 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
         meta[name] = {"backend": backend(kind), "target": kind, "artifact": str(path)}
     timing = plan(per, steps_per_round)
     log(f"measuring {len(steps)} rows: {rounds} interleaved rounds of {timing['steps_per_round']} steps, 1 thread ...")
-    rows = measure(steps, frames, rounds=rounds, frames_per_step=per, **timing)
+    rows = measure(steps, frames, rounds=rounds, frames_per_step=per, **timing) + in_page
     for r in rows:  # a multi-stream step advances every stream: its FPS counts the frames of all of them
         r.frames_per_step = per * meta[r.name].get("streams", 1)
     gflops = sgemm_gflops()
@@ -342,6 +366,9 @@ def markdown(result: dict) -> str:
                  f"Single-thread sgemm {result['sgemm_gflops_1thread']:.1f} GFLOP/s; "
                  f"{(result['flops_per_frame'] or 0) / 1e6:.1f} MFLOP/frame -> compute bound "
                  f"{result['compute_bound_fps'] or 0:.0f} FPS.")
+    if any(r.get("measured") == "in page" for r in result["rows"]):
+        lines.append("Browser rows (threads in parentheses) step the JavaScript Stream in headless Chromium, timed in "
+                     "the page with performance.now (no Python per step), after the interleaved rounds.")
     return "\n".join(lines)
 
 

@@ -64,22 +64,23 @@ class MultiStreamSpec(ModelSpec):
             raise SpecError(f"--streams needs a ModelSpec, got {type(base).__name__}")
         if base.streams != 1:
             raise SpecError(f"spec {base.name} already has {base.streams} streams")
-        if type(base).trace is not ModelSpec.trace:
-            raise SpecError(f"spec {base.name}: --streams needs a JAX model (a ModelSpec or a built-in model); "
-                            f"{type(base).__name__} ({base.reference_kind}) is traced otherwise: build it with one "
-                            "stream and run one Stream per stream")
         n = check_streams(n)
         self.streams, self.base = n, base
-        flat = base.flat_fn()
+        self._base_graph = None
         in_shapes = [tuple(a.shape) for a in base.inputs.values()]
         state_shapes = [tuple(s.shape) for s in base.state_leaves]
-        try:
-            outs, _ = jax.eval_shape(flat, *base.inputs.values(), *base.state_leaves)
-        except Exception as e:  # the user's fn: any error type
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise SpecError(f"spec {base.name}: fn does not trace with the example inputs ({type(e).__name__}: "
-                            f"{first})") from None
-        out_shapes = [tuple(o.shape) for o in outs]
+        self.jax_fn = type(base).trace is ModelSpec.trace  # else e.g. an ONNX file: the IR transform alone
+        if self.jax_fn:
+            flat = base.flat_fn()
+            try:
+                outs, _ = jax.eval_shape(flat, *base.inputs.values(), *base.state_leaves)
+            except Exception as e:  # the user's fn: any error type
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise SpecError(f"spec {base.name}: fn does not trace with the example inputs ({type(e).__name__}: "
+                                f"{first})") from None
+            out_shapes = [tuple(o.shape) for o in outs]
+        else:
+            out_shapes = [tuple(v.shape) for v in self.base_graph().outputs]
         self.stream_shapes = {"inputs": in_shapes, "outputs": out_shapes, "state": state_shapes}
         n_in = len(in_shapes)
 
@@ -89,7 +90,7 @@ class MultiStreamSpec(ModelSpec):
             return ([x.reshape(batched_shape(s, 1)[1:]) for x, s in zip(o, out_shapes)],
                     [x.reshape(batched_shape(s, 1)[1:]) for x, s in zip(new, state_shapes)])
 
-        vmapped = jax.vmap(one_stream)
+        vmapped = jax.vmap(one_stream) if self.jax_fn else _no_fn(base)
         if base.stateful:
             def fn(*args):
                 o, new = vmapped(*args[:n_in], *args[n_in])
@@ -107,6 +108,9 @@ class MultiStreamSpec(ModelSpec):
                            pulse_output=base.pulse_output, frame_input=base.frame_input,
                            input_range=base.input_range, source=dict(base.source), param_names=base.param_names)
 
+    def _io_name(self, what: str, n) -> str:  # the base model's rules (an ONNX file's names are free text)
+        return self.base._io_name(what, n)
+
     @property
     def frames_per_step(self) -> int:  # per stream
         return self.base.frames_per_step
@@ -123,10 +127,42 @@ class MultiStreamSpec(ModelSpec):
         """What the manifest records ("streams"): N and every tensor's per-stream shape."""
         return {"n": self.streams, **{k: [list(s) for s in v] for k, v in self.stream_shapes.items()}}
 
-    def trace(self):
-        graph = super().trace()
-        graph.meta["streams"] = self.meta()
+    def base_graph(self):
+        """The one-stream model's traced graph (traced once)."""
+        if self._base_graph is None:
+            self._base_graph = self.base.trace()
+        return self._base_graph
+
+    def trace(self, log=lambda m: None):
+        """The one-stream graph batched in the IR (graphopt.ir.batching), checked against the one-stream
+        graph on random inputs; where an op does not batch there (or the check fails), the step under
+        jax.vmap traced (JAX models only)."""
+        from .ir.batching import NotBatchable, batch_graph, check_batched
+        from .ir.verify import verify
+        base = self.base_graph()
+        how = "graphopt.ir.batching"
+        try:
+            graph = batch_graph(base, self.streams)
+            verify(graph)
+            err = check_batched(base, graph, self.streams)
+            if not err <= 1e-5:
+                raise NotBatchable(f"the batched graph differs from the one-stream graph by {err:.2g} (relative)")
+        except NotBatchable as e:
+            if not self.jax_fn:
+                raise SpecError(f"spec {self.base.name}: --streams cannot batch this model: {e}") from None
+            how = f"jax.vmap ({e})"
+            graph = super().trace()
+        graph.meta["streams"] = {**self.meta(), "batched_by": how}
+        graph.output_names = self.output_names(len(graph.outputs))
+        graph.meta.update(model=self.name, fps=self.fps, source=self.source, frames_per_step=self.frames_per_step,
+                          roles={"frame": self.frame_input, "dt": self.dt_input, "pulse": self.pulse_output})
         return graph
+
+
+def _no_fn(base):
+    def fn(*args):
+        raise SpecError(f"spec {base.name} ({base.reference_kind}) has no JAX step to batch with jax.vmap")
+    return fn
 
 
 def manifest_streams(manifest: dict) -> dict | None:

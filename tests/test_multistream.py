@@ -58,7 +58,8 @@ def test_every_stream_matches_the_one_stream_reference(built, target):
     per = eq["per_stream"]
     assert len(per) == N and all(p["tier"] == "rounding" for p in per)
     assert len({p["clip_hr_bpm"] for p in per}) == N  # each stream ran a clip of its own
-    assert m["streams"] == {"n": N, "inputs": [[1, 12, 12, 3], []], "outputs": [[1]], "state": [[1, 4]]}
+    assert m["streams"] == {"n": N, "inputs": [[1, 12, 12, 3], []], "outputs": [[1]], "state": [[1, 4]],
+                            "batched_by": "graphopt.ir.batching"}
     assert [i["shape"] for i in m["inputs"]] == [[N, 12, 12, 3], [N]]
     assert m["outputs"][0]["shape"] == [N]
 
@@ -226,10 +227,35 @@ def test_hostile_streams_record(built, tmp_path, capsys, change, message):
     assert message in cli_error(capsys, "verify", str(folder))
 
 
-def test_onnx_models_are_refused_with_the_reason(tmp_path):
-    from graphopt.frontends.onnx import model as onnx_model
-    spec = onnx_model.OnnxModel.__new__(onnx_model.OnnxModel)
-    spec.name = "m"
-    spec.path = tmp_path / "m.onnx"
-    with pytest.raises(SpecError, match="needs a JAX model"):
-        MultiStreamSpec(spec, 2)
+def test_an_onnx_file_gets_streams_too(built, tmp_path):
+    """An ONNX model (no JAX step) is batched in the IR: its streams verified against onnxruntime on the file."""
+    _, _, one = built
+    a = build(str(one.path), "tflite", tmp_path / "t", streams=3, frames=64, log=lambda m: None)
+    m = a.manifest
+    assert m["streams"]["n"] == 3 and m["streams"]["batched_by"] == "graphopt.ir.batching"
+    assert m["equivalence"]["tier"] == "rounding" and len(m["equivalence"]["per_stream"]) == 3
+    assert "onnxruntime" in m["equivalence"]["reference"]
+
+
+def test_ir_batching_matches_one_stream_runs():
+    """The IR transform on the FacePhys-like ops of the spec, and on an op it cannot batch."""
+    from graphopt.ir.batching import NotBatchable, batch_graph, check_batched
+    spec = make_spec()
+    g = spec.trace()
+    for n in (1, 3):
+        b = batch_graph(g, n)
+        assert [v.shape for v in b.inputs] == [(n, 12, 12, 3), (n,)]
+        assert check_batched(g, b, n) < 1e-6
+    assert MultiStreamSpec(spec, 2).trace().meta["streams"]["batched_by"] == "graphopt.ir.batching"
+    import jax
+
+    def weird(x, v):  # a pad whose padding value is the state: not batched in the IR, left to jax.vmap
+        y = jax.lax.pad(x, v, [(0, 0, 0), (1, 1, 0)])
+        return y.sum(axis=1), v * 0.5 + x.mean()
+    odd = graphopt.ModelSpec(name="odd", fn=weird, inputs={"x": np.ones((1, 3), np.float32)},
+                             state=np.float32(0.25), frame_input=None)
+    with pytest.raises(NotBatchable, match="per-stream padding value"):
+        batch_graph(odd.trace(), 2)
+    graph = MultiStreamSpec(odd, 2).trace()
+    assert graph.meta["streams"]["batched_by"] == "jax.vmap (pad with a per-stream padding value)"
+    assert [v.shape for v in graph.inputs] == [(2, 3)]
