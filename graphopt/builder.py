@@ -95,9 +95,6 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
         raise BuildUsageError(f"--weights {weights} is not a file")
     from . import multistream
     streams = multistream.check_streams(streams)
-    if streams > 1 and fps is not None:
-        raise BuildUsageError("--fps and --streams do not go together yet: a multi-stream artifact takes one dt per "
-                              "stream at run time; leave out --fps")
     if streams > 1 and traced is not None and traced.spec.streams != streams:
         raise BuildUsageError(f"the traced model has {traced.spec.streams} streams, not the {streams} asked for")
     out = check_destination(Path(out), force)  # before the long work: a refused --out costs nothing
@@ -117,7 +114,9 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
         from .console import working
         with working(f"loading and tracing {getattr(model, 'name', model)}"):  # tens of seconds on a cache miss
             if streams > 1:  # the model under jax.vmap, traced as a spec of its own
-                model = multistream.MultiStreamSpec(models.resolve(model, weights, as_published), streams)
+                base = models.resolve(model, weights, as_published)
+                fixed = {base.dt_input: 1.0 / fps} if fps is not None and base.takes_dt else None
+                model = multistream.MultiStreamSpec(base, streams, fixed)  # --fps: one dt for every stream
                 weights, as_published = None, False
                 log(f"      {streams} streams per step")
             traced = trace_cache.load_traced(model, weights, as_published, cache=cache, check=check_spec, log=log)

@@ -58,7 +58,7 @@ class MultiStreamSpec(ModelSpec):
     """`base` with n streams: fn is the base step under jax.vmap (see the module docstring). Verification
     compares each stream with the base model's reference (`check`), never this spec's own fn."""
 
-    def __init__(self, base: ModelSpec, n: int):
+    def __init__(self, base: ModelSpec, n: int, fixed_inputs: dict | None = None):
         import jax
         if not isinstance(base, ModelSpec):
             raise SpecError(f"--streams needs a ModelSpec, got {type(base).__name__}")
@@ -66,6 +66,7 @@ class MultiStreamSpec(ModelSpec):
             raise SpecError(f"spec {base.name} already has {base.streams} streams")
         n = check_streams(n)
         self.streams, self.base = n, base
+        self.fixed_inputs = dict(fixed_inputs or {})  # e.g. dt = 1/fps of a --fps build, the same for every stream
         self._base_graph = None
         in_shapes = [tuple(a.shape) for a in base.inputs.values()]
         state_shapes = [tuple(s.shape) for s in base.state_leaves]
@@ -142,9 +143,9 @@ class MultiStreamSpec(ModelSpec):
         base = self.base_graph()
         how = "graphopt.ir.batching"
         try:
-            graph = batch_graph(base, self.streams)
+            graph = batch_graph(base, self.streams, self.fixed_inputs)
             verify(graph)
-            err = check_batched(base, graph, self.streams)
+            err = check_batched(base, graph, self.streams, fixed=self.fixed_inputs)
             if not err <= 1e-5:
                 raise NotBatchable(f"the batched graph differs from the one-stream graph by {err:.2g} (relative)")
         except NotBatchable as e:

@@ -195,9 +195,19 @@ def test_cli_build_and_verify(built, tmp_path, capsys):
     _, arts, _ = built
     assert "argument --streams: must be from 1 to 1024" in cli_error(capsys, "build", "--model", "facephys", "--target", "onnx", "--out",
                                          str(tmp_path / "x"), "--streams", "0")
-    assert "--fps and --streams" in cli_error(capsys, "build", "--model", "facephys", "--target", "onnx", "--out",
-                                              str(tmp_path / "y"), "--streams", "2", "--fps", "30")
-    assert not (tmp_path / "y").exists()
+
+
+def test_fps_with_streams_bakes_one_dt_for_all(tmp_path):
+    """--fps with --streams: dt is a constant of the one-stream graph (what follows from it folds as in a
+    one-stream --fps build), the artifact refuses another dt, and every stream still verifies."""
+    a = build(make_spec(), "onnx", tmp_path / "f", streams=3, fps=25, exact=True, frames=64, log=lambda m: None)
+    m = a.manifest
+    assert m["fixed_inputs"] == {"dt": pytest.approx(0.04)} and m["equivalence"]["tier"] == "rounding"
+    ms = load_multi(a.path)
+    s = ms.add()
+    assert set(ms.step({s: _frames(5)[0]})) == {s}
+    ms.step({s: _frames(5)[1]}, dt=1 / 30)
+    assert "built for dt = 0.04" in ms.refused[s]
 
 
 def _tamper(folder, tmp_path, change):

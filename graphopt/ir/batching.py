@@ -39,8 +39,8 @@ def batched_shape(shape, n: int) -> tuple[int, ...]:
 
 
 class _Batcher:
-    def __init__(self, g: Graph, n: int):
-        self.g, self.n = g, n
+    def __init__(self, g: Graph, n: int, fixed: dict | None = None):
+        self.g, self.n, self.fixed = g, n, dict(fixed or {})
         self.out = Graph(g.name, output_names=list(g.output_names), meta=copy.deepcopy(g.meta))
         self.env: dict[int, tuple[Value, bool]] = {}
 
@@ -217,7 +217,11 @@ class _Batcher:
     def run(self) -> Graph:
         g, out, n = self.g, self.out, self.n
         for v in g.inputs:
-            self.env[id(v)] = (out.add_input(v.name, TensorType(batched_shape(v.shape, n), v.dtype)), True)
+            new = out.add_input(v.name, TensorType(batched_shape(v.shape, n), v.dtype))
+            # an input fixed at build time (dt = 1/fps) is one constant for every stream: what follows from it
+            # stays unbatched and folds as in the one-stream graph
+            self.env[id(v)] = (out.add_param(np.full(v.shape, self.fixed[v.name], v.dtype), name=f"{v.name}_fixed"),
+                               False) if v.name in self.fixed else (new, True)
         for s in g.state:
             if s.view:
                 raise NotBatchable("a state stored in another layout (batch before the state-layout pass)")
@@ -239,18 +243,23 @@ class _Batcher:
         return out
 
 
-def batch_graph(g: Graph, n: int) -> Graph:
-    """g over n streams (see the module docstring); NotBatchable where an op cannot be batched here."""
-    return _Batcher(g, n).run()
+def batch_graph(g: Graph, n: int, fixed: dict | None = None) -> Graph:
+    """g over n streams (see the module docstring); NotBatchable where an op cannot be batched here.
+    fixed: input name -> the value every stream's input has (dt of a --fps build), read as a constant."""
+    return _Batcher(g, n, fixed).run()
 
 
-def check_batched(base: Graph, batched: Graph, n: int, seed: int = 0) -> float:
+def check_batched(base: Graph, batched: Graph, n: int, seed: int = 0, fixed: dict | None = None) -> float:
     """One step of the batched graph against n one-stream steps of the base graph (the IR interpreter) on
     random inputs and state, each stream its own: the largest difference relative to the outputs' scale."""
     from .interpreter import run_graph
     rng = np.random.default_rng(seed)
 
+    fixed = fixed or {}
+
     def sample(v):
+        if v.name in fixed:
+            return np.full(v.shape, fixed[v.name], v.dtype)
         if v.dtype.startswith("float"):
             return rng.uniform(0.01, 0.1 if "dt" in v.name else 1.0, v.shape).astype(v.dtype)
         if v.dtype == "bool":
