@@ -93,6 +93,15 @@ What each format may execute, and what is refused:
   engine wrote the manifest). An engine from an untrusted source should be rebuilt from the
   artifact's ONNX (`graphopt build --target tensorrt --from ...`) rather than loaded.
 
+- `.vmfb` (IREE VM module, llvm-cpu): a stored zip whose first member, module.fb, is the VM bytecode
+  flatbuffer (identifier IREE) that the runtime reads by offset, followed by the executables it dispatches:
+  native code (embedded ELF) that IREE's own loader maps and runs, in process. Like an engine it cannot be
+  checked for what that code does: check_vmfb checks only that it is such an archive (a regular file, the
+  first member module.fb, stored, with the IREE identifier); graphopt hands the runtime the bytes whose
+  sha256 it has just checked against the manifest (a swapped file, not a malicious artifact: whoever wrote
+  the .vmfb wrote the manifest), with no module but IREE's HAL to import from. A .vmfb from an untrusted
+  source should be recompiled from the artifact's StableHLO (.stablehlo.mlir, text) or rebuilt.
+
 - State files (npz, gzip-JSON) are read by artifact.py and baseline.py with allow_pickle=False.
 """
 from __future__ import annotations
@@ -140,13 +149,14 @@ def check_model_file(path: str | os.PathLike, base: str | os.PathLike | None = N
         if path.suffix == ".savedmodel" or (path / "saved_model.pb").exists():
             return check_savedmodel(path)
         _refuse(path, "it is a folder, not a SavedModel (no saved_model.pb)", "pass a model file")
-    checks = {".pt2": check_pt2, ".jaxexport": check_jaxexport, ".tflite": check_tflite, ".engine": check_engine}
+    checks = {".pt2": check_pt2, ".jaxexport": check_jaxexport, ".tflite": check_tflite, ".engine": check_engine,
+              ".vmfb": check_vmfb}
     if path.suffix == ".onnx":
         return check_onnx(path, base)
     if path.suffix in checks:
         return checks[path.suffix](path)
     _refuse(path, f"{path.suffix or 'no suffix'} is not a model format graphopt loads",
-            "pass an .onnx, .pt2, .jaxexport, .tflite or .engine file or a .savedmodel folder")
+            "pass an .onnx, .pt2, .jaxexport, .tflite, .vmfb or .engine file or a .savedmodel folder")
 
 
 def _inside(path, base) -> bool:
@@ -754,3 +764,29 @@ def check_engine(path: Path) -> None:
     """A TensorRT engine: checked only as a regular file here (see the module docstring: graphopt loads engines
     with engine_host_code_allowed = False and after their sha256 matches the manifest)."""
     _regular_file(path)
+
+
+# ---- .vmfb (IREE VM module) ---------------------------------------------------------------------------
+
+VMFB_MAX_BYTES = 2 << 30
+
+
+def check_vmfb(path: Path) -> None:
+    """An IREE VM module: a zip local header for module.fb (stored) at offset 0, then the (size-prefixed) VM
+    flatbuffer with the IREE identifier (see the module docstring: its executables are native code, and
+    graphopt loads the module after the sha256 of the bytes it loads matches the manifest)."""
+    import struct
+    _regular_file(path)
+    if path.stat().st_size > VMFB_MAX_BYTES:
+        _refuse(path, f"it is larger than {VMFB_MAX_BYTES >> 30} GiB")
+    with open(path, "rb") as f:
+        head = f.read(30 + 256)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            _refuse(path, "it is not an IREE module archive (no zip header at its start)")
+        method, name_len, extra_len = struct.unpack_from("<H", head, 8)[0], *struct.unpack_from("<HH", head, 26)
+        if head[30:30 + name_len] != b"module.fb" or method != zipfile.ZIP_STORED:
+            _refuse(path, "its first member is not a stored module.fb (the VM module an IREE archive starts with)")
+        f.seek(30 + name_len + extra_len)
+        fb = f.read(12)  # a size-prefixed flatbuffer: size, root table offset, identifier
+    if len(fb) < 12 or fb[8:12] != b"IREE":
+        _refuse(path, "its module.fb is not an IREE VM flatbuffer (no IREE identifier)")

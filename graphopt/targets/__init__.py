@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 # target name -> module in this package
 MODULES = {"onnx": "onnx", "xla": "xla", "tflite": "tflite", "tf": "tf", "torch": "torch_target",
-           "torch-compile": "torch_compile", "tensorrt": "tensorrt"}
+           "torch-compile": "torch_compile", "tensorrt": "tensorrt",
+           "iree": "iree"}
 
 
 class UnsupportedOpError(ValueError):
