@@ -219,8 +219,8 @@ class MultiStream:
                                 "load it with graphopt.load, or build it with --streams N")
         if not stream.state_settable:
             from .errors import ArtifactError
-            raise ArtifactError("this artifact keeps its state inside the model (tflite --state-mode variables), "
-                                "so one stream's state cannot be put back alone; build it with --state-mode io")
+            raise ArtifactError("this artifact keeps its state inside the model, so one stream's state cannot be "
+                                f"put back alone; {stream.state_settable_fix}")
         self.stream = stream
         self.capacity = rec["n"]
         self._shapes = {k: [tuple(s) for s in rec[k]] for k in ("inputs", "outputs", "state")}

@@ -318,6 +318,7 @@ class Stream:
         return np.asarray(value, dtype=np.float32), clamped
 
     state_settable = True  # load_native_state works (not for a runtime that keeps the state inside the model)
+    state_settable_fix = "rebuild it with the state as inputs and outputs"  # what to do where it does not
 
     def load_native_state(self, arrays) -> None:
         """Make `arrays` (stored layout, manifest state order) the current state, in the runtime's own form:

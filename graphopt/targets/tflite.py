@@ -170,6 +170,7 @@ class TfliteStream(Stream):
         self._state_in = [s["input"] for s in manifest["state"]]
         self._state_out = [s["output"] for s in manifest["state"]]
         self.state_settable = self.state_mode != "variables"
+        self.state_settable_fix = "build it with --state-mode io"
         self._reset()
 
     def _check_signature(self, model_file: Path) -> None:
