@@ -12,12 +12,21 @@ STAMP := $(VENV)/.graphopt-installed-$(shell echo '$(CURDIR)' | cksum | cut -d' 
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml graphopt/web/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps open-rppg==0.1.1
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@# web targets (onnx-web, litert-web): Debian's Chromium (as root) and the npm packages pinned in graphopt/web
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "note: /usr/bin/chromium is missing and this is not root: run 'sudo apt-get install chromium' for the web targets (their tests skip without it)"; fi; \
+	fi
+	@if command -v npm >/dev/null; then cd graphopt/web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else echo "note: npm is missing: install Node.js (npm) and run 'npm ci' in graphopt/web for the web targets (their tests skip without it)"; fi
 	rm -f $(VENV)/.graphopt-installed*
 	touch $(STAMP)
 

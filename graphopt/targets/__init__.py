@@ -15,7 +15,10 @@ these optional module hooks where present:
   part is still to be built, and `card_lines(name, entry) -> list[str]`: the model card's note on it;
 - `card_snippet(c) -> list[str]`: model-card code that runs the artifact (c: release.Snippet);
 - `inspect_check(path) -> (result, text)`: `graphopt inspect --check NAME` (with a `check`);
-- `inspect_summary(manifest) -> dict` and `inspect_lines(summary) -> list[str]`: what inspect adds.
+- `inspect_summary(manifest) -> dict` and `inspect_lines(summary) -> list[str]`: what inspect adds;
+- `bench_in_page(stream, frames, rounds=, steps_per_round=, warmup=) -> [(label, latencies_s, round_medians)]`:
+  bench rows the runtime times in its own loop (the web targets: in the browser page), instead of a Python
+  step per frame; None where it cannot (then the row is measured as any other).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from dataclasses import dataclass, field
 # target name -> module in this package
 MODULES = {"onnx": "onnx", "xla": "xla", "tflite": "tflite", "tf": "tf", "torch": "torch_target",
            "torch-compile": "torch_compile", "tensorrt": "tensorrt",
-           "iree": "iree"}
+           "iree": "iree",
+           "onnx-web": "web_onnx", "litert-web": "web_litert"}
 
 
 class UnsupportedOpError(ValueError):
