@@ -140,8 +140,11 @@ def build(model, target: str, out: str | Path, *, weights: str | None = None, as
     log(f"[2/4] pass pipeline: {', '.join(names) or 'none (unfused)'}")
     samples = None
     if verify_each_pass:
-        feeds = equivalence.Clip(frames=4 * spec.frames_per_step, fps=fps or spec.fps).feeds(spec)
-        samples = [[f[n] for n in spec.inputs] for f in feeds]
+        if spec.streams > 1:  # each stream a clip of its own, stacked as the batched inputs
+            samples = multistream.stacked_samples(spec, 4 * spec.frames_per_step, fps or spec.fps)
+        else:
+            feeds = equivalence.Clip(frames=4 * spec.frames_per_step, fps=fps or spec.fps).feeds(spec)
+            samples = [[f[n] for n in spec.inputs] for f in feeds]
     try:
         graph, report = passes.run_pipeline(graph, names, options=passes.PassOptions(fixed_inputs=fixed_inputs),
                                             verify_each=verify_each_pass, samples=samples, log=log)

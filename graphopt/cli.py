@@ -388,7 +388,8 @@ def cmd_verify(a) -> int:
             if pairing is not None or a.atol is not None or a.rtol is not None:
                 raise art.ArtifactError("verify of a multi-stream artifact takes no --state, --atol or --rtol; "
                                         "it checks each stream against the model's reference on its own clip")
-            result = multistream.check(stream, multistream.MultiStreamSpec(spec, stream.streams), a.frames, fps)
+            result = multistream.check(stream, multistream.MultiStreamSpec(spec, stream.streams), a.frames, fps,
+                                       seed=a.seed, hr_bpm=a.hr)  # stream 0 gets --seed and --hr, the others more
         else:
             result = equivalence.check(equivalence.stream_step(stream, spec), stream.state, spec, clip,
                                        reference_state=ref_state, atol=a.atol, rtol=a.rtol)

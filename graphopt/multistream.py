@@ -70,6 +70,14 @@ class MultiStreamSpec(ModelSpec):
         self._base_graph = None
         in_shapes = [tuple(a.shape) for a in base.inputs.values()]
         state_shapes = [tuple(s.shape) for s in base.state_leaves]
+        from .manifest import MAX_TOTAL_STATE
+        from .spec import MAX_ELEMENTS
+        per = sum(math.prod(s) for s in state_shapes)
+        big = max([math.prod(s) for s in in_shapes + state_shapes] or [0])
+        if n * per * 8 > MAX_TOTAL_STATE or n * big > MAX_ELEMENTS:  # an artifact load would refuse: say so now
+            most = max(1, min(MAX_TOTAL_STATE // max(per * 8, 1), MAX_ELEMENTS // max(big, 1)))
+            raise SpecError(f"spec {base.name}: {n} streams hold more than an artifact may (state {MAX_TOTAL_STATE >> 20} "
+                            f"MiB, {MAX_ELEMENTS} elements per tensor); use at most --streams {most}")
         self.jax_fn = type(base).trace is ModelSpec.trace  # else e.g. an ONNX file: the IR transform alone
         if self.jax_fn:
             flat = base.flat_fn()
@@ -152,7 +160,12 @@ class MultiStreamSpec(ModelSpec):
             if not self.jax_fn:
                 raise SpecError(f"spec {self.base.name}: --streams cannot batch this model: {e}") from None
             how = f"jax.vmap ({e})"
-            graph = super().trace()
+            try:
+                graph = super().trace()
+            except SpecError as v:
+                raise SpecError(f"spec {self.base.name}: --streams {self.streams} cannot batch this model ({e}; and "
+                                f"under jax.vmap: {str(v).split(': ', 1)[-1][:200]}); build it with one stream and run "
+                                "one Stream per stream") from None
         graph.meta["streams"] = {**self.meta(), "batched_by": how}
         graph.output_names = self.output_names(len(graph.outputs))
         graph.meta.update(model=self.name, fps=self.fps, source=self.source, frames_per_step=self.frames_per_step,
@@ -192,7 +205,7 @@ def manifest_streams(manifest: dict) -> dict | None:
             full = t["shape"]
             if key == "state" and t.get("view"):
                 full = state_views.model_shape(full, t["view"])
-            if not full or full[0] != n or math.prod(full) != n * math.prod(shape):
+            if tuple(full) not in (batched_shape(shape, n), (n,) + tuple(shape)):
                 bad(f"{key}[{i}]: {n} streams of {shape} do not make the tensor's shape {list(full)}")
     return rec
 
@@ -227,7 +240,7 @@ class MultiStream:
         self._lock = threading.RLock()
         self._active: set[int] = set()
         self._slot_of = self._slot_index()
-        self.refused: dict[int, str] = {}
+        self._local = threading.local()  # refused: per calling thread (a MultiStream may be shared)
         self._grey = [np.full(s, 0.5, np.dtype(i["dtype"])) for s, i in
                       zip(self._shapes["inputs"], stream.manifest["inputs"])]
 
@@ -242,6 +255,11 @@ class MultiStream:
             idx = np.broadcast_to(np.arange(model[0]).reshape((-1,) + (1,) * (len(model) - 1)), model)
             out.append(state_views.unapply(idx, view, native))
         return out
+
+    @property
+    def refused(self) -> dict[int, str]:
+        """slot -> why, for the slots this thread's last step refused (they got no output)."""
+        return getattr(self._local, "refused", {})
 
     # ---- slots --------------------------------------------------------------------------------------
     @property
@@ -304,7 +322,19 @@ class MultiStream:
                 raise FrameError("MultiStream.step takes a mapping slot -> frame")
             for slot in frames:
                 self._check_slot(slot)
-            self.refused = {}
+            if isinstance(dt, Mapping):
+                stray = [k for k in dt if k not in frames]
+                if stray:
+                    raise FrameError(f"dt names slot {stray[0]!r:.20}, which has no frame in this step; give dt for "
+                                     "the slots in frames only")
+            elif dt is not None:  # one dt for every slot: checked once, for the whole call
+                if not s.takes_dt:
+                    raise FrameError("this model takes no dt; call step(frames) alone")
+                if np.ndim(dt) != 0:
+                    raise FrameError("MultiStream.step takes dt as one number or a mapping slot -> number, got an "
+                                     f"array of shape {np.shape(dt)}")
+                s._check_one_dt(dt)
+            refused = self._local.refused = {}
             per_input = [[g] * self.capacity for g in self._grey]
             dts = [None] * self.capacity
             ran = set()
@@ -315,7 +345,7 @@ class MultiStream:
                 try:
                     values, dts[slot] = self._check_slot_inputs(named, d)
                 except FrameError as e:
-                    self.refused[slot] = str(e)
+                    refused[slot] = str(e)
                     continue
                 for i, v in enumerate(values):
                     if v is not None:
@@ -345,16 +375,16 @@ class MultiStream:
                     np.isfinite(split(x, shape)[slot]).all() for x, shape in zip(model_new, self._shapes["state"])
                     if x.dtype.kind == "f")
                 if s.check_finite and not finite:
-                    self.refused[slot] = ("the step produced NaN/Inf for this stream; its state was kept as it was "
+                    refused[slot] = ("the step produced NaN/Inf for this stream; its state was kept as it was "
                                           "before the step: drop the frame and go on with the next one")
-            keep = set(range(self.capacity)) - (ran - set(self.refused))
+            keep = set(range(self.capacity)) - (ran - set(refused))
             if keep:
                 self._set_slots(keep, before)
             s.stats["steps"] += 1
             s.stats["dt_clamped"] += clamped
-            s.stats["refused"] += len(self.refused)
+            s.stats["refused"] += len(refused)
             result = {}
-            for slot in sorted(ran - set(self.refused)):
+            for slot in sorted(ran - set(refused)):
                 got = [o[slot] for o in per_out]
                 result[slot] = got[0] if len(got) == 1 else dict(zip(s.output_names, got))
             return result
@@ -373,17 +403,25 @@ class MultiStream:
             if name not in named:
                 raise FrameError(f"missing input {name} (this model takes {', '.join(s.input_names)})")
             shape, dtype = self._shapes["inputs"][i], s._input_specs[i][1]
+            if role == "frame":  # as a one-stream Stream checks a frame, against one stream's shape
+                values.append(s.check_frame(named[name], shape=shape))
+                continue
+            if np.ma.isMaskedArray(named[name]):
+                raise FrameError(f"input {name} is a masked array; fill it (x.filled(...))")
             try:
                 v = np.asarray(named[name])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RuntimeError):
                 raise FrameError(f"input {name} is not an array") from None
+            if v.dtype == object:
+                raise FrameError(f"input {name} is not an array of numbers")
             if v.shape not in (tuple(shape), batched_shape(shape, 1)[1:]):  # with or without its batch of one
                 raise FrameError(f"input {name} of one stream must have shape {tuple(shape)}, got {v.shape}")
             v = v.reshape(shape)
             if dtype.kind == "f":
-                if v.dtype.kind not in "fiu":
-                    raise FrameError(f"input {name} must be numbers, got dtype {v.dtype}")
-                v = v.astype(dtype, copy=False)
+                if v.dtype.kind != "f":
+                    raise FrameError(f"input {name} has dtype {v.dtype}; this model takes {dtype} (convert it)")
+                with np.errstate(over="ignore"):
+                    v = v.astype(dtype, copy=False)
                 if not np.isfinite(v).all():
                     raise FrameError(f"input {name} holds NaN/Inf")
             elif v.dtype != dtype:
@@ -406,19 +444,32 @@ def load_multi(path, **options) -> MultiStream:
 
 
 # ---- verification ------------------------------------------------------------------------------------
-def slot_clips(n: int, frames: int, fps: float):
-    """A different clip per stream (heart rate and seed), so a slot that read another slot's data shows."""
+def slot_clips(n: int, frames: int, fps: float, seed: int = 0, hr_bpm: float = 60.0):
+    """A different clip per stream (heart rate and seed; stream 0 gets seed and hr_bpm), so a slot that read
+    another slot's data shows: heart rates step by 37 bpm through 40-180 bpm."""
     from .equivalence import Clip
-    return [Clip(frames=frames, fps=fps, seed=s, hr_bpm=60.0 + (s * 37) % 60) for s in range(n)]
+    return [Clip(frames=frames, fps=fps, seed=seed + s, hr_bpm=40.0 + (hr_bpm - 40.0 + 37.0 * s) % 140.0)
+            for s in range(n)]
 
 
-def check(stream, spec: MultiStreamSpec, frames: int, fps: float | None = None, log=lambda m: None) -> dict:
+def stacked_samples(spec: MultiStreamSpec, frames: int, fps: float) -> list[list[np.ndarray]]:
+    """The batched inputs of a few steps (each stream its own clip), for build --verify-each-pass."""
+    base, n = spec.base, spec.streams
+    feeds = [c.feeds(base) for c in slot_clips(n, frames, fps)]
+    shapes = spec.stream_shapes["inputs"]
+    return [[np.asarray([float(np.asarray(f[t][k]).reshape(())) for f in feeds], np.float32) if k == base.dt_input
+             else stack([f[t][k] for f in feeds], shapes[i], n) for i, k in enumerate(base.inputs)]
+            for t in range(len(feeds[0]))]
+
+
+def check(stream, spec: MultiStreamSpec, frames: int, fps: float | None = None, log=lambda m: None,
+          seed: int = 0, hr_bpm: float = 60.0) -> dict:
     """Every stream of a multi-stream artifact against the base model's reference on that stream's own clip
     (equivalence.judge): the result of the worst stream, with "per_stream" the tier and NRMSE of each."""
     from . import equivalence, metrics
     from .console import progress
     base, n = spec.base, spec.streams
-    clips = slot_clips(n, frames, fps or base.fps)
+    clips = slot_clips(n, frames, fps or base.fps, seed, hr_bpm)
     feeds = [c.feeds(base) for c in clips]
     steps = len(feeds[0])
     names = list(base.inputs)

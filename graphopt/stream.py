@@ -209,7 +209,8 @@ class Stream:
                 self._reset()
 
     # ---- checks --------------------------------------------------------------------------
-    def check_frame(self, frame) -> np.ndarray:
+    def check_frame(self, frame, shape: tuple | None = None) -> np.ndarray:
+        """The frame as the model takes it (shape: another expected shape, e.g. one stream's), else FrameError."""
         what = "frame" if self.kind == "step" else f"chunk of {self.frames_per_step} frames"
         if np.ma.isMaskedArray(frame) and np.ma.getmaskarray(frame).any():
             raise FrameError(f"{what} has masked values; fill them (frame.filled(...)) or drop the frame")
@@ -224,7 +225,7 @@ class Stream:
         if frame.dtype.kind != "f":
             raise FrameError(f"{what} has dtype {frame.dtype}; this model takes float frames in 0..1 "
                              f"({self.frame_dtype.name}): convert it, e.g. frame.astype(np.float32)")
-        expect = self.frame_shape
+        expect = tuple(shape) if shape is not None else self.frame_shape
         if frame.shape != expect:
             squeezed = tuple(d for d in expect if d != 1)
             if tuple(d for d in frame.shape if d != 1) != squeezed or frame.size != int(np.prod(expect)):

@@ -87,7 +87,7 @@ def test_slots_are_independent(built, target):
         frames = {a: fa[t]}
         if t % 3 != 1:  # b skips every third step: its state must stay put then
             frames[b] = fb[len(got_b)]
-        out = ms.step(frames, dt={a: da[t], b: db[0]})
+        out = ms.step(frames, dt={a: da[t], **({b: db[0]} if b in frames else {})})
         got_a.append(float(out[a][0]))
         if b in out:
             got_b.append(float(out[b][0]))
@@ -127,7 +127,7 @@ def test_bad_frame_in_one_slot_leaves_the_others(built):
     assert set(out) == {a} and "NaN" in ms.refused[b]
     np.testing.assert_array_equal(ms.state(b)[0], before_b)
     out = ms.step({a: f[2], b: np.zeros((5, 5, 3), np.float32)})
-    assert set(out) == {a} and "shape (1, 12, 12, 3)" in ms.refused[b]
+    assert set(out) == {a} and "takes (1, 12, 12, 3)" in ms.refused[b]
     out = ms.step({a: f[3], b: f[1][0]})  # a frame without its batch of one is taken too
     assert set(out) == {a, b} and ms.refused == {}
     huge = np.full((1, 12, 12, 3), 3e38, np.float32)  # finite, but the step overflows: refused, state kept
@@ -140,6 +140,12 @@ def test_bad_frame_in_one_slot_leaves_the_others(built):
     np.testing.assert_array_equal(ms.state(a)[0], before_a)
     with pytest.raises(FrameError, match="mapping slot -> frame"):
         ms.step([f[0]])
+    with pytest.raises(FrameError, match="has no frame in this step"):
+        ms.step({a: f[0]}, dt={b: 0.1})
+    with pytest.raises(FrameError, match="one number or a mapping"):
+        ms.step({a: f[0]}, dt=np.full(N, 0.1))
+    out = ms.step({a: f[0], b: (f[1] * 255).astype(np.uint8)})  # as a one-stream Stream refuses it
+    assert set(out) == {a} and "uint8" in ms.refused[b]
 
 
 def test_full_and_wrong_artifact(built):
@@ -206,7 +212,9 @@ def test_fps_with_streams_bakes_one_dt_for_all(tmp_path):
     ms = load_multi(a.path)
     s = ms.add()
     assert set(ms.step({s: _frames(5)[0]})) == {s}
-    ms.step({s: _frames(5)[1]}, dt=1 / 30)
+    with pytest.raises(FrameError, match="built for dt = 0.04"):
+        ms.step({s: _frames(5)[1]}, dt=1 / 30)
+    ms.step({s: _frames(5)[1]}, dt={s: 1 / 30})  # for one slot: that slot is refused, the call goes on
     assert "built for dt = 0.04" in ms.refused[s]
 
 
@@ -228,6 +236,7 @@ def _tamper(folder, tmp_path, change):
     (lambda m: m["streams"].update(inputs="x"), "one per-stream shape"),
     (lambda m: m.update(streams=[4]), "must be an object"),
     (lambda m: m["streams"]["outputs"].__setitem__(0, [1, -1]), "at most 16 dimensions"),
+    (lambda m: m["streams"]["inputs"].__setitem__(0, [12, 12, 3, 1]), "do not make the tensor's shape"),
 ])
 def test_hostile_streams_record(built, tmp_path, capsys, change, message):
     _, arts, _ = built
@@ -269,3 +278,20 @@ def test_ir_batching_matches_one_stream_runs():
     graph = MultiStreamSpec(odd, 2).trace()
     assert graph.meta["streams"]["batched_by"] == "jax.vmap (pad with a per-stream padding value)"
     assert [v.shape for v in graph.inputs] == [(2, 3)]
+
+
+def test_too_many_streams_for_an_artifact_are_refused_before_the_trace():
+    with pytest.raises(SpecError, match="use at most --streams"):
+        MultiStreamSpec(graphopt.ModelSpec(name="big", fn=lambda x, s: (x + s.sum(), s),
+                                           inputs={"x": np.zeros((1, 4), np.float32)},
+                                           state=np.zeros((1, 1 << 16), np.float32), frame_input=None), 600)
+
+
+def test_strided_slices_of_the_batch_of_one_batch_in_the_ir():
+    from graphopt.ir.batching import batch_graph, check_batched
+
+    def fn(x):
+        return (x[::2, ::2, ::3] * 2.0,)
+    g = graphopt.ModelSpec(name="sl", fn=fn, inputs={"x": np.zeros((1, 12, 12, 3), np.float32)}).trace()
+    b = batch_graph(g, 3)
+    assert b.outputs[0].shape == (3, 6, 4, 3) and check_batched(g, b, 3) == 0.0

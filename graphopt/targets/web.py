@@ -247,6 +247,9 @@ _LOAD = """async ([threads, webgpu]) => {
 
 
 class WebStream(Stream):
+    state_settable = False  # the state lives in the page, which resets it but takes no state from Python
+    state_settable_fix = "run one web Stream per stream (the page keeps its state and only resets it)"
+
     """A web artifact run in headless Chromium: the JavaScript Stream of its folder does the steps, with the
     state kept in the page (ping-pong); this Stream checks the inputs (as every Stream does), hands them to
     the page and reads the outputs back. A step whose output or new state is not finite is not committed in
@@ -552,15 +555,77 @@ def run_demo(folder: Path, video: Path, seconds: float = 8.0, screenshot: Path |
     return got
 
 
-def demo_screenshot(folder: Path, png: Path, seconds: float = 4.0) -> dict:
+DEMO_HR_BPM = 72.0  # the heart rate of the clip the demo's fake camera plays
+
+
+def demo_screenshot(folder: Path, png: Path, seconds: float = 4.0, hr_bpm: float = DEMO_HR_BPM) -> dict:
     """A screenshot of the folder's demo page for a release (its model card): demo.html run on the synthetic
-    clip (72 bpm, demo_video) by Chromium's fake camera until it has shown a heart rate for `seconds`.
-    Returns what the page reports (run_demo)."""
+    clip (hr_bpm, demo_video) by Chromium's fake camera until it has shown a heart rate for `seconds`.
+    Returns what the page reports (run_demo) and the clip's heart rate (clip_hr_bpm)."""
     import tempfile
     manifest, _ = art.read_manifest(folder)
     with tempfile.TemporaryDirectory(prefix="graphopt-demo-") as tmp:
-        video = demo_video(Path(tmp) / "clip.y4m", fps=float(manifest.get("fps") or 30.0))
-        return run_demo(folder, video, seconds=seconds, screenshot=png)
+        video = demo_video(Path(tmp) / "clip.y4m", hr_bpm=hr_bpm, fps=float(manifest.get("fps") or 30.0))
+        return {**run_demo(folder, video, seconds=seconds, screenshot=png), "clip_hr_bpm": hr_bpm}
+
+
+def demo_unsuitable(manifest: dict) -> str | None:
+    """Why demo.html cannot run this model on camera frames (None where it can): the page feeds one face frame
+    (or chunk) of shape (..., H, W, 3) and dt, nothing else."""
+    roles = [i.get("role", "input") for i in manifest.get("inputs", [])]
+    if "frame" not in roles:
+        return "the model has no face-frame input"
+    if any(r not in ("frame", "dt") for r in roles):
+        return "the model takes inputs besides the frame and dt, which the page cannot feed from a camera"
+    shape = manifest["inputs"][roles.index("frame")].get("shape") or []
+    if len(shape) < 3 or shape[-1] != 3:
+        return f"the frame input's shape {shape} is not (..., H, W, 3)"
+    return None
+
+
+DEMO_PNG = "demo.png"
+
+
+def release_extras(folder: Path, entry: dict, log) -> dict:
+    """A release's demo of a web artifact (the issue asks for the page's screenshot in the release): the
+    folder's demo.html run by Chromium's fake camera on the synthetic clip (demo_screenshot), its PNG written
+    as demo.png in the artifact's folder. Returns the release entry's "demo" field: the screenshot (relative
+    to the release folder), the heart rate the page showed and the clip's; the reason where the page cannot
+    run the model. Raises where the page fails (an error in the page, no heart rate shown)."""
+    manifest, base = art.read_manifest(folder)
+    why = demo_unsuitable(manifest)
+    if why:
+        log(f"      demo page not run: {why}")
+        return {"demo": {"skipped": why}}
+    log(f"      running {manifest['web']['demo']} on the synthetic clip with a fake camera ...")
+    r = demo_screenshot(base, base / DEMO_PNG)
+    if r.get("error") or r.get("hr") is None or not (base / DEMO_PNG).is_file():
+        (base / DEMO_PNG).unlink(missing_ok=True)
+        raise art.ArtifactError(f"the demo page showed no heart rate ({str(r.get('error') or 'no heart rate in time')[:200]})")
+    shown, clip = float(r["hr"]), float(r["clip_hr_bpm"])
+    log(f"      the demo page showed {shown:.0f} bpm (the clip: {clip:.0f} bpm) after {r.get('steps')} steps")
+    return {"demo": {"page": f"{entry['folder']}/{manifest['web']['demo']}",
+                     "screenshot": f"{entry['folder']}/{DEMO_PNG}", "hr_bpm_shown": shown, "hr_bpm_clip": clip,
+                     "hr_error_bpm": shown - clip, "text_shown": str(r.get("shown", ""))[:40],
+                     "steps": r.get("steps"), "camera_frames": r.get("frames"), "dropped": r.get("dropped"),
+                     "face_box": r.get("box"), "blocked_requests": len(r.get("blocked") or []),
+                     "camera": "Chromium's fake camera playing the synthetic clip (a 144-pixel face off centre in a "
+                               "256x192 frame)"}}
+
+
+def card_lines(name: str, entry: dict) -> list[str]:
+    """The model card's note on a web artifact's demo page (release_extras): its screenshot and the heart
+    rate it showed."""
+    from ..release import _md
+    demo = entry.get("demo")
+    if not isinstance(demo, dict):
+        return []
+    if "skipped" in demo:
+        return [f"- `{_md(name)}`: the demo page was not run ({_md(demo['skipped'])})."]
+    return ["", f"`{_md(demo['page'])}` (serve the folder over http://localhost and allow the camera) with "
+            f"{demo['camera']}: the page cropped the face, stepped `{_md(name)}` {demo['steps']} times and showed "
+            f"**{demo['hr_bpm_shown']:.0f} bpm** (the clip: {demo['hr_bpm_clip']:.0f} bpm).", "",
+            f"![{_md(name)}: the demo page on the synthetic clip]({_md(demo['screenshot'])})", ""]
 
 
 def card_snippet(c) -> list[str]:
