@@ -6,7 +6,9 @@ target fails, the failure is reported, nothing is left behind and the release ex
 target whose artifact has a part only a device builds (its descriptor's device_part: TensorRT's
 engine) contributes the rest on machines without the device, and its release_pending hook says how
 to finish it. The targets, their variants, the runtimes' packages and the model card's code come
-from the target registry (graphopt.targets).
+from the target registry (graphopt.targets), and so do what a runtime times in its own loop (the
+bench_in_page hook: a browser runtime is timed in the page, as `graphopt bench` times it) and what a
+target adds to its entry (the release_extras hook: a web artifact's demo page screenshot).
 """
 from __future__ import annotations
 
@@ -120,15 +122,23 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
         timing = dict(rounds=rounds, frames_per_step=per, round_budget_s=ROUND_BUDGET_S, **plan(per, steps_per_round))
         opened = {n: (lambda s=s: art.load(s, threads=1) if isinstance(s, Path) else s) for n, s in streams.items()}
         reference = reference_step(model if isinstance(model, str) and model in models.MODELS else step_model)
+
+        def own(n, s):  # the row a runtime times in its own loop (a browser page), else None
+            return _timed_in_page(n, s, entries[n], step_model, clip_feeds, rounds, steps_per_round)
+
         if interleaved:
             live = {n: o() for n, o in opened.items()}
-            steps = {n: _feed_step(s, step_model) for n, s in live.items()}
-            rows = measure({**steps, ref_name: reference}, clip_feeds, **timing)
+            in_page = {n: r for n, r in ((n, own(n, s)) for n, s in live.items()) if r is not None}
+            steps = {n: _feed_step(s, step_model) for n, s in live.items() if n not in in_page}
+            rows = measure({**steps, ref_name: reference}, clip_feeds, **timing) + list(in_page.values())
             opened = {n: (lambda s=s: s) for n, s in live.items()}
         else:
             rows = []
             for n, o in opened.items():
-                rows += measure({n: _feed_step(o(), step_model)}, clip_feeds, **timing)
+                s = o()
+                row = own(n, s)
+                rows += [row] if row is not None else measure({n: _feed_step(s, step_model)}, clip_feeds, **timing)
+                del s
                 gc.collect()  # the runtime's buffers go before the next one's arrive
             rows += measure({ref_name: reference}, clip_feeds, **timing)
         ref = next(r for r in rows if r.name == ref_name)
@@ -143,6 +153,15 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
                      x_reference=ref.p50_ms / r.p50_ms)
         log("drawing the model card's pictures ...")
         pictures = card_pictures(tmp, step_model, opened, entries, rows, frames)
+        for name in streams:  # what a target adds to its release entry (the web targets: the demo page's screenshot)
+            extras = hook(entries[name]["target"], "release_extras") if isinstance(streams[name], Path) else None
+            if extras:
+                log(f"{name}: release extras ...")
+                try:
+                    entries[name].update(extras(tmp / entries[name]["folder"], entries[name], log))
+                except Exception as e:
+                    raise ReleaseError(f"release failed; nothing was written. Failing targets: {name}: "
+                                       f"{type(e).__name__}: {e}") from None
         release = {
             "model": step_model.name, "graphopt_version": __version__,
             "source": step_model.source if "package" in step_model.source else
@@ -167,6 +186,26 @@ def run(model, out: str | Path, *, variants: list[str] | None = None, frames: in
         (tmp / "README.md").write_text(model_card(release))
     log(f"wrote {out} ({time.time() - t0:.0f} s)")
     return out
+
+
+def _timed_in_page(name: str, stream, entry: dict, spec, feeds: list, rounds: int, steps_per_round: int):
+    """The benchmark row of an artifact whose runtime times its own loop (the target's bench_in_page hook: a
+    browser runtime, timed in the page with no Python per step, as `graphopt bench` measures it): its first
+    row (1 thread) is the artifact's, every row goes into entry["in_page"]; None where the target has no
+    such hook or it cannot feed the model (then the artifact is measured as any other)."""
+    from .benchmark import Row, plan
+    from .targets import hook
+    timed = hook(entry.get("target", ""), "bench_in_page") \
+        if spec.frame_input and getattr(stream, "streams", 1) == 1 else None
+    got = timed(stream, [f[spec.frame_input] for f in feeds], rounds=rounds,
+                **plan(spec.frames_per_step, steps_per_round)) if timed else None
+    if not got:
+        return None
+    rows = [Row(name, lat, spec.frames_per_step, tuple(medians)) for _, lat, medians in got]
+    entry["measured"] = "in page"
+    entry["in_page"] = [{"label": label, "fps": r.fps, "fps_min": r.fps_spread[0], "fps_max": r.fps_spread[1],
+                         "p50_ms": r.p50_ms, "p99_ms": r.p99_ms} for (label, _, _), r in zip(got, rows)]
+    return rows[0]
 
 
 def activation_bytes(graph) -> int:
@@ -321,6 +360,13 @@ def model_card(r: dict) -> str:
                   f"`--tier {r.get('tier_required')}`): "
                   "graphopt's rewrites are exact there, the runtime's own kernels round differently from the "
                   "reference (e.g. long conv and matmul accumulations summed in another order)."]
+    paged = {n: e for n, e in arts.items() if e.get("measured") == "in page" and e.get("in_page")}
+    if paged:
+        more = [f"`{_md(n)}` {_md(row['label'])} {row['fps']:.0f} FPS" for n, e in paged.items()
+                for row in e["in_page"][1:]]
+        lines += ["", f"Browser rows ({', '.join(f'`{_md(n)}`' for n in paged)}) step the JavaScript Stream in "
+                  "headless Chromium, timed in the page with performance.now (no Python per step), on 1 thread"
+                  + (f"; with the runtime's default threads: {', '.join(more)}." if more else ".")]
     pics = r.get("pictures") or {}
     if pics:
         lines += ["", "## Pictures", "", f"![FPS per artifact, with the spread over rounds]({pics['fps']})", "",

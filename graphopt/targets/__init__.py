@@ -14,6 +14,9 @@ these optional module hooks where present:
 - `release_pending(folder, file_name, manifest) -> dict`: release entry fields of an artifact whose device
   part is still to be built, and `card_lines(name, entry) -> list[str]`: the model card's note on it;
 - `card_snippet(c) -> list[str]`: model-card code that runs the artifact (c: release.Snippet);
+- `release_extras(folder, entry, log) -> dict`: release entry fields a target adds once its artifact (in
+  `folder`) is built, verified and benchmarked (the web targets: the demo page's screenshot and heart rate;
+  files it writes go in `folder`); raising fails the release;
 - `inspect_check(path) -> (result, text)`: `graphopt inspect --check NAME` (with a `check`);
 - `inspect_summary(manifest) -> dict` and `inspect_lines(summary) -> list[str]`: what inspect adds;
 - `bench_in_page(stream, frames, rounds=, steps_per_round=, warmup=) -> [(label, latencies_s, round_medians)]`:

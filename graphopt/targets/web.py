@@ -601,7 +601,10 @@ def release_extras(folder: Path, entry: dict, log) -> dict:
     r = demo_screenshot(base, base / DEMO_PNG)
     if r.get("error") or r.get("hr") is None or not (base / DEMO_PNG).is_file():
         (base / DEMO_PNG).unlink(missing_ok=True)
-        raise art.ArtifactError(f"the demo page showed no heart rate ({str(r.get('error') or 'no heart rate in time')[:200]})")
+        why = str(r.get("error") or "no heart rate in time")[:200]
+        raise art.ArtifactError(f"the demo page showed no heart rate ({why})")
+    from ..outdir import record_written
+    record_written(base / DEMO_PNG)  # in the artifact's files list: a later --force over the folder may replace it
     shown, clip = float(r["hr"]), float(r["clip_hr_bpm"])
     log(f"      the demo page showed {shown:.0f} bpm (the clip: {clip:.0f} bpm) after {r.get('steps')} steps")
     return {"demo": {"page": f"{entry['folder']}/{manifest['web']['demo']}",

@@ -40,3 +40,5 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
 open_stream = web.open_stream
 bench_in_page = web.bench_in_page
 card_snippet = web.card_snippet
+release_extras = web.release_extras
+card_lines = web.card_lines
