@@ -8,13 +8,16 @@ from pathlib import Path
 from .. import artifact as art
 from ..ir import Graph
 from . import torch_target
-from . import Target
+from . import Option, Target
 from .torch_target import open_stream  # noqa: F401  (the Stream compiles when the manifest says so)
 from .torch_lowering import TABLE  # noqa: F401  (the target's lowering table)
 
 TARGET = Target("torch-compile", emits=".pt2 (torch.export), run under torch.compile",
                 backend="PyTorch torch.compile (inductor, CPU)", caps=torch_target.TARGET.caps,
-                packages=torch_target.TARGET.packages)
+                packages=torch_target.TARGET.packages,
+                options=(Option("--aot-inductor", "run the program as an AOTInductor package that the Stream "
+                                "compiles when it loads (cached per artifact and torch version) instead of under "
+                                "torch.compile: no Python guards per step", switch=True),))
 
 
 def available() -> tuple[bool, str]:
