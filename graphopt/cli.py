@@ -51,10 +51,15 @@ def _target_flags() -> dict:
 
 
 def _add_target_flags(b) -> None:
-    for flag, (o, owners) in _target_flags().items():
+    from .targets import get
+    for flag, (o, owners) in _target_flags().items():  # a flag several targets take: any target's choices
+        same = [(n, t) for n in owners for t in get(n).options if t.flag == flag]
+        choices = list(dict.fromkeys(c for _, t in same for c in t.choices))
         kw = {"action": "store_true"} if o.switch else \
-            {"choices": list(o.choices) or None, "type": _number(o.kind, *o.range) if o.range else None}
-        b.add_argument(flag, help=f"{'/'.join(owners)}: {o.help}", **kw)
+            {"choices": choices or None, "type": _number(o.kind, *o.range) if o.range else None}
+        helps = dict.fromkeys(t.help for _, t in same)
+        b.add_argument(flag, help=f"{'/'.join(owners)}: {o.help}" if len(helps) == 1 else
+                       "; ".join(f"{n}: {t.help}" for n, t in same), **kw)
 
 
 def _or(words: list[str]) -> str:
@@ -273,6 +278,9 @@ def _target_options(a, finishing: bool = False) -> dict:
     options = {}
     for o in get(a.target).options if a.target in MODULES else ():
         value = getattr(a, o.dest)
+        if o.choices and _given(value) and value not in o.choices:  # another target's choice of a shared flag
+            raise BuildUsageError(f"{o.flag} {value} does not apply to --target {a.target}; choose "
+                                  f"{_or(list(o.choices))}")
         if _given(value) or finishing:
             options[o.dest] = value if _given(value) else None
         elif o.default is not None:

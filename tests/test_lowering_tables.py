@@ -39,7 +39,7 @@ def test_which_targets_share_a_table():
     assert len({id(table[n]) for n in ("onnx", "xla", "tf", "torch", "tensorrt")}) == 5
     assert table["tensorrt"].base is table["onnx"]
     assert [op for op in OPS if table["tensorrt"].status(op)[0] != LOWERED] == ["rem"]
-    assert table["onnx"].targets() == ["onnx"] and sorted(table["tf"].targets()) == ["tf", "tflite"]
+    assert table["onnx"].targets() == ["onnx", "onnx-web"] and sorted(table["tf"].targets()) == ["litert-web", "tf", "tflite"]
 
 
 def test_reading_the_tables_imports_no_runtime():

@@ -146,8 +146,9 @@ def test_release_builds_every_cpu_target_at_its_tier(physnet_release):
     r = json.loads((out / "release.json").read_text())
     arts = r["artifacts"]
     # no state: tflite has no io/variables distinction, so there is no tflite-io variant
-    assert set(arts) == {"onnx", "xla", "tflite", "tflite-fp16", "tflite-int8", "tf", "torch", "torch-compile",
-                         "tensorrt", "open-rppg JAX JIT (reference)"}
+    assert set(arts) == {"onnx", "xla", "tflite", "tflite-fp16", "tflite-int8", "tflite-int8-dynamic",
+                         "tf", "torch", "torch-compile", "tensorrt", "iree", "onnx-web", "litert-web",
+                         "open-rppg JAX JIT (reference)"}
     for name in ("onnx", "xla", "tflite", "tf", "torch", "torch-compile", "tensorrt"):
         e = arts[name]
         assert e["precision"] == "float32" and e["tier_claimed"] == "rounding" and e["tier"] == "rounding", (name, e)
@@ -155,12 +156,13 @@ def test_release_builds_every_cpu_target_at_its_tier(physnet_release):
     assert arts["tflite-fp16"]["tier"] in ("rounding", "signal")
     assert arts["tflite-fp16"]["size_bytes"] < 0.6 * arts["tflite"]["size_bytes"]
     # the converter's dynamic-range quantisation skips CONV_3D: the manifest must say what was stored
-    int8 = json.loads((out / "tflite-int8" / "physnet.manifest.json").read_text())
-    if int8["tflite"]["tensor_dtypes"].get("int8"):
-        assert int8["precision"] == "int8 dynamic-range weights" and arts["tflite-int8"]["tier"] is not None
-    else:
-        assert int8["precision"] == "float32 (int8 asked for; the converter stored no int8 weights)"
-        assert arts["tflite-int8"]["tier_claimed"] == "rounding" and arts["tflite-int8"]["tier"] == "rounding"
+    for variant, asked in (("tflite-int8-dynamic", "int8-dynamic"), ("tflite-int8", "int8")):
+        int8 = json.loads((out / variant / "physnet.manifest.json").read_text())
+        if int8["tflite"]["tensor_dtypes"].get("int8"):
+            assert int8["precision"].startswith("int8") and arts[variant]["tier"] is not None
+        else:
+            assert int8["precision"] == f"float32 ({asked} asked for; the converter stored no int8 weights)"
+            assert arts[variant]["tier_claimed"] == "rounding" and arts[variant]["tier"] == "rounding"
     assert r["frames_per_step"] == CHUNK and r["state_tensors"] == 0
     assert 4e7 < r["flops_per_frame"] < 7e7  # ~7 GFLOP per 128-frame chunk
     for name, e in arts.items():

@@ -18,7 +18,7 @@ from graphopt.targets import trt_support
 def small_release(tmp_path_factory, facephys):
     out = tmp_path_factory.mktemp("rel") / "facephys-test"
     code = cli.main(["release", "--model", "facephys", "--out", str(out), "--frames", "300", "--rounds", "1",
-                     "--variants", "onnx,tflite,tflite-fp16,tflite-int8,tensorrt"])
+                     "--variants", "onnx,tflite,tflite-fp16,tflite-int8-dynamic,tensorrt"])
     return code, out
 
 
@@ -26,9 +26,9 @@ def test_release_folder_is_complete(small_release):
     code, out = small_release
     assert code == 0
     r = json.loads((out / "release.json").read_text())
-    assert set(r["artifacts"]) == {"onnx", "tflite", "tflite-fp16", "tflite-int8", "tensorrt",
+    assert set(r["artifacts"]) == {"onnx", "tflite", "tflite-fp16", "tflite-int8-dynamic", "tensorrt",
                                    "open-rppg JAX JIT (reference)"}
-    for name in ("onnx", "tflite-fp16", "tflite-int8", "tensorrt"):
+    for name in ("onnx", "tflite-fp16", "tflite-int8-dynamic", "tensorrt"):
         e = r["artifacts"][name]
         assert (out / e["file"]).exists() and (out / name / f"facephys.manifest.json").is_file()
         assert e["tier"] is not None and e["size_bytes"] > 0 and e["sha256"]
@@ -42,7 +42,7 @@ def test_release_folder_is_complete(small_release):
         assert "needs an NVIDIA GPU" in engine and "from the release folder" in engine and "--from tensorrt " in engine
         assert "--onnx=tensorrt/facephys.onnx" in engine and ".tmp" not in engine
     card = (out / "README.md").read_text()
-    assert "| `onnx/facephys.onnx` |" in card and "tflite-int8/facephys.tflite" in card
+    assert "| `onnx/facephys.onnx` |" in card and "tflite-int8-dynamic/facephys.tflite" in card
     assert "## Running each artifact" in card and "get_signature_runner('step')" in card
 
 
@@ -57,10 +57,10 @@ def test_model_card_code_runs(small_release, run_model_card):
 def test_precision_variants_claim_and_reach_their_tiers(small_release):
     _, out = small_release
     r = json.loads((out / "release.json").read_text())["artifacts"]
-    fp16, int8, fp32 = r["tflite-fp16"], r["tflite-int8"], r["tflite"]
+    fp16, int8, fp32 = r["tflite-fp16"], r["tflite-int8-dynamic"], r["tflite"]
     assert fp16["precision"] == "float16 weights" and fp16["tier_claimed"] == "signal"
     assert int8["precision"] == "int8 dynamic-range weights" and int8["tier_claimed"] == "quantised"
-    dtypes = json.loads((out / "tflite-int8" / "facephys.manifest.json").read_text())["tflite"]["tensor_dtypes"]
+    dtypes = json.loads((out / "tflite-int8-dynamic" / "facephys.manifest.json").read_text())["tflite"]["tensor_dtypes"]
     assert dtypes["int8"] > 0 and dtypes["float32"] > 0  # every subgraph counted, the weights among them
     for e in (fp16, int8):
         assert e["tier"] in ("rounding", "signal", "quantised") and e["hr_bpm"] == fp32["hr_bpm"]
@@ -182,7 +182,7 @@ def test_release_holds_no_machine_path_and_a_card_people_expect(small_release):
     pics = r["pictures"]
     for file in [pics["fps"], pics["spectrum"], *pics["waveforms"].values()]:
         assert (out / file).is_file() and (out / file).read_text().startswith("<svg") and f"]({file})" in card
-    assert set(pics["waveforms"]) == {"onnx", "tflite", "tflite-fp16", "tflite-int8"}
+    assert set(pics["waveforms"]) == {"onnx", "tflite", "tflite-fp16", "tflite-int8-dynamic"}
     onnx = r["artifacts"]["onnx"]
     assert onnx["fps_min"] <= onnx["fps"] <= onnx["fps_max"] and f"| {onnx['fps']:.0f} ({onnx['fps_min']:.0f}-" in card
 

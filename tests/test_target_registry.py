@@ -48,8 +48,9 @@ def test_release_variants_come_from_the_descriptors():
 
     from graphopt.release import default_variants
     variants = targets.release_variants()
-    assert list(variants) == ["onnx", "xla", "tflite", "tflite-io", "tflite-fp16", "tflite-int8", "tf", "torch",
-                              "torch-compile", "tensorrt"]
+    assert list(variants) == ["onnx", "xla", "tflite", "tflite-io", "tflite-fp16", "tflite-int8",
+                              "tflite-int8-dynamic", "tf", "torch", "torch-compile", "tensorrt", "iree", "onnx-web",
+                              "litert-web"]
     assert variants["tflite-io"] == ("tflite", targets.Variant("tflite-io", {"state_mode": "io"}, needs_state=True))
     assert all(t in targets.MODULES for t, _ in variants.values())
     # a model without state has no io/variables distinction: no variant that carries the state as I/O
@@ -96,7 +97,7 @@ def test_a_new_target_brings_its_own_build_flags(monkeypatch, capsys, tmp_path):
     assert cli.main(["build", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--fake-level FAKE_LEVEL fake: how fake the artifact is (0-9, default 1)" in out
-    assert "tensorrt or fake" in out  # --target's help lists it
+    assert "litert-web or fake" in out  # --target's help lists it, after the registered targets
     assert "--opt-level OPT_LEVEL tensorrt: builder optimization level" in out  # the others' flags stay
     build = ["build", "--model", "facephys", "--out", str(tmp_path / "a")]
     for argv, message in ((["--target", "onnx", "--fake-level", "3"], "--fake-level applies to --target fake only"),

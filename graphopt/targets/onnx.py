@@ -22,14 +22,21 @@ from .. import artifact as art
 from ..ir import Graph, Node, Value
 from ..ir.ops import lhs_dilations
 from ..stream import Stream
-from . import Capabilities, Target, UnsupportedOpError, onnx_fusions
+from . import Capabilities, Option, Target, UnsupportedOpError, onnx_fusions
 from .lowering import LoweringTable
 
 OPSET = 18
 IR_VERSION = 10
 NAME = "onnx"
+# --quantize: name -> (manifest precision, the loosest tier it can claim)
+QUANTIZE = {"int8": ("int8 mixed precision (static QDQ int8 layers chosen by measured sensitivity, the rest "
+                     "float32)", "signal")}
 TARGET = Target(NAME, emits=".onnx (opset 18)", backend="onnxruntime (CPU EP)",
-                caps=Capabilities(channels_first_convs=True, onnx_ops=True), packages=("onnx", "onnxruntime"))
+                caps=Capabilities(channels_first_convs=True, onnx_ops=True), packages=("onnx", "onnxruntime"),
+                # no onnx-int8 release variant: static QDQ keeps the signal with 1 of FacePhys's 40 layers int8
+                # (float32 speed, ~4 min to build); `--quantize int8` builds it on request
+                options=(Option("--quantize", "int8: static QDQ int8 where measured sensitivity allows, the most "
+                                "sensitive layers float32 (signal tier)", choices=tuple(QUANTIZE)),))
 
 
 def available() -> tuple[bool, str]:
@@ -544,8 +551,29 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     stem = options.get("stem", graph.name)
     model_file = out_dir / f"{stem}.onnx"
     model = to_onnx(graph, fuse=options.get("fuse", True))
+    quantized = options.get("quantize")
+    if quantized is not None and quantized not in QUANTIZE:
+        raise art.ArtifactError(f"onnx --quantize {quantized!r:.40} is not one of {', '.join(QUANTIZE)}")
+    record = None
+    if quantized == "int8":  # per layer, chosen by measured sensitivity (graphopt.quantize)
+        from .. import quantize
+        from ..console import log
+        from . import onnx_int8
+        props, producer = list(model.metadata_props), (model.producer_name, model.producer_version)
+        try:
+            model, record = onnx_int8.build(graph, model, log=options.get("log") or log)
+        except quantize.QuantizeError as e:
+            raise art.ArtifactError(f"{e}; build without --quantize (float32), or --target tflite --quantize "
+                                    "int8 (dynamic-range int8 keeps more of the signal)") from None
+        del model.metadata_props[:]  # the file describes itself as the float one did (the quantizer adds its own)
+        model.metadata_props.extend(props)
+        model.producer_name, model.producer_version = producer
     onnx.save_model(model, str(model_file))
-    manifest = art.describe_graph(graph, model_file.name, NAME, options.get("precision", "float32"))
+    manifest = art.describe_graph(graph, model_file.name, NAME,
+                                  QUANTIZE[quantized][0] if quantized else options.get("precision", "float32"))
+    if quantized:
+        manifest["precision_tier"] = QUANTIZE[quantized][1]
+        manifest["quantization"] = record
     manifest["sha256"] = art.sha256(model_file)
     ops: dict[str, int] = {}
     for node in model.graph.node:
@@ -648,6 +676,23 @@ _SESSIONS: "weakref.WeakValueDictionary[tuple, _SharedSession]" = weakref.WeakVa
 _SESSIONS_LOCK = threading.Lock()
 
 
+def session_options(threads: int = 1):
+    """The onnxruntime SessionOptions of graphopt's Streams (the profiler and benchmarks start from these).
+
+    Graph optimisations: onnxruntime's default, ORT_ENABLE_ALL (EXTENDED and BASIC measured 0.87x, LAYOUT and
+    a model optimised offline, .onnx or .ort, loaded with optimisations off 1.00x: tests/benchmarks/
+    bench_levers.py). Denormals are NOT flushed to zero, though that measured 1.23x on FacePhys (its recurrent
+    state holds thousands of subnormal floats; outputs bit-identical on the clip): onnxruntime sets the flag on
+    the thread that creates the process's first session, for good, so loading an artifact would change the
+    arithmetic of the user's own NumPy code on that thread. Flushing around each step only is the way to have it."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return opts
+
+
 def shared_session(model_file: Path, sha256: str | None, threads: int = 1) -> _SharedSession:
     """One onnxruntime session per model file content and thread count, shared while Streams hold it."""
     import onnxruntime as ort
@@ -656,12 +701,9 @@ def shared_session(model_file: Path, sha256: str | None, threads: int = 1) -> _S
         shared = _SESSIONS.get(key) if sha256 else None
         if shared is not None:
             return shared
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = threads
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
-            session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(model_file), session_options(threads),
+                                           providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise art.ArtifactError(f"onnxruntime cannot load {model_file}: {_first_line(e)}") from None
         shared = _SharedSession(session)

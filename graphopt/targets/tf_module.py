@@ -77,12 +77,15 @@ def build_module(graph: Graph, manifest: dict, state_mode: str, jit_compile: boo
 
 
 def _all_finite(tf, tensors) -> "tf.Tensor":
-    """1.0 where every value of every float tensor is finite, else 0.0, from TFLite builtins (ABS,
-    LESS_EQUAL, CAST, MIN): |x| <= FLT_MAX is false for NaN and +-Inf alike. (A sum of the values is
-    no test: LiteRT's SUM saturates at FLT_MAX instead of reaching Inf.)"""
-    flags = [tf.reduce_min(tf.cast(tf.abs(t) <= np.finfo(np.float32).max, tf.float32))
-             for t in tensors if t.dtype.is_floating]
-    return tf.reduce_min(tf.stack(flags)) if flags else tf.constant(1.0)
+    """1.0 where every value of every float tensor is finite, else 0.0, computed where XNNPACK runs it: x - x
+    is 0 for a finite x and NaN for NaN and +-Inf, a sum of zeros is exactly 0 (no saturation: LiteRT's SUM
+    saturates at FLT_MAX, so a sum of the values themselves would be no test) and a sum with a NaN is NaN;
+    one scalar comparison at the end. (The earlier form, |x| <= FLT_MAX per element with LESS_EQUAL and CAST,
+    ran outside XNNPACK and took about half of an int8 FacePhys step.)"""
+    sums = [tf.reduce_sum(t - t) for t in tensors if t.dtype.is_floating]
+    if not sums:
+        return tf.constant(1.0)
+    return tf.cast(tf.equal(tf.add_n(sums), 0.0), tf.float32)
 
 
 def save(module, signatures: dict, path: Path) -> None:
@@ -90,16 +93,24 @@ def save(module, signatures: dict, path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures=signatures)
 
 
-# weight precision variants: name -> (manifest precision, tier it can claim)
+# weight precision variants (--quantize): name -> (manifest precision, tier it can claim)
 WEIGHT_VARIANTS = {None: ("float32", None), "fp16": ("float16 weights", "signal"),
-                   "int8": ("int8 dynamic-range weights", "quantised")}
+                   "int8": ("int8 mixed precision (dynamic-range int8 layers chosen by measured sensitivity, "
+                            "the rest float32)", "signal"),
+                   "int8-dynamic": ("int8 dynamic-range weights", "quantised")}
+# what the CLI's --quantize help says of each
+WEIGHT_HELP = {"fp16": "float16 weights (signal tier)",
+               "int8": "int8 where measured sensitivity allows, the most sensitive layers float32 (signal tier)",
+               "int8-dynamic": "every layer's weights int8 dynamic-range (quantised tier)"}
 
 
 def to_tflite(module, signatures: dict, state_mode: str, weights: str | None = None) -> bytes:
     """Convert through a SavedModel (keeps resource variables and their initial values).
 
-    weights: None (float32), "fp16" (float16 weights, dequantised at load) or "int8" (dynamic-range
-    quantised weights, the kind of artifact the FacePhys authors published)."""
+    weights: None (float32), "fp16" (float16 weights, dequantised at load) or "int8-dynamic" (every conv/
+    matmul weight the converter quantises stored int8, run by dynamic-range kernels: the kind of artifact
+    the FacePhys authors published). "int8" (per-layer) is built from the float32 and int8-dynamic
+    conversions (graphopt.targets.tflite_int8)."""
     tf = import_tensorflow()
     with tempfile.TemporaryDirectory() as d:
         save(module, signatures, Path(d))
@@ -109,10 +120,10 @@ def to_tflite(module, signatures: dict, state_mode: str, weights: str | None = N
         if weights == "fp16":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             conv.target_spec.supported_types = [tf.float16]
-        elif weights == "int8":
+        elif weights == "int8-dynamic":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         elif weights is not None:
-            raise art.ArtifactError(f"weight precision {weights!r}: choose fp16 or int8")
+            raise art.ArtifactError(f"weight precision {weights!r}: choose fp16 or int8-dynamic")
         try:
             return conv.convert()
         except Exception as e:

@@ -21,17 +21,18 @@ from ..ir import Graph
 from ..stream import Stream
 from . import Option, Target, Variant
 from .tf_lowering import TABLE  # noqa: F401  (the target's lowering table)
-from .tf_module import STATE_CHECK, STATE_MODES, WEIGHT_VARIANTS, build_module, to_tflite
+from .tf_module import STATE_CHECK, STATE_MODES, WEIGHT_HELP, WEIGHT_VARIANTS, build_module, to_tflite
 
 NAME = "tflite"
 SUFFIX = ".tflite"
 TARGET = Target(NAME, emits=".tflite (builtin ops)", backend="LiteRT + XNNPACK",  # convs channels-last
                 variants=(Variant("tflite"), Variant("tflite-io", {"state_mode": "io"}, needs_state=True),
-                          Variant("tflite-fp16", {"quantize": "fp16"}), Variant("tflite-int8", {"quantize": "int8"})),
+                          Variant("tflite-fp16", {"quantize": "fp16"}), Variant("tflite-int8", {"quantize": "int8"}),
+                          Variant("tflite-int8-dynamic", {"quantize": "int8-dynamic"})),
                 options=(Option("--state-mode", "state inside the model as resource variables (default) or as "
                                 "inputs/outputs", choices=STATE_MODES),
-                         Option("--quantize", "float16 weights (signal tier) or int8 dynamic-range weights "
-                                "(quantised tier)", choices=tuple(k for k in WEIGHT_VARIANTS if k))),
+                         Option("--quantize", "; ".join(f"{k}: {v}" for k, v in WEIGHT_HELP.items()),
+                                choices=tuple(k for k in WEIGHT_VARIANTS if k))),
                 packages=("tensorflow-cpu", "ai-edge-litert"))
 
 
@@ -70,14 +71,26 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     model_file = out_dir / f"{stem}{SUFFIX}"
     weights = options.get("quantize")
     if weights not in WEIGHT_VARIANTS:
-        raise art.ArtifactError(f"tflite weight precision {weights!r} is not one of fp16, int8")
+        raise art.ArtifactError(f"tflite weight precision {weights!r} is not one of "
+                                f"{', '.join(k for k in WEIGHT_VARIANTS if k)}")
     precision, tier = WEIGHT_VARIANTS[weights]
     manifest = art.describe_graph(graph, model_file.name, NAME,
                                   precision if weights else options.get("precision", "float32"))
     if tier:
         manifest["precision_tier"] = tier  # the loosest tier this precision can claim
     module, signatures = build_module(graph, manifest, state_mode)
-    model_file.write_bytes(to_tflite(module, signatures, state_mode, weights))
+    if weights == "int8":  # per layer, chosen by measured sensitivity (graphopt.quantize)
+        from . import tflite_int8
+        from .. import quantize
+        try:
+            model, manifest["quantization"] = tflite_int8.build(
+                graph, manifest, to_tflite(module, signatures, state_mode),
+                to_tflite(module, signatures, state_mode, "int8-dynamic"), state_mode, log=options.get("log") or _log)
+        except quantize.QuantizeError as e:
+            raise art.ArtifactError(f"{e}; build --quantize int8-dynamic (quantised tier) or fp16 instead") from None
+        model_file.write_bytes(model)
+    else:
+        model_file.write_bytes(to_tflite(module, signatures, state_mode, weights))
     if state_mode == "io":
         delegation = delegate_summary(model_file)
     else:  # LiteRT's Python API lists the ops of the first subgraph only: measure the io-mode twin
@@ -90,7 +103,7 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
     manifest["tflite"] = {"state_mode": state_mode, "signatures": sorted(signatures),
                           **({"state_check": STATE_CHECK} if state_mode == "variables" else {}),
                           "tensor_dtypes": tensor_dtypes(model_file), **delegation}
-    stored = {"fp16": "float16", "int8": "int8"}.get(weights)
+    stored = {"fp16": "float16", "int8": "int8", "int8-dynamic": "int8"}.get(weights)
     if stored and not manifest["tflite"]["tensor_dtypes"].get(stored):
         # e.g. dynamic-range quantisation skips CONV_3D: nothing was stored narrower, so claim nothing looser
         manifest["precision"] = f"float32 ({weights} asked for; the converter stored no {stored} weights)"
@@ -103,6 +116,11 @@ def emit(graph: Graph, out_dir: Path, options: dict | None = None) -> art.Artifa
                                                  "state: emitted in io mode (step alone)")
     manifest["tools"] = art.tool_versions("tensorflow-cpu", "ai-edge-litert")
     return art.finish(graph, model_file, manifest)
+
+
+def _log(msg: str) -> None:
+    from ..console import log
+    log(msg)
 
 
 def tensor_dtypes(model_file: Path) -> dict[str, int]:
@@ -171,7 +189,53 @@ class TfliteStream(Stream):
         self._state_out = [s["output"] for s in manifest["state"]]
         self.state_settable = self.state_mode != "variables"
         self.state_settable_fix = "build it with --state-mode io"
+        self._bind_buffers()
         self._reset()
+
+    def _bind_buffers(self) -> None:
+        """The step's inputs and outputs as NumPy views of the interpreter's own tensors, so a step writes the
+        frame (and dt) in place and invokes (LiteRT's signature runner resizes and re-allocates every input and
+        copies every tensor in and out on each call: in io mode two copies of the whole state a step). In io
+        mode the new state is read from the output tensors and copied into the state inputs only before the
+        next step; LiteRT keeps graph inputs intact through a step (its arena never reuses them), so after a
+        refused step the state inputs still hold the last good state. The views stay valid because nothing
+        resizes or re-allocates the step's tensors after this. Where a tensor cannot be bound the Stream keeps
+        the signature runner (self._fast False)."""
+        self._fast = False
+        try:
+            w, sub = self.interpreter._interpreter, self._step._subgraph_index
+            w.AllocateTensors(sub)
+            ins, outs = self._step._inputs, dict(self._step._outputs)
+            view = lambda name, table: w.tensor(w, table[name], sub)
+            self._in_views = [view(n, ins) for n in self.input_names]
+            self._out_views = [view(n, outs) for n in self._out]
+            self._check_view = view(self._check_name, outs) if self.state_mode == "variables" and \
+                self._check_name else None
+            # a 0-d tensor comes back as a NumPy scalar, not a view: set and read it through the wrapper
+            self._setters = [(lambda x, v=v: v.__setitem__(..., x)) if isinstance(v, np.ndarray) else
+                             (lambda x, i=ins[n]: w.SetTensor(i, np.asarray(x), sub))
+                             for n, v in zip(self.input_names, self._in_views)]
+            self._getters = [(lambda v=v: np.array(v)) if isinstance(v, np.ndarray) else
+                             (lambda i=outs[n]: np.array(w.GetTensor(i, sub)))
+                             for n, v in zip(self._out, self._out_views)]
+            if self._check_view is not None and not isinstance(self._check_view, np.ndarray):
+                self._check_view = np.asarray(0.0)  # read below through the wrapper
+                self._check_get = lambda i=outs[self._check_name]: np.array(w.GetTensor(i, sub))
+            else:
+                self._check_get = lambda: np.array(self._check_view)
+            self._state_in_views = [view(n, ins) for n in self._state_in] if self.state_mode == "io" else []
+            self._state_out_views = [view(n, outs) for n in self._state_out] if self.state_mode == "io" else []
+            specs = self._input_specs + [(tuple(s["shape"]), np.dtype(s["dtype"])) for s in self.manifest["state"]
+                                         if self.state_mode == "io"]
+            if any(np.shape(v) != shape or np.asarray(v).dtype != dtype for v, (shape, dtype) in
+                   zip(self._in_views + self._state_in_views, specs)) or \
+                    not all(isinstance(v, np.ndarray) for v in self._state_in_views + self._state_out_views):
+                return
+            self._invoke, self._sub = w.Invoke, sub
+            self._zeros = {v.size: np.zeros(v.size, v.dtype) for v in self._state_out_views}
+            self._fast = True
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError):
+            self._fast = False  # another LiteRT version: the signature runner's path
 
     def _check_signature(self, model_file: Path) -> None:
         """The step signature's inputs are the manifest's, with its shapes and dtypes (LiteRT's runner would
@@ -189,6 +253,18 @@ class TfliteStream(Stream):
                                         f"{spec['dtype']} {tuple(spec['shape'])} in the manifest; rebuild the artifact")
 
     def _run(self, feeds, state):
+        if self._fast:
+            for put, view, x in zip(self._setters, self._in_views, feeds):
+                put(np.asarray(x).reshape(np.shape(view)))
+            if self.state_mode == "io" and state is not self._state_in_views:
+                for view, x in zip(self._state_in_views, state):
+                    np.copyto(view, x)
+            self._invoke(self._sub)
+            outs = [get() for get in self._getters]
+            if self.state_mode == "variables":
+                self._check = None if self._check_view is None else self._check_get()
+                return outs, None
+            return outs, self._state_out_views
         if self.state_mode == "variables":
             got = self._step(**dict(zip(self.input_names, feeds)))
             self._check = got.get(self._check_name) if self._check_name else None
@@ -198,6 +274,9 @@ class TfliteStream(Stream):
 
     def _state_finite(self, state) -> bool:
         if self.state_mode != "variables":
+            if self._fast and state is self._state_out_views:  # x @ 0 is NaN for a NaN or +-Inf x, else 0
+                with np.errstate(invalid="ignore"):
+                    return bool(np.isfinite(sum(float(v.reshape(-1) @ self._zeros[v.size]) for v in state)))
             return super()._state_finite(state)
         if self._check is not None:  # computed by the step itself: no read-back of the state
             return bool(np.all(np.asarray(self._check) == 1.0))
@@ -207,6 +286,8 @@ class TfliteStream(Stream):
         if self.state_mode == "variables":
             self._reset()  # the interpreter's variables already hold the refused step's state
             return "the state was reset to the initial state (LiteRT keeps it inside the model)"
+        if self._fast:  # the state inputs still hold the state the refused step started from
+            return super()._restore(self._state_in_views)
         return super()._restore(before)
 
     def _reset(self) -> None:
@@ -237,15 +318,22 @@ def inspect_summary(manifest: dict) -> dict:
     if "tflite" not in manifest:
         return {}
     t = manifest["tflite"]
+    q = manifest.get("quantization") or {}
     return dict(state_mode=t["state_mode"], xnnpack_partitions=t["xnnpack_partitions"], tflite_ops=t["ops"],
-                ops=t["op_histogram"], nodes=t["ops"], tensor_dtypes=t.get("tensor_dtypes"))
+                ops=t["op_histogram"], nodes=t["ops"], tensor_dtypes=t.get("tensor_dtypes"),
+                **({"int8_layers": q["int8_layers"], "float_layers": q["float_layers"],
+                    "int8_flops_fraction": q["int8_flops_fraction"]} if q.get("layers") else {}))
 
 
 def inspect_lines(s: dict) -> list[str]:
     if "xnnpack_partitions" not in s:
         return []
-    return [f"  XNNPACK     {s['tflite_ops']} TFLite ops cut into {s['xnnpack_partitions']} delegate "
-            f"partitions (state mode {s['state_mode']})"]
+    lines = [f"  XNNPACK     {s['tflite_ops']} TFLite ops cut into {s['xnnpack_partitions']} delegate "
+             f"partitions (state mode {s['state_mode']})"]
+    if "int8_layers" in s:  # --quantize int8: the per-layer choice (the manifest's "quantization" has each layer)
+        lines.append(f"  int8        {s['int8_layers']} conv/matmul layers int8, {s['float_layers']} float32 "
+                     f"({100 * s['int8_flops_fraction']:.0f}% of their FLOPs int8)")
+    return lines
 
 
 def card_snippet(c) -> list[str]:
