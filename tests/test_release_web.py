@@ -60,9 +60,9 @@ def test_web_rows_are_timed_in_the_page(web_release):
     assert w["measured"] == "in page" and "measured" not in native
     assert w["in_page"][0]["label"].startswith("1 thread")
     assert w["fps"] == pytest.approx(w["in_page"][0]["fps"]) and w["fps"] > 0
-    assert w["fps_min"] <= w["fps"] <= w["fps_max"]
+    assert w["fps_min"] * (1 - 1e-9) <= w["fps"] <= w["fps_max"] * (1 + 1e-9)  # the median within the rounds
     for row in w["in_page"]:  # every row the page timed: 1 thread, and the runtime's default where not 1
-        assert row["fps_min"] <= row["fps"] <= row["fps_max"] and row["p50_ms"] <= row["p99_ms"]
+        assert row["fps_min"] * (1 - 1e-9) <= row["fps"] <= row["fps_max"] * (1 + 1e-9) and row["p50_ms"] <= row["p99_ms"]
     assert w["x_reference"] > 0 and native["fps"] > 0
     card = (out / "README.md").read_text()
     assert f"Browser rows (`{WEB_VARIANT}`) step the JavaScript Stream in headless Chromium" in card
