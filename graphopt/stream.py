@@ -139,6 +139,11 @@ class Stream:
         if len(self.output_names) != 1 or any(r == "input" for r in self.input_roles):
             raise FrameError("run() steps a face-frame model with one output; call step() for each step of "
                              f"this model (inputs {', '.join(self.input_names)})")
+        outs = [np.asarray(self.step(f, dt)).reshape(-1) for f in self._clip_steps(frames)]
+        return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+
+    def _clip_steps(self, frames) -> np.ndarray:
+        """run()'s clip as one array of steps (a chunk model's frames cut into chunks), or FrameError."""
         if not hasattr(frames, "__len__") and hasattr(frames, "__iter__"):  # a generator of frames
             frames = list(frames)
         try:
@@ -153,8 +158,7 @@ class Stream:
                 raise FrameError(f"a clip of {len(frames)} frames does not split into chunks of {n} frames; "
                                  f"pass a multiple of {n} frames")
             frames = frames.reshape((-1,) + self.frame_shape)
-        outs = [np.asarray(self.step(f, dt)).reshape(-1) for f in frames]
-        return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+        return frames
 
     def reset(self) -> None:
         with self._lock:

@@ -331,18 +331,7 @@ class WebStream(Stream):
         """As Stream.run, with many steps handed to the page in one call (the frames are checked here first)."""
         if len(self.output_names) != 1 or any(r == "input" for r in self.input_roles):
             return super().run(frames, dt)
-        try:
-            frames = np.asarray(list(frames) if not hasattr(frames, "__len__") else frames)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise FrameError(f"run() takes a clip as one array with frames along axis 0 ({e})") from None
-        if frames.ndim == 0:
-            raise FrameError(f"run() takes a clip with frames along axis 0, got {type(frames).__name__} of no axes")
-        n = self.frames_per_step
-        if n > 1:
-            if len(frames) % n:
-                raise FrameError(f"a clip of {len(frames)} frames does not split into chunks of {n} frames; "
-                                 f"pass a multiple of {n} frames")
-            frames = frames.reshape((-1,) + self.frame_shape)
+        frames = self._clip_steps(frames)
         steps, clamps = [], 0
         for f in frames:
             feeds, clamped = self._bind((f,) + ((dt,) if self.takes_dt else ()), {})
