@@ -421,7 +421,7 @@ def test_a_reference_that_fails_is_a_spec_error(tmp_path, capsys):
 def test_python_build_refuses_unknown_target_options_and_a_bool_fps(readme, tmp_path):
     from graphopt.builder import BuildUsageError
     _, module = readme
-    with pytest.raises(BuildUsageError, match="target onnx takes no option state_mode; its options: none"):
+    with pytest.raises(BuildUsageError, match="target onnx takes no option state_mode; its options: quantize"):
         graphopt.build(module.spec(), target="onnx", out=tmp_path / "a", target_options={"state_mode": "io"})
     with pytest.raises(BuildUsageError, match="--fps must be a frame rate"):
         graphopt.build(module.spec(), target="onnx", out=tmp_path / "b", fps=True)
