@@ -116,14 +116,16 @@ def _batcher(spec, streams: int) -> Callable:
 def run(model="facephys", targets: list[str] | None = None, baselines: list[str] = (),
         state_file: str | None = None, out_dir: str | None = None, rounds: int = 5, steps_per_round: int = 100,
         unfused: bool = True, force: bool = False, artifacts: list[str] = (), cache: bool = True,
-        streams: list[int] = (), log: Callable[[str], None] = print) -> dict:
+        streams: list[int] = (), variants: list[str] = (), log: Callable[[str], None] = print) -> dict:
     """The FPS table's rows, measured. The model is traced once (or taken from the trace cache) for every
     build. artifacts: artifact folders (or folders of them) of this model to measure as they are; with
     artifacts and no targets nothing is built. out_dir: where builds go and stay; an artifact already there
     for the same model, target and pipeline is measured again instead of rebuilt (unless force). Without
     out_dir the builds go to a temporary folder, removed at the end (also on failure).
     streams: also build every target with each of these stream counts (graphopt.multistream; fused only) and
-    run the reference under jax.vmap with as many: rows "... xN" whose FPS counts the frames of all streams."""
+    run the reference under jax.vmap with as many: rows "... xN" whose FPS counts the frames of all streams.
+    variants: release variants to build and measure too (e.g. tflite-int8, tflite-int8-dynamic: a target with
+    its variant's options), rows "graphopt <variant>"."""
     single_thread_env()
     from . import artifact as art
     from . import trace_cache
@@ -134,6 +136,11 @@ def run(model="facephys", targets: list[str] | None = None, baselines: list[str]
     targets = list(targets if explicit else ([] if artifacts else target_names()))
     for t in targets:
         target_module(t)  # unknown targets fail before any work
+    from .targets import release_variants
+    known = release_variants()
+    for v in variants:
+        if v not in known:
+            raise art.ArtifactError(f"--variants {v!r:.40} is not a release variant; choose from {', '.join(known)}")
     given = [m for path in artifacts for m in _artifact_folders(path)]  # a missing or foreign folder fails here
     traced = trace_cache.load_traced(model, cache=cache, log=log)  # once: every build starts from this graph
     log(f"{'loaded the traced IR of' if traced.cache == 'hit' else 'traced'} {traced.spec.name} "
@@ -141,7 +148,8 @@ def run(model="facephys", targets: list[str] | None = None, baselines: list[str]
     tmp = None if out_dir else tempfile.mkdtemp(prefix="graphopt-bench-")
     try:
         return _run(model, traced, targets, given, baselines, state_file, Path(out_dir or tmp), tmp is None,
-                    rounds, steps_per_round, unfused, force, log, art, [n for n in streams if n > 1])
+                    rounds, steps_per_round, unfused, force, log, art, [n for n in streams if n > 1],
+                    [(v, *known[v]) for v in variants])
     finally:
         if tmp is not None:
             import shutil
@@ -193,7 +201,7 @@ def _reusable(folder: Path, spec, target: str, variant: str) -> bool:
 
 
 def _run(model, traced, targets, given, baselines, state_file, work: Path, keep: bool, rounds, steps_per_round,
-         unfused, force, log, art, streams: list[int]) -> dict:
+         unfused, force, log, art, streams: list[int], variants: list = ()) -> dict:
     from . import models
     from .baseline import open_baseline
     from .benchmark import Row, measure, plan
@@ -292,6 +300,19 @@ def _run(model, traced, targets, given, baselines, state_file, work: Path, keep:
                 log(f"skipping {name}: {part.bench_note if part else e}")
                 continue
             add(name, art.load(a.path, threads=1), t, "fused", a.path if keep else None)
+    for vname, t, variant in variants:  # e.g. the int8 builds: the target with the variant's options
+        name = f"graphopt {vname}"
+        if name in steps:
+            continue
+        log(f"building {name} ...")
+        try:
+            a = build(model, t, work / f"{ref_model.name}-{vname}", verify=False, force=True, traced=traced,
+                      target_options=dict(variant.options) or None, log=lambda m: None)
+        except EngineNeedsGpu as e:
+            part = get_target(t).device_part
+            log(f"skipping {name}: {part.bench_note if part else e}")
+            continue
+        add(name, art.load(a.path, threads=1), t, "fused", a.path if keep else None)
     ref_row, ref_backend = reference_row(model, ref_model)
     ref_src = model if isinstance(model, str) and model in models.MODELS else ref_model
     steps[ref_row] = reference_step(ref_src)

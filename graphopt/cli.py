@@ -234,6 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--streams", type=_count_list, default=[], metavar="N,N,...",
                     help="also build every target with N streams per step (e.g. 2,4,8,16) and run the reference "
                          "under jax.vmap with as many: FPS of all streams, live 30-FPS streams per core")
+    be.add_argument("--variants", metavar="V,V,...", help="also build and measure these release variants (the names graphopt release "
+                    "--variants takes: a target with the variant's options, e.g. the int8 builds)")
     be.add_argument("--json", action="store_true", help=JSON_HELP)
     be.add_argument("--json-out", metavar="FILE", help="also write the results as JSON to this file")
 
@@ -442,7 +444,8 @@ def cmd_bench(a) -> int:
     targets = [t.strip() for t in a.targets.split(",") if t.strip()] if a.targets else None
     result = bench.run(a.model, targets, a.baseline, a.state, a.out_dir, rounds=a.rounds, steps_per_round=a.steps,
                        unfused=not a.fused_only, force=a.force, artifacts=a.artifacts, cache=not a.no_cache,
-                       streams=a.streams, log=_log)
+                       streams=a.streams, variants=[v.strip() for v in (a.variants or "").split(",") if v.strip()],
+                       log=_log)
     print(json.dumps(result, indent=2, default=str) if a.json else bench.markdown(result))
     if a.json_out:
         write_json(Path(a.json_out), result)

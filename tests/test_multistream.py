@@ -295,3 +295,23 @@ def test_strided_slices_of_the_batch_of_one_batch_in_the_ir():
     g = graphopt.ModelSpec(name="sl", fn=fn, inputs={"x": np.zeros((1, 12, 12, 3), np.float32)}).trace()
     b = batch_graph(g, 3)
     assert b.outputs[0].shape == (3, 6, 4, 3) and check_batched(g, b, 3) == 0.0
+
+
+def test_bench_rows_for_streams_and_variants():
+    """graphopt bench --streams and --variants: multi-stream rows count every stream's frames and give the live
+    30-FPS streams per core and the gain over the same target with one stream; a release variant (here the
+    dynamic-range int8 build) is a row of its own; all in one interleaved run with the reference."""
+    from graphopt import bench
+    result = bench.run(make_spec("conv_bench"), targets=["onnx"], streams=[2], variants=["tflite-int8-dynamic"],
+                       rounds=1, steps_per_round=5, unfused=False, log=lambda m: None)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"graphopt onnx fused", "graphopt onnx x2", "graphopt tflite-int8-dynamic",
+                         "conv_bench JAX JIT (reference)", "conv_bench JAX JIT (reference) x2 (jax.vmap)"}
+    x2 = rows["graphopt onnx x2"]
+    assert x2["streams"] == 2 and x2["live_streams_30fps"] == pytest.approx(x2["fps"] / 30)
+    assert x2["x_one_stream"] == pytest.approx(x2["fps"] / rows["graphopt onnx fused"]["fps"])
+    assert rows["graphopt tflite-int8-dynamic"]["target"] == "tflite"
+    md = bench.markdown(result)
+    assert "| graphopt onnx x2 | 2 |" in md and "live 30-FPS streams per core" in md
+    with pytest.raises(art.ArtifactError, match="is not a release variant"):
+        bench.run(make_spec("conv_bench"), targets=["onnx"], variants=["nope"], log=lambda m: None)
